@@ -1,0 +1,38 @@
+# The README's two commands: `make run` (the study on the built-in demo data) and `make test`.
+# Each sets up everything on a fresh machine by itself: .venv, the pinned stack, the package
+# (editable) and the Jupyter kernel "mlc" the notebooks run on.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PARAMS ?= params/demo.yaml
+DEMO   ?= data/demo
+ARGS   ?=
+
+.PHONY: setup run test lab demo-data clean-runs
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name mlc --display-name "Python (mlc)"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+$(DEMO)/train.csv: | $(STAMP)
+	$(PY) -m mlc_utils demo-data --out $(DEMO)
+
+demo-data: $(DEMO)/train.csv
+
+run: setup $(DEMO)/train.csv
+	$(PY) -m mlc_utils run --params $(PARAMS) $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(ARGS)
+
+lab: setup $(DEMO)/train.csv
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+clean-runs:
+	rm -rf runs reports/*/

@@ -1,0 +1,151 @@
+"""Build typed, validated config dataclasses from plain mappings (YAML, JSON, ``--set``).
+
+Like scikit-learn's parameter validation: an unknown key, a wrong type or a value out of range
+is an error that names the parameter by its full path (``image.train.epochs``) and, for a typo,
+suggests the closest valid name. Dataclasses declare types with hints (``Literal`` for choices)
+and may add a ``check()`` method for ranges.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Mapping, get_args, get_origin
+
+
+class ParamError(ValueError):
+    """A parameter is unknown, mistyped or out of range; the message names it."""
+
+
+def _join(where: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    return f"{where}.{key}" if where else str(key)
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"list of {_describe(get_args(tp)[0])}" if get_args(tp) else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(tp: Any, value: Any, where: str) -> Any:
+    """Return ``value`` converted to type ``tp`` or raise ParamError naming ``where``."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ParamError(f"{where}: {value!r} is not one of {_describe(tp)}{hint}")
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(option, value, where)
+            except ParamError as err:
+                errors.append(str(err))
+        raise ParamError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ParamError(f"{where}: expected {_describe(tp)}, got {value!r}")
+        inner = get_args(tp)[0] if get_args(tp) else Any
+        items = [coerce(inner, v, _join(where, i)) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ParamError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ParamError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ParamError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ParamError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ParamError(f"{where}: expected a string, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ParamError(f"{where}: expected {_describe(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, mapping: Mapping[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``mapping``; unspecified fields keep their defaults."""
+    mapping = {} if mapping is None else mapping
+    if not isinstance(mapping, Mapping):
+        raise ParamError(f"{where or cls.__name__}: expected a mapping of parameters, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [k for k in mapping if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(names)}"
+        raise ParamError(f"unknown parameter '{_join(where, key)}'{hint}")
+    kwargs = {name: coerce(hints[name], mapping[name], _join(where, name)) for name in names if name in mapping}
+    try:
+        obj = cls(**kwargs)
+    except ParamError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ParamError(f"{where or cls.__name__}: {err}") from None
+    check = getattr(obj, "check", None)
+    if callable(check):
+        try:
+            check()
+        except ParamError:
+            raise
+        except ValueError as err:
+            raise ParamError(f"{where + '.' if where else ''}{err}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree back to plain YAML/JSON-able data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def require(condition: bool, message: str) -> None:
+    """One-line range checks in ``check()`` methods: ``require(self.epochs >= 0, f"epochs: ...")``."""
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,185 @@
+"""A data folder as users download it, and the ``validate`` command that checks one.
+
+    DIR/train.csv   ImageID,Labels,Caption
+    DIR/test.csv    ImageID,Caption
+    DIR/data/       the images named by ImageID
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .csvio import CsvFormatError, read_test_csv, read_train_csv
+from .io import sha256_file
+from .labels import LabelSpace
+
+IMAGE_FOLDER = "data"
+
+
+@dataclass
+class StudyData:
+    """Both tables of a data folder, read and checked, plus where the images are."""
+    root: Path
+    train: pd.DataFrame
+    test: pd.DataFrame
+    labels: LabelSpace
+
+    @property
+    def image_dir(self) -> Path:
+        return self.root / IMAGE_FOLDER
+
+    def targets(self, frame: pd.DataFrame | None = None) -> np.ndarray:
+        return self.labels.encode(list((self.train if frame is None else frame)["Labels"]))
+
+    def image_path(self, image_id: str) -> Path:
+        return self.image_dir / image_id
+
+    def fingerprint(self) -> dict:
+        """Checksums of both CSVs and the image listing, so a report can say which data it used."""
+        names = sorted(p.name for p in self.image_dir.iterdir()) if self.image_dir.is_dir() else []
+        listing = "\n".join(names).encode()
+        import hashlib
+        return {"train.csv": sha256_file(self.root / "train.csv"), "test.csv": sha256_file(self.root / "test.csv"),
+                "images": len(names), "image_listing_sha256": hashlib.sha256(listing).hexdigest()}
+
+
+def _require_layout(root: Path) -> None:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist (expected train.csv, test.csv and {IMAGE_FOLDER}/)")
+    missing = [name for name in ("train.csv", "test.csv") if not (root / name).is_file()]
+    if not (root / IMAGE_FOLDER).is_dir():
+        missing.append(f"{IMAGE_FOLDER}/")
+    if missing:
+        raise FileNotFoundError(f"data folder {root} lacks {', '.join(missing)} "
+                                f"(expected train.csv, test.csv and {IMAGE_FOLDER}/ as downloaded)")
+
+
+def load_study_data(root: str | Path, labels: LabelSpace | None = None) -> StudyData:
+    """Read both CSVs of a data folder; raises on any CSV problem (see :mod:`mlc_utils.csvio`)."""
+    root = Path(root)
+    _require_layout(root)
+    labels = labels or LabelSpace()
+    train = read_train_csv(root / "train.csv", labels)
+    test = read_test_csv(root / "test.csv")
+    clash = sorted(set(train.ImageID) & set(test.ImageID))
+    if clash:
+        raise CsvFormatError([_problem(root / "test.csv", test, i, "ImageID also in train.csv") for i in clash[:50]])
+    return StudyData(root, train, test, labels)
+
+
+def _problem(path, frame, image_id, message):
+    from .csvio import CsvProblem
+    line = int(frame.loc[frame.ImageID == image_id, "line"].iloc[0])
+    return CsvProblem(str(path), line, f"{image_id}: {message}", image_id)
+
+
+def check_image(path: Path) -> str | None:
+    """None if the file decodes to a full image, else why not (missing, truncated, not an image)."""
+    from PIL import Image, UnidentifiedImageError
+    if not path.is_file():
+        return "missing"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                if image.width < 1 or image.height < 1:
+                    return "empty image"
+    except UnidentifiedImageError:
+        return "not an image Pillow can read"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
+        return f"cannot decode ({err})"
+    return None
+
+
+@dataclass
+class ValidationReport:
+    root: Path
+    counts: dict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def render(self) -> str:
+        lines = [f"data folder: {self.root}"] + [f"  {k}: {v}" for k, v in self.counts.items()]
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s):")
+            lines += [f"  - {p}" for p in self.problems]
+        else:
+            lines.append("no problems found")
+        return "\n".join(lines)
+
+
+def validate_folder(root: str | Path, labels: LabelSpace | None = None, check_images: bool = True,
+                    progress: bool = True) -> ValidationReport:
+    """Check everything and collect every problem instead of stopping at the first."""
+    root = Path(root)
+    labels = labels or LabelSpace()
+    report = ValidationReport(root)
+    try:
+        _require_layout(root)
+    except FileNotFoundError as err:
+        report.problems.append(str(err))
+        if not root.is_dir():
+            return report
+    frames = {}
+    for kind, reader in (("train", lambda p: read_train_csv(p, labels)), ("test", read_test_csv)):
+        path = root / f"{kind}.csv"
+        if not path.is_file():
+            continue
+        try:
+            frames[kind] = reader(path)
+        except CsvFormatError as err:
+            report.problems += [str(p) for p in err.problems]
+    train, test = frames.get("train"), frames.get("test")
+    if train is not None:
+        y = labels.encode(list(train.Labels))
+        per_image = Counter(int(n) for n in y.sum(axis=1))
+        report.counts["train rows"] = len(train)
+        report.counts["labels per image"] = ", ".join(f"{k}: {per_image[k]}" for k in sorted(per_image))
+        report.counts["label frequency"] = " ".join(f"{c}:{int(n)}" for c, n in enumerate(y.sum(axis=0)))
+        report.counts["absent classes"] = ", ".join(str(c) for c in np.flatnonzero(y.sum(axis=0) == 0)) or "none"
+        report.counts["csv dialect (train)"] = train.attrs.get("dialect")
+    if test is not None:
+        report.counts["test rows"] = len(test)
+    if train is not None and test is not None:
+        for image_id in sorted(set(train.ImageID) & set(test.ImageID)):
+            report.problems.append(f"{image_id} is in both train.csv and test.csv")
+    image_dir = root / IMAGE_FOLDER
+    if check_images and image_dir.is_dir():
+        bad = 0
+        referenced = [(kind, frame) for kind, frame in (("train", train), ("test", test)) if frame is not None]
+        total = sum(len(f) for _, f in referenced)
+        from tqdm.auto import tqdm
+        with tqdm(total=total, desc="checking images", disable=not progress, file=sys.stderr) as bar:
+            for kind, frame in referenced:
+                for image_id, line in zip(frame.ImageID, frame.line):
+                    why = check_image(image_dir / image_id)
+                    if why:
+                        bad += 1
+                        report.problems.append(f"{root / f'{kind}.csv'}:{line}: image {image_dir / image_id}: {why}")
+                    bar.update()
+        report.counts["images checked"] = total
+        report.counts["bad image files"] = bad
+    return report
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlc_utils validate",
+                                     description="Check a data folder: both CSVs and every referenced image.")
+    parser.add_argument("--data", required=True, help="folder holding train.csv, test.csv and data/")
+    parser.add_argument("--num-classes", type=int, default=20)
+    parser.add_argument("--no-images", action="store_true", help="skip decoding the images (CSV checks only)")
+    args = parser.parse_args(argv)
+    report = validate_folder(args.data, LabelSpace(args.num_classes), check_images=not args.no_images)
+    print(report.render())
+    return 0 if report.ok else 1

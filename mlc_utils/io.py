@@ -1,0 +1,76 @@
+"""Atomic file writes: an artifact either exists whole or not at all.
+
+Every stage writes through these helpers, so a run killed mid-write never leaves a half file that
+a later run would trust (write to a temporary file in the same folder, fsync, then rename).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Run ``writer(tmp_path)`` (e.g. ``torch.save`` or ``np.save``) and publish the result atomically."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_writable_dir(path: str | os.PathLike, need_bytes: int = 0) -> Path:
+    """Fail before hours of work if ``path`` cannot be written or lacks ``need_bytes`` of free space."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-", delete=True)
+        probe.write(b"x")
+        probe.flush()
+        probe.close()
+    except OSError as err:
+        raise PermissionError(f"output folder {path} is not writable: {err.strerror or err}") from None
+    if need_bytes:
+        import shutil
+        free = shutil.disk_usage(path).free
+        if free < need_bytes:
+            raise OSError(f"output folder {path} has {free / 2**20:.0f} MiB free, "
+                          f"needs at least {need_bytes / 2**20:.0f} MiB")
+    return path

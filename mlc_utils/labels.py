@@ -1,0 +1,75 @@
+"""The label space: class count, names and the multi-hot encoding every stage shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """Classes are the integers ``0 .. num_classes-1`` as written in the competition CSVs.
+
+    Keeping one object for this means the CSV reader, the models and the submission writer
+    cannot disagree on how many classes there are or how they are spelled.
+    """
+
+    num_classes: int = 20
+    names: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        if not isinstance(self.num_classes, (int, np.integer)) or isinstance(self.num_classes, bool) \
+                or self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {self.num_classes!r}")
+        if not self.names:
+            object.__setattr__(self, "names", tuple(str(i) for i in range(self.num_classes)))
+        elif len(self.names) != self.num_classes:
+            raise ValueError(f"label names: {len(self.names)} names given for num_classes={self.num_classes}")
+        else:
+            object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+
+    def parse(self, text: str) -> list[int]:
+        """``"8 3 7"`` -> ``[8, 3, 7]`` (order kept); raises ValueError naming the bad token."""
+        labels = []
+        for token in str(text).split():
+            if not token.lstrip("-").isdigit():
+                raise ValueError(f"label {token!r} is not an integer")
+            value = int(token)
+            if not 0 <= value < self.num_classes:
+                raise ValueError(f"label {value} is outside the label space 0..{self.num_classes - 1}")
+            labels.append(value)
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels {text!r} repeat a class")
+        return labels
+
+    @staticmethod
+    def format(labels: Iterable[int]) -> str:
+        """``[8, 3]`` -> ``"8 3"`` (the Kaggle submission spelling)."""
+        return " ".join(str(int(x)) for x in labels)
+
+    def encode(self, label_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Lists of class ids -> an ``(n, num_classes)`` float32 multi-hot matrix."""
+        out = np.zeros((len(label_lists), self.num_classes), dtype=np.float32)
+        for row, labels in enumerate(label_lists):
+            for label in labels:
+                if not 0 <= int(label) < self.num_classes:
+                    raise ValueError(f"row {row}: label {label} is outside 0..{self.num_classes - 1}")
+                out[row, int(label)] = 1.0
+        return out
+
+    def decode(self, scores: np.ndarray, threshold: float | np.ndarray = 0.5,
+               at_least_one: bool = False) -> list[list[int]]:
+        """Scores (or a 0/1 matrix) -> sorted class ids per row.
+
+        ``threshold`` is one value or one per class. With ``at_least_one`` a row with nothing over
+        its threshold gets its top-scoring class, because a Kaggle row may not be empty.
+        """
+        scores = np.asarray(scores)
+        if scores.ndim != 2 or scores.shape[1] != self.num_classes:
+            raise ValueError(f"scores must have shape (n, {self.num_classes}), got {scores.shape}")
+        chosen = scores >= np.asarray(threshold)
+        if at_least_one:
+            empty = ~chosen.any(axis=1)
+            chosen[np.flatnonzero(empty), scores[empty].argmax(axis=1)] = True
+        return [np.flatnonzero(row).tolist() for row in chosen]

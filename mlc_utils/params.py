@@ -1,0 +1,232 @@
+"""The study's parameters: one YAML file per profile, validated in one place.
+
+A params file has common keys (``run``, ``data_dir``, ``num_classes``, ``seed`` ...) and one
+section per stage. ``load_params(path, overrides)`` returns a :class:`StudyParams`; every notebook
+calls it with the file and the ``--set`` overrides papermill injected, so a typo fails before any
+work with the parameter's full name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from .config import ParamError, coerce, from_dict, require, to_dict  # noqa: F401  (re-exported)
+
+STAGES = ("eda", "split", "image", "text", "fusion", "ablation", "ensemble")
+NOTEBOOKS = {
+    "eda": "01_eda.ipynb",
+    "split": "02_split.ipynb",
+    "image": "03_image.ipynb",
+    "text": "04_text.ipynb",
+    "fusion": "05_fusion.ipynb",
+    "ablation": "06_ablation.ipynb",
+    "ensemble": "07_ensemble.ipynb",
+}
+
+
+@dataclass
+class EdaParams:
+    n_examples: int = 8          # sample images shown with their captions and labels
+    image_size_sample: int = 500  # images whose size is read for the size plot (0 = all)
+
+    def check(self):
+        require(self.n_examples >= 0, f"n_examples: must be >= 0 (got {self.n_examples})")
+        require(self.image_size_sample >= 0, f"image_size_sample: must be >= 0 (got {self.image_size_sample})")
+
+
+@dataclass
+class SplitParams:
+    val_fraction: float = 0.2
+    method: Literal["iterative", "random"] = "iterative"  # iterative = scikit-multilearn stratification
+
+    def check(self):
+        require(0.0 < self.val_fraction < 1.0, f"val_fraction: must be in (0, 1) (got {self.val_fraction})")
+
+
+@dataclass
+class ImageModelSpec:
+    """One backbone to train in the image stage; ``train`` overrides the stage-wide ``image.train``."""
+    name: str
+    pretrained: bool | str = False      # true (offline package or hub), false, or a checkpoint path
+    head: Literal["extra_linear", "replace"] = "extra_linear"
+    mode: Literal["finetune", "frozen"] = "finetune"  # frozen = cached backbone features + trained head
+    img_size: int = 224
+    label: str = ""                      # display name in tables (default: name)
+    train: dict = field(default_factory=dict)
+
+    def check(self):
+        require(bool(self.name.strip()), "name: must name a timm model")
+        require(self.img_size >= 16, f"img_size: must be >= 16 (got {self.img_size})")
+        if not self.label:
+            self.label = self.name
+
+
+@dataclass
+class ImageStageParams:
+    models: list[ImageModelSpec] = field(default_factory=list)
+    train: dict = field(default_factory=dict)   # engine.TrainConfig fields shared by all models
+    tta: list[str] = field(default_factory=lambda: ["center", "hflip"])
+    gpus: int = 0                                # >1: launch through torchrun with this many processes
+    cache_dir: str = "cache"                     # feature cache (shared between runs)
+    n_examples: int = 6
+
+    def check(self):
+        require(self.gpus >= 0, f"gpus: must be >= 0 (got {self.gpus})")
+        labels = [m.label for m in self.models]
+        require(len(set(labels)) == len(labels), f"models: labels must be unique (got {labels})")
+
+
+@dataclass
+class TextStageParams:
+    model: str = "all-MiniLM-L6-v2"   # the packaged offline MiniLM, a hub name, or a local folder
+    pretrained: bool = True
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = 48
+    clean: dict = field(default_factory=dict)   # text.CaptionCleaner switches
+    train: dict = field(default_factory=dict)   # engine.TrainConfig fields
+
+    def check(self):
+        require(8 <= self.max_length <= 512, f"max_length: must be in 8..512 (got {self.max_length})")
+
+
+@dataclass
+class FusionStageParams:
+    heads: list[Literal["concat", "bilinear"]] = field(default_factory=lambda: ["concat", "bilinear"])
+    fusion_input: Literal["logits", "features"] = "logits"
+    mode: Literal["frozen", "end_to_end"] = "frozen"
+    image_model: str = ""    # label of the image model to fuse (default: the best on validation)
+    train: dict = field(default_factory=dict)
+
+
+@dataclass
+class AblationStageParams:
+    base: str = ""           # label of the image model whose configuration is ablated (default: first)
+    switches: list[Literal["mixup", "randaugment", "tta", "loss"]] = field(
+        default_factory=lambda: ["mixup", "randaugment", "tta", "loss"])
+    alt_loss: Literal["bce", "weighted_bce", "focal", "asl"] = "asl"
+    train: dict = field(default_factory=dict)
+
+
+@dataclass
+class EnsembleStageParams:
+    members: list[str] = field(default_factory=list)   # probability sets by name; empty = every one saved
+    weights: Literal["equal", "score", "optimized"] = "score"
+    per_class_thresholds: bool = False
+
+
+@dataclass
+class StudyParams:
+    run: str = "demo"
+    data_dir: str = "data/demo"
+    num_classes: int = 20
+    class_names: list[str] = field(default_factory=list)
+    seed: int = 3407
+    threshold: float = 0.5
+    stages: list[Literal["eda", "split", "image", "text", "fusion", "ablation", "ensemble"]] = \
+        field(default_factory=lambda: list(STAGES))
+    eda: EdaParams = field(default_factory=EdaParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    image: ImageStageParams = field(default_factory=ImageStageParams)
+    text: TextStageParams = field(default_factory=TextStageParams)
+    fusion: FusionStageParams = field(default_factory=FusionStageParams)
+    ablation: AblationStageParams = field(default_factory=AblationStageParams)
+    ensemble: EnsembleStageParams = field(default_factory=EnsembleStageParams)
+    source: str = ""          # the params file this came from (set by load_params)
+
+    def check(self):
+        require(bool(self.run) and all(c.isalnum() or c in "-_." for c in self.run),
+                f"run: must be a plain name of letters, digits, '-', '_' or '.' (got {self.run!r})")
+        require(self.num_classes >= 1, f"num_classes: must be >= 1 (got {self.num_classes})")
+        require(not self.class_names or len(self.class_names) == self.num_classes,
+                f"class_names: {len(self.class_names)} names for num_classes={self.num_classes}")
+        require(0.0 < self.threshold < 1.0, f"threshold: must be in (0, 1) (got {self.threshold})")
+        require(self.seed >= 0, f"seed: must be >= 0 (got {self.seed})")
+
+    def data_path(self, root: str | os.PathLike | None = None) -> Path:
+        """``data_dir`` resolved against ``root`` (the project folder) when relative."""
+        path = Path(self.data_dir).expanduser()
+        return path if path.is_absolute() or root is None else Path(root) / path
+
+    def section(self, stage: str) -> Any:
+        return getattr(self, stage)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``image.train.epochs=3`` -> (``"image.train.epochs"``, 3); the value is read as YAML."""
+    if "=" not in text:
+        raise ParamError(f"--set {text!r}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ParamError(f"--set {text!r}: empty KEY")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ParamError(f"--set {key}: value {raw!r} is not valid YAML ({err})") from None
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: Mapping[str, Any] | Sequence[str]) -> dict:
+    """Set dotted keys in a nested mapping (a copy). Unknown keys are caught later by validation."""
+    data = yaml.safe_load(yaml.safe_dump(data)) or {}
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise ParamError(f"--set {key}: '{part}' is not a section")
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return data
+
+
+def read_params_file(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ParamError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamError(f"{path}: expected a mapping of parameters at the top level")
+    return data
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] = ()) -> StudyParams:
+    """Read, override and validate. Errors name the file and the parameter."""
+    data = read_params_file(path) if path else {}
+    data = apply_overrides(data, overrides)
+    try:
+        params = from_dict(StudyParams, data)
+    except ParamError as err:
+        raise ParamError(f"{path or 'params'}: {err}") from None
+    params.source = str(path or "")
+    return params
+
+
+def params_as_dict(params: StudyParams) -> dict:
+    data = to_dict(params)
+    data.pop("source", None)
+    return data
+
+
+def stage_fingerprint(params: StudyParams, stage: str) -> dict:
+    """What a stage's result depends on among the parameters: the common keys and its own section."""
+    data = params_as_dict(params)
+    common = {k: v for k, v in data.items() if k not in STAGES and k != "stages"}
+    return {"common": common, stage: data[stage]}
+
+
+def replace(params: StudyParams, **changes) -> StudyParams:
+    return dataclasses.replace(params, **changes)

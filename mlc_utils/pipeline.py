@@ -1,0 +1,226 @@
+"""Run the study: execute the stage notebooks in order with papermill and render the reports.
+
+Each stage runs ``notebooks/NN_<stage>.ipynb`` into ``runs/<run>/NN_<stage>.ipynb`` and writes its
+artifacts under ``runs/<run>/<stage>/``. A stage is skipped when its *key* is unchanged: the hash of
+its notebook, its parameters (common keys + its section), the data's checksums and the keys of the
+stages it reads. The key is recorded in ``runs/<run>/<stage>/stage.json``, written last and
+atomically, and removed before a stage starts: a stage killed half-way is never trusted.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .io import atomic_write_text, ensure_writable_dir, sha256_file
+from .params import NOTEBOOKS, STAGES, ParamError, StudyParams, load_params, parse_override, stage_fingerprint
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+KERNEL_NAME = "mlc"
+MANIFEST = "stage.json"
+DEPENDS_ON = {
+    "eda": (),
+    "split": (),
+    "image": ("split",),
+    "text": ("split",),
+    "fusion": ("split", "image", "text"),
+    "ablation": ("split", "image"),
+    "ensemble": ("split", "image", "text", "fusion"),
+}
+
+
+class StageFailed(RuntimeError):
+    """A cell failed; the message names the executed notebook and the cell's error."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str            # ran | skipped | failed | not run
+    seconds: float = 0.0
+    notebook: Path | None = None
+    error: str = ""
+
+
+@dataclass
+class Study:
+    """Where one run of the study lives; built from params and the project root."""
+    params: StudyParams
+    overrides: dict = field(default_factory=dict)
+    root: Path = PROJECT_ROOT
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "runs" / self.params.run
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "reports" / self.params.run
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    def notebook_in(self, stage: str) -> Path:
+        return self.root / "notebooks" / NOTEBOOKS[stage]
+
+    def notebook_out(self, stage: str) -> Path:
+        return self.run_dir / NOTEBOOKS[stage]
+
+    def manifest(self, stage: str) -> dict | None:
+        path = self.stage_dir(stage) / MANIFEST
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def data_fingerprint(data_dir: Path) -> dict:
+    """Checksums of the CSVs and the image listing (names and sizes); cheap enough to take every run."""
+    out = {}
+    for name in ("train.csv", "test.csv"):
+        path = data_dir / name
+        out[name] = sha256_file(path) if path.is_file() else None
+    image_dir = data_dir / "data"
+    if image_dir.is_dir():
+        listing = sorted((e.name, e.stat().st_size) for e in os.scandir(image_dir) if e.is_file())
+        out["images"] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    return out
+
+
+def stage_key(study: Study, stage: str, data_fp: dict) -> str:
+    upstream = {}
+    for dep in DEPENDS_ON[stage]:
+        manifest = study.manifest(dep)
+        upstream[dep] = manifest.get("key") if manifest and manifest.get("status") == "ok" else None
+    payload = {
+        "notebook": sha256_file(study.notebook_in(stage)),
+        "params": stage_fingerprint(study.params, stage),
+        "data": data_fp,
+        "upstream": upstream,
+        "library": _library_digest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _library_digest() -> str:
+    """Changing the library's code changes what a stage computes, so it is part of every key."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _missing_upstream(study: Study, stage: str, chosen: list[str]) -> list[str]:
+    return [dep for dep in DEPENDS_ON[stage]
+            if dep not in chosen and not (study.manifest(dep) or {}).get("status") == "ok"]
+
+
+def execute_stage(study: Study, stage: str, key: str, log=print) -> StageResult:
+    """Run one notebook with papermill; render its HTML whether it passed or failed."""
+    import papermill as pm
+    stage_dir = study.stage_dir(stage)
+    (stage_dir / MANIFEST).unlink(missing_ok=True)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    out = study.notebook_out(stage)
+    parameters = {
+        "params_file": str(Path(study.params.source).resolve()) if study.params.source else "",
+        "overrides": dict(study.overrides),
+        "project_root": str(study.root),
+    }
+    started = time.time()
+    error = ""
+    try:
+        pm.execute_notebook(str(study.notebook_in(stage)), str(out), parameters=parameters,
+                            kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
+                            progress_bar=False, log_output=False, request_save_on_cell_execute=True)
+    except pm.PapermillExecutionError as err:
+        error = f"{out}: cell {err.exec_count} raised {err.ename}: {err.evalue}"
+    except Exception as err:  # kernel died, notebook missing ...
+        error = f"{out}: {type(err).__name__}: {err}"
+    seconds = time.time() - started
+    from .report import render_notebook
+    if out.is_file():
+        render_notebook(out, study.report_dir)
+    if error:
+        return StageResult(stage, "failed", seconds, out, error)
+    atomic_write_text(stage_dir / MANIFEST, json.dumps(
+        {"stage": stage, "key": key, "status": "ok", "seconds": round(seconds, 1),
+         "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+    return StageResult(stage, "ran", seconds, out)
+
+
+def run_study(params_file: str | None, overrides: list[str] | dict = (), only: list[str] | None = None,
+              force: bool = False, root: Path = PROJECT_ROOT, log=print) -> list[StageResult]:
+    """Run (or skip) each stage in order; stop at the first failure. Returns one result per stage."""
+    override_map = dict(parse_override(o) for o in overrides) if not isinstance(overrides, dict) else dict(overrides)
+    params = load_params(params_file, override_map)
+    study = Study(params, override_map, Path(root))
+    chosen = [s for s in params.stages if not only or s in only]
+    if only:
+        unknown = [s for s in only if s not in STAGES]
+        if unknown:
+            raise ParamError(f"--only: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+        not_enabled = [s for s in only if s not in params.stages]
+        if not_enabled:
+            raise ParamError(f"--only: stage(s) {', '.join(not_enabled)} are not in this params file's 'stages'")
+    data_dir = params.data_path(study.root)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data_dir {data_dir} does not exist (params 'data_dir'; set it with --set data_dir=...)")
+    ensure_writable_dir(study.run_dir)
+    ensure_writable_dir(study.report_dir)
+    data_fp = data_fingerprint(data_dir)
+    results: list[StageResult] = []
+    for stage in chosen:
+        missing = _missing_upstream(study, stage, chosen)
+        if missing:
+            results.append(StageResult(stage, "failed", error=f"stage '{stage}' needs {', '.join(missing)} "
+                                                            "to have run first (add it to --only)"))
+            log(f"[{stage}] {results[-1].error}")
+            break
+        key = stage_key(study, stage, data_fp)
+        manifest = study.manifest(stage)
+        if not force and manifest and manifest.get("key") == key and manifest.get("status") == "ok" \
+                and study.notebook_out(stage).is_file():
+            results.append(StageResult(stage, "skipped", 0.0, study.notebook_out(stage)))
+            log(f"[{stage}] unchanged (notebook, parameters, data and inputs): skipped; use --force to re-run")
+            continue
+        log(f"[{stage}] running {study.notebook_in(stage).relative_to(study.root)} ...")
+        result = execute_stage(study, stage, key, log)
+        results.append(result)
+        if result.status == "failed":
+            log(f"[{stage}] FAILED after {result.seconds:.0f}s: {result.error}")
+            break
+        log(f"[{stage}] done in {result.seconds:.0f}s -> {result.notebook.relative_to(study.root)}")
+    done = {r.stage for r in results}
+    results += [StageResult(s, "not run") for s in chosen if s not in done]
+    from .report import write_index
+    index = write_index(study, results)
+    log(f"report: {index}")
+    return results
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlc_utils run",
+                                     description="Execute the study's notebooks with papermill and render HTML reports.")
+    parser.add_argument("--params", required=True, help="params YAML, e.g. params/demo.yaml")
+    parser.add_argument("--only", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGES)})")
+    parser.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. --set data_dir=/elsewhere --set image.train.epochs=2")
+    args = parser.parse_args(argv)
+    try:
+        results = run_study(args.params, args.overrides, args.only, args.force)
+    except (ParamError, FileNotFoundError, PermissionError, OSError) as err:
+        print(f"mlc_utils run: {err}", file=sys.stderr)
+        return 2
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        print(f"mlc_utils run: stage '{failed[0].stage}' failed: {failed[0].error}", file=sys.stderr)
+        return 1
+    return 0

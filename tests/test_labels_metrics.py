@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from mlc_utils import metrics as M
+from mlc_utils.labels import LabelSpace
+
+
+def test_label_space_round_trip():
+    space = LabelSpace(20)
+    y = space.encode([[1, 3], [19], [0, 1, 2]])
+    assert y.shape == (3, 20) and y.dtype == np.float32 and y.sum() == 6
+    assert space.decode(y) == [[1, 3], [19], [0, 1, 2]]
+    assert space.parse("8 3 7") == [8, 3, 7] and space.format([8, 3]) == "8 3"
+
+
+def test_label_space_errors():
+    with pytest.raises(ValueError, match="num_classes"):
+        LabelSpace(0)
+    with pytest.raises(ValueError, match="outside"):
+        LabelSpace(5).encode([[5]])
+    with pytest.raises(ValueError, match="3 names given for num_classes=2"):
+        LabelSpace(2, ("a", "b", "c"))
+
+
+def test_decode_fallback_to_top1():
+    space = LabelSpace(3)
+    scores = np.array([[0.1, 0.3, 0.2], [0.9, 0.1, 0.6]])
+    assert space.decode(scores, 0.5) == [[], [0, 2]]
+    assert space.decode(scores, 0.5, at_least_one=True) == [[1], [0, 2]]
+    assert space.decode(scores, np.array([0.05, 0.9, 0.9])) == [[0], [0]]
+
+
+def test_sample_f1_matches_sklearn_and_fallback():
+    rng = np.random.default_rng(0)
+    y = (rng.random((50, 6)) < 0.3).astype(int)
+    y[y.sum(1) == 0, 0] = 1
+    p = rng.random((50, 6))
+    expected = f1_score(y, (p >= 0.5).astype(int), average="samples", zero_division=0)
+    assert M.sample_f1(y, p, 0.5, at_least_one=False) == pytest.approx(expected)
+    # the top-1 fallback can only add true positives to empty rows, never lower their F1
+    assert M.sample_f1(y, p, 0.95, at_least_one=True) >= M.sample_f1(y, p, 0.95, at_least_one=False)
+
+
+def test_evaluate_keys_and_perfect_scores():
+    y = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0]])
+    scores = M.evaluate(y, y * 0.9 + 0.05)
+    assert scores == {"sample_f1": 1.0, "micro_f1": 1.0, "macro_f1": 1.0, "mAP": 1.0}
+    with pytest.raises(ValueError, match="equal"):
+        M.evaluate(y, y[:, :2])
+
+
+def test_threshold_tuning_never_worse_than_fixed():
+    rng = np.random.default_rng(1)
+    y = (rng.random((200, 5)) < 0.25).astype(int)
+    y[y.sum(1) == 0, 1] = 1
+    p = np.clip(y * 0.35 + rng.random((200, 5)) * 0.6, 0, 1)  # positives shifted up, best threshold below 0.5
+    t, score = M.tune_global_threshold(y, p)
+    assert score >= M.sample_f1(y, p, 0.5) and score >= M.sample_f1(y, p, 0.4)
+    per_class, class_score = M.tune_class_thresholds(y, p)
+    assert per_class.shape == (5,) and class_score >= score - 1e-12
+    table = M.threshold_table(y, p)
+    assert list(table.threshold[:3]) == ["0.40", "0.50", "0.60"] and len(table) == 5
+    assert table.gain_vs_0_50.iloc[1] == 0 if "gain_vs_0_50" in table else table["gain_vs_0.50"].iloc[1] == 0
+
+
+def test_map_ignores_absent_classes():
+    y = np.array([[1, 0, 0], [0, 1, 0]])
+    p = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5]])
+    assert M.mean_average_precision(y, p) == 1.0
