@@ -124,6 +124,16 @@ def read_competition_csv(path: str | os.PathLike, kind: str | None = None,
     ``df.attrs`` holds ``kind``, ``dialect`` and ``path``. Raises :class:`CsvFormatError` listing
     every problem: unreadable records, duplicate ImageIDs, labels outside the space, missing columns.
     """
+    frame, problems = read_with_problems(path, kind, label_space, dialect)
+    if problems:
+        raise CsvFormatError(problems)
+    return frame
+
+
+def read_with_problems(path: str | os.PathLike, kind: str | None = None, label_space: LabelSpace | None = None,
+                       dialect: str = "auto") -> tuple[pd.DataFrame, list[CsvProblem]]:
+    """Like :func:`read_competition_csv` but returns the readable rows *and* the problems (for
+    ``validate``, which checks the images of every row it could read). Header problems still raise."""
     path = Path(path)
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
@@ -193,11 +203,9 @@ def read_competition_csv(path: str | os.PathLike, kind: str | None = None,
         row["Caption"] = caption
         row["line"] = line
         rows.append(row)
-    if problems:
-        raise CsvFormatError(problems)
     frame = pd.DataFrame(rows, columns=[*expected, "line"])
     frame.attrs.update(kind=kind, dialect=dialect, path=str(path))
-    return frame
+    return frame, problems
 
 
 def read_train_csv(path, label_space: LabelSpace | None = None, dialect: str = "auto") -> pd.DataFrame:

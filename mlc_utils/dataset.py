@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .csvio import CsvFormatError, read_test_csv, read_train_csv
+from .csvio import CsvFormatError, read_test_csv, read_train_csv, read_with_problems
 from .io import sha256_file
 from .labels import LabelSpace
 
@@ -132,12 +132,13 @@ def validate_folder(root: str | Path, labels: LabelSpace | None = None, check_im
         if not root.is_dir():
             return report
     frames = {}
-    for kind, reader in (("train", lambda p: read_train_csv(p, labels)), ("test", read_test_csv)):
+    for kind in ("train", "test"):
         path = root / f"{kind}.csv"
         if not path.is_file():
             continue
         try:
-            frames[kind] = reader(path)
+            frames[kind], problems = read_with_problems(path, kind, labels)
+            report.problems += [str(p) for p in problems]
         except CsvFormatError as err:
             report.problems += [str(p) for p in err.problems]
     train, test = frames.get("train"), frames.get("test")

@@ -29,6 +29,8 @@ def plot_label_frequency(freq: pd.DataFrame, title: str = "Images per label"):
                     (patch.get_x() + patch.get_width() / 2, patch.get_height()),
                     ha="center", va="bottom", fontsize=7)
     ax.set(title=title, xlabel="label", ylabel="images")
+    if max(len(str(c)) for c in freq["class"]) > 3:
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     fig.tight_layout()
     return fig
 

@@ -199,8 +199,13 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         log(f"[{stage}] done in {result.seconds:.0f}s -> {result.notebook.relative_to(study.root)}")
     done = {r.stage for r in results}
     results += [StageResult(s, "not run") for s in chosen if s not in done]
+    # stages outside --only keep their earlier result on the index page
+    earlier = {s: StageResult(s, "earlier run", 0.0, study.notebook_out(s)) for s in params.stages
+               if s not in chosen and (study.manifest(s) or {}).get("status") == "ok"}
+    order = {s: i for i, s in enumerate(params.stages)}
+    shown = sorted(results + list(earlier.values()), key=lambda r: order[r.stage])
     from .report import write_index
-    index = write_index(study, results)
+    index = write_index(study, shown)
     log(f"report: {index}")
     return results
 

@@ -80,7 +80,7 @@ def write_index(study, results) -> Path:
     report_dir = study.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>Study '{html.escape(params.run)}'</h1>",
-             f"<p>Data: <code>{html.escape(str(params.data_path(study.root)))}</code> &middot; "
+             f"<p>Data: <code>{html.escape(str(params.data_path(study.root).resolve()))}</code> &middot; "
              f"written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
              "<h2>Stages</h2><table><thead><tr><th>stage</th><th>status</th><th>time (s)</th>"
              "<th>report</th><th>headline</th></tr></thead><tbody>"]
@@ -95,12 +95,14 @@ def write_index(study, results) -> Path:
         headline = "; ".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in summary.get("headline", {}).items())
         if result.error:
             headline = f'<span class="failed">{html.escape(result.error)}</span>'
-        seconds = study.manifest(result.stage).get("seconds", "") if result.status == "skipped" and \
-            study.manifest(result.stage) else (f"{result.seconds:.0f}" if result.seconds else "")
+        manifest = study.manifest(result.stage) or {}
+        seconds = manifest.get("seconds", "") if result.status in ("skipped", "earlier run") \
+            else (f"{result.seconds:.0f}" if result.seconds else "")
         parts.append(f"<tr><td>{result.stage}</td><td class='{result.status.split()[0]}'>{result.status}</td>"
                      f"<td>{seconds}</td><td>{' '.join(links)}</td><td>{headline}</td></tr>")
         for name, table in summary.get("tables", {}).items():
-            study_tables.append((result.stage, name, table))
+            if table.get("in_index"):
+                study_tables.append((result.stage, name, table))
         for fig in summary.get("figures", [])[:3]:
             path = study.stage_dir(result.stage) / fig
             if path.is_file():

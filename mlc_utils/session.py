@@ -68,8 +68,10 @@ class StageContext:
         self.summary["headline"].update(values)
         self._save()
 
-    def table(self, name: str, frame) -> None:
+    def table(self, name: str, frame, index: bool = False) -> None:
+        """Record a table; ``index=True`` also shows it on the run's index page (the study's tables)."""
         self.summary["tables"][name] = json.loads(frame.to_json(orient="split", index=False))
+        self.summary["tables"][name]["in_index"] = bool(index)
         self._save()
 
     def figure(self, fig, name: str) -> Path:

@@ -1,0 +1,635 @@
+"""One training loop for every model of the study (image, text, fusion, feature heads).
+
+Design. :func:`fit` takes any ``nn.Module`` that maps a batch of inputs (a tensor or a dict of
+tensors) to ``(B, C)`` logits, and datasets of ``(inputs, multi-hot target)``. It does only the
+multi-label specifics by hand (binary label smoothing, distillation, metric gathering, exact
+resumption) and leaves everything else to torch and timm: ``torch.optim`` (a registry), a
+``LambdaLR`` per-epoch schedule (step/cosine/none, warmup, and the learning-rate change after the
+frozen-backbone epochs as one factor), ``torch.autocast`` + ``GradScaler``, timm ``Mixup``
+(multi-label mode) and ``ModelEmaV3``, ``DistributedDataParallel`` + ``DistributedSampler``.
+The same code runs on one CPU and on N GPUs under torchrun: when a process group is initialised
+the model is wrapped in DDP and every rank sees its shard; validation probabilities are gathered
+over all ranks (padding duplicates dropped) so every rank computes the same metrics, and only
+rank 0 writes. Data order and augmentation randomness are re-seeded from ``seed + epoch`` at the
+start of every epoch, so a run resumed from ``last.pt`` (model, optimizer, scheduler, scaler, EMA,
+history) ends bit-identical to one that was never interrupted. ``batch_size`` is per process:
+the global batch is ``batch_size * world_size * grad_accum``, so 2 processes x 4 equal 1 x 8.
+Outputs in ``out_dir``: ``last.pt``, ``best.pt`` (by validation sample-F1), ``log.csv``,
+``val_probs.npy`` (best epoch), ``metrics.json``; every file is written atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .io import atomic_save, atomic_write_text
+from .losses import LOSSES, NEEDS_POS_WEIGHT, build_loss, distillation_loss, pos_weight_from_targets, smooth_targets
+from .metrics import evaluate
+
+CHECKPOINT_FORMAT = "mlc-checkpoint/1"
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0),
+}
+
+# learning-rate multiplier of the schedule at a 0-based epoch
+SCHEDULES: dict[str, Callable[[Any, int], float]] = {
+    "step": lambda cfg, epoch: cfg.gamma ** (epoch // cfg.step_size),
+    "cosine": lambda cfg, epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, cfg.epochs))),
+    "none": lambda cfg, epoch: 1.0,
+}
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    """Everything :func:`fit` needs; defaults follow the paper where it states them.
+
+    Paper: AdamW, StepLR, mixup alpha 0.4, seed 3407, freeze epochs, label smoothing, KD, TTA.
+    The values of lr, epochs, batch size and step schedule are this project's (the paper does
+    not give them). ``batch_size`` is per process.
+    """
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int | None = None          # default: 2 x batch_size
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9                       # sgd only
+    scheduler: Literal["step", "cosine", "none"] = "step"
+    step_size: int = 3                          # epochs between StepLR decays
+    gamma: float = 0.1                          # StepLR decay factor
+    warmup_epochs: int = 0
+    seed: int = 3407
+    freeze_epochs: int = 0                      # epochs with backbone_parameters() frozen
+    after_freeze_lr: float | None = None        # learning rate once unfrozen (default: lr)
+    mixup: bool = False                         # timm Mixup on image tensors (multi-label mode)
+    mixup_alpha: float = 0.4
+    label_smoothing: float = 0.0                # binary: targets move towards 0.5
+    loss: Literal["bce", "weighted_bce", "focal", "asl"] = "bce"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    kd_alpha: float = 0.5                       # weight of the distillation term (teacher given)
+    kd_temp: float = 2.0
+    amp: bool = True                            # autocast on CUDA (ignored on CPU)
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 adds a GradScaler
+    ema: bool = False                           # evaluate and keep EMA weights (timm ModelEmaV3)
+    ema_decay: float = 0.999
+    grad_accum: int = 1
+    max_grad_norm: float = 0.0                  # 0 = no clipping
+    threshold: float = 0.5                      # decision threshold of the validation scores
+    num_workers: int = 0
+    device: str = "auto"                        # auto | cpu | cuda | cuda:N
+    resume: bool = False                        # continue from out_dir/last.pt when present
+    max_steps_per_epoch: int | None = None      # cap optimizer steps per epoch (quick runs)
+    restore_best: bool = True                   # model holds the best epoch's weights on return
+    progress: bool = True                       # tqdm bars
+
+    def check(self) -> None:
+        def need(ok: bool, message: str):
+            if not ok:
+                raise ValueError(message)
+        for name in ("epochs", "freeze_epochs", "warmup_epochs", "num_workers"):
+            need(getattr(self, name) >= 0, f"{name}: must be >= 0 (got {getattr(self, name)})")
+        for name in ("batch_size", "grad_accum", "step_size"):
+            need(getattr(self, name) >= 1, f"{name}: must be >= 1 (got {getattr(self, name)})")
+        need(self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"eval_batch_size: must be >= 1 (got {self.eval_batch_size})")
+        need(self.lr > 0, f"lr: must be > 0 (got {self.lr})")
+        need(self.after_freeze_lr is None or self.after_freeze_lr > 0,
+             f"after_freeze_lr: must be > 0 (got {self.after_freeze_lr})")
+        need(self.weight_decay >= 0, f"weight_decay: must be >= 0 (got {self.weight_decay})")
+        need(0.0 < self.threshold < 1.0, f"threshold: must be in (0, 1) (got {self.threshold})")
+        need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing: must be in [0, 1) (got {self.label_smoothing})")
+        need(self.mixup_alpha > 0, f"mixup_alpha: must be > 0 (got {self.mixup_alpha})")
+        need(0.0 <= self.kd_alpha <= 1.0, f"kd_alpha: must be in [0, 1] (got {self.kd_alpha})")
+        need(self.kd_temp > 0, f"kd_temp: must be > 0 (got {self.kd_temp})")
+        need(0.0 < self.ema_decay < 1.0, f"ema_decay: must be in (0, 1) (got {self.ema_decay})")
+        need(0.0 < self.gamma <= 1.0, f"gamma: must be in (0, 1] (got {self.gamma})")
+        need(self.max_grad_norm >= 0, f"max_grad_norm: must be >= 0 (got {self.max_grad_norm})")
+        need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+             f"max_steps_per_epoch: must be >= 1 or null (got {self.max_steps_per_epoch})")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULES), ("loss", LOSSES),
+                              ("amp_dtype", AMP_DTYPES)):
+            need(getattr(self, name) in allowed,
+                 f"{name}: must be one of {sorted(allowed)} (got {getattr(self, name)!r})")
+        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+             f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {self.device!r})")
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any] | None, where: str = "train") -> "TrainConfig":
+        """Typed and checked, rejecting unknown keys with a did-you-mean (``mlc_utils.config``)."""
+        from .config import from_dict
+        return from_dict(cls, mapping or {}, where)
+
+
+# fields that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = frozenset({"epochs", "resume", "num_workers", "device", "progress", "eval_batch_size",
+                               "restore_best"})
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    best_epoch: int                      # 0-based; -1 when no epoch ran
+    best_metrics: dict
+    history: list[dict] = field(default_factory=list)
+    val_probs: np.ndarray | None = None  # best epoch, validation order
+    val_targets: np.ndarray | None = None
+    seconds: float = 0.0
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' is the local GPU of this process (``LOCAL_RANK`` under torchrun) if any, else the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def to_device(inputs, device: torch.device):
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, Mapping):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(to_device(v, device) for v in inputs)
+    return inputs
+
+
+def dataset_targets(dataset: Dataset) -> np.ndarray:
+    """The ``(n, C)`` targets of a dataset without decoding its inputs when it can say them."""
+    from torch.utils.data import ConcatDataset, Subset, TensorDataset
+    if getattr(dataset, "targets", None) is not None:
+        return np.asarray(dataset.targets, dtype=np.float32)
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy().astype(np.float32)
+    if isinstance(dataset, Subset):
+        return dataset_targets(dataset.dataset)[np.asarray(dataset.indices)]
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([dataset_targets(d) for d in dataset.datasets])
+    return np.stack([np.asarray(dataset[i][1], dtype=np.float32) for i in range(len(dataset))])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def model_identity(model: nn.Module) -> dict:
+    """What a checkpoint records about its model (the model's ``spec`` when it has one)."""
+    model = unwrap(model)
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    return {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+
+
+IDENTITY_KEYS = ("kind", "class", "arch", "head", "num_classes", "model", "fusion", "input_dim")
+
+
+def describe_identity(identity: Mapping) -> str:
+    return ", ".join(f"{k}={identity[k]}" for k in IDENTITY_KEYS if k in identity) or "unknown model"
+
+
+def check_identity(saved: Mapping, model: nn.Module, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint of another model (architecture, head or class count) with a clear message."""
+    current = model_identity(model)
+    differ = [k for k in IDENTITY_KEYS if k in saved and k in current and saved[k] != current[k]]
+    if differ:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was saved from a different model ({', '.join(differ)} differ): it holds "
+            f"[{describe_identity(saved)}] but this model is [{describe_identity(current)}]")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not belong to the model it is loaded into."""
+
+
+def inference_state(checkpoint: Mapping) -> dict:
+    """The weights to predict with: the EMA copy when the run kept one."""
+    return checkpoint.get("ema") or checkpoint["model"]
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an mlc training checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
+                    checkpoint: dict | None = None) -> tuple[nn.Module, dict]:
+    """``(model with the checkpoint's inference weights, checkpoint)``; builds the model from its spec if None.
+
+    ``checkpoint``: the already-read contents of ``path`` (saves reading it twice).
+    """
+    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
+    if model is None:
+        from .models import build_model
+        model = build_model(checkpoint["spec"])
+    check_identity(checkpoint["spec"], model, path)
+    try:
+        unwrap(model).load_state_dict(inference_state(checkpoint))
+    except RuntimeError as err:
+        raise CheckpointMismatchError(f"checkpoint {path} does not fit this model: {err}") from None
+    return model, checkpoint
+
+
+def state_digest(module: nn.Module) -> str:
+    """sha1 over a module's state tensors: the identity of its exact weights."""
+    import hashlib
+    digest = hashlib.sha1()
+    for name, tensor in unwrap(module).state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Atomic ``.npy`` write (through a handle: ``np.save`` on a path would append ``.npy`` to the temp name)."""
+    def writer(tmp):
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(array))
+    return atomic_save(path, writer)
+
+
+def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    factor = SCHEDULES[cfg.scheduler](cfg, epoch)
+    if epoch < cfg.warmup_epochs:
+        factor *= (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.freeze_epochs and epoch >= cfg.freeze_epochs and cfg.after_freeze_lr:
+        factor *= cfg.after_freeze_lr / cfg.lr
+    return factor
+
+
+def _set_frozen(model: nn.Module, frozen: bool) -> bool:
+    """Freeze or unfreeze ``backbone_parameters()``; False when the model has none."""
+    params = getattr(model, "backbone_parameters", None)
+    if params is None:
+        return False
+    for p in params():
+        p.requires_grad_(not frozen)
+    return True
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _loader(dataset, cfg: TrainConfig, batch_size: int, train: bool, epoch: int, collate_fn, device) -> tuple:
+    rank, world = rank_and_world()
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.seed,
+                                 drop_last=False)
+    sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(cfg.seed + 7919 * epoch + rank)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        collate_fn=collate_fn, pin_memory=device.type == "cuda", generator=generator,
+                        persistent_workers=False)
+    return loader, sampler
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    enabled = cfg.amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.amp_dtype], enabled=enabled)
+
+
+def _progress(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=not cfg.progress or rank_and_world()[0] != 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction
+
+@torch.no_grad()
+def _collect(model: nn.Module, loader, device, autocast, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    probs, targets = [], []
+    for inputs, target in (progress(loader) if progress else loader):
+        with autocast:
+            logits = model(to_device(inputs, device))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(np.asarray(target, dtype=np.float32))
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(probs), np.concatenate(targets)
+
+
+def predict_probs(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "auto",
+                  num_workers: int = 0, collate_fn=None, amp: bool = True, progress: bool = False) -> np.ndarray:
+    """Sigmoid probabilities ``(n, C)`` in dataset order (one process, no shuffling)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = unwrap(model).to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_fn, pin_memory=device.type == "cuda")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    from tqdm.auto import tqdm
+    bar = (lambda it: tqdm(it, desc="predict", leave=False)) if progress else None
+    return _collect(model, loader, device, autocast, bar)[0]
+
+
+def _gather_validation(probs: np.ndarray, targets: np.ndarray, indices: list[int], n: int):
+    """All ranks' shards -> the whole validation set in dataset order (sampler padding dropped)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return probs, targets
+    shards: list = [None] * world
+    dist.all_gather_object(shards, (indices, probs, targets))
+    order = np.concatenate([np.asarray(s[0]) for s in shards])
+    all_probs = np.concatenate([s[1] for s in shards])
+    all_targets = np.concatenate([s[2] for s in shards])
+    _, first = np.unique(order, return_index=True)  # sorted by index, first occurrence of each
+    if len(first) != n:
+        raise RuntimeError(f"gathered {len(first)} validation rows, expected {n}")
+    return all_probs[first], all_targets[first]
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+class _Trainer:
+    """State of one :func:`fit` call; methods are the steps of an epoch."""
+
+    def __init__(self, model, train_set, val_set, cfg: TrainConfig, out_dir, teacher, collate_fn):
+        self.cfg, self.train_set, self.val_set, self.collate_fn = cfg, train_set, val_set, collate_fn
+        self.out_dir = Path(out_dir)
+        self.rank, self.world = rank_and_world()
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
+        self.autocast = _autocast(cfg, self.device)
+        pos_weight = pos_weight_from_targets(dataset_targets(train_set)) if cfg.loss in NEEDS_POS_WEIGHT else None
+        self.criterion = build_loss(cfg.loss, pos_weight, focal_gamma=cfg.focal_gamma,
+                                    focal_alpha=cfg.focal_alpha).to(self.device)
+        self.optimizer = OPTIMIZERS[cfg.optimizer]([p for p in model.parameters()], cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: _lr_factor(cfg, e))
+        fp16 = cfg.amp and self.device.type == "cuda" and cfg.amp_dtype == "float16"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.ema = None
+        if cfg.ema:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True)  # warmup: useful in short runs
+        self.mixer = None
+        if cfg.mixup:
+            from timm.data import Mixup
+            self.mixer = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=0.0, label_smoothing=cfg.label_smoothing,
+                               num_classes=1, multi_label=True)  # num_classes set from each batch
+        self.history: list[dict] = []
+        self.best_score, self.best_epoch, self.best_state = -math.inf, -1, None
+        self.best_probs, self.val_targets = None, None
+        self.start_epoch, self.global_step = 0, 0
+        self.wrapped, self.frozen = None, None
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def checkpoint(self, epoch: int) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "spec": model_identity(self.model), "epoch": epoch,
+                "global_step": self.global_step, "model": self.model.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _rng_state(), "params": asdict(self.cfg),
+                "history": self.history, "best": {"epoch": self.best_epoch, "score": self.best_score}}
+
+    def resume(self) -> None:
+        path = self.out_dir / "last.pt"
+        if not path.is_file():
+            return
+        ckpt = read_checkpoint(path)
+        check_identity(ckpt["spec"], self.model, path)
+        changed = [f.name for f in fields(self.cfg) if f.name not in RESUMABLE_CHANGES
+                   and ckpt["params"].get(f.name) != getattr(self.cfg, f.name)]
+        if changed:
+            detail = "; ".join(f"{k}: {ckpt['params'].get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            raise ValueError(f"resume: {path} was trained with other parameters ({detail}); "
+                             "use a new out_dir or resume: false")
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt["ema"] is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.history = list(ckpt["history"])
+        self.start_epoch, self.global_step = ckpt["epoch"] + 1, ckpt["global_step"]
+        self.best_epoch, self.best_score = ckpt["best"]["epoch"], ckpt["best"]["score"]
+        best_path = self.out_dir / "best.pt"
+        if best_path.is_file() and self.best_epoch >= 0:
+            self.best_state = inference_state(read_checkpoint(best_path))
+            probs_path = self.out_dir / "val_probs.npy"
+            self.best_probs = np.load(probs_path) if probs_path.is_file() else None
+
+    def save(self, epoch: int, is_best: bool, probs: np.ndarray | None) -> None:
+        if self.rank != 0:
+            return
+        ckpt = self.checkpoint(epoch)
+        atomic_save(self.out_dir / "last.pt", lambda p: torch.save(ckpt, p))
+        if is_best:
+            atomic_save(self.out_dir / "best.pt", lambda p: torch.save(ckpt, p))
+            if probs is not None:
+                save_npy(self.out_dir / "val_probs.npy", probs)
+        import pandas as pd
+        atomic_write_text(self.out_dir / "log.csv", pd.DataFrame(self.history).to_csv(index=False))
+        summary = {"best_epoch": self.best_epoch,
+                   "best": next((h for h in self.history if h["epoch"] == self.best_epoch), {}),
+                   "last": self.history[-1] if self.history else {}, "epochs_run": len(self.history),
+                   "threshold": self.cfg.threshold, "world_size": self.world, "params": asdict(self.cfg),
+                   "spec": model_identity(self.model)}
+        atomic_write_text(self.out_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def phase(self, epoch: int) -> nn.Module:
+        """(Re)wrap for this epoch: freezing changes which parameters DDP must reduce."""
+        frozen = epoch < self.cfg.freeze_epochs
+        if frozen != self.frozen or self.wrapped is None:
+            _set_frozen(self.model, frozen)
+            self.frozen = frozen
+            self.wrapped = self.model
+            if self.world > 1:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        return self.wrapped
+
+    def loss(self, model, inputs, target) -> torch.Tensor:
+        if self.mixer is not None and isinstance(inputs, torch.Tensor) and len(inputs) % 2 == 0:
+            self.mixer.num_classes = target.shape[1]  # an odd last batch is only smoothed, not mixed
+            inputs, target = self.mixer(inputs, target)
+        else:
+            target = smooth_targets(target, self.cfg.label_smoothing)
+        with self.autocast:
+            logits = model(inputs)
+            loss = self.criterion(logits.float(), target)
+            if self.teacher is not None and self.cfg.kd_alpha > 0:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(inputs)
+                kd = distillation_loss(logits, teacher_logits, self.cfg.kd_temp)
+                loss = (1.0 - self.cfg.kd_alpha) * loss + self.cfg.kd_alpha * kd
+        return loss
+
+    def optimizer_step(self) -> None:
+        if self.cfg.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                           self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def train_epoch(self, epoch: int) -> float:
+        cfg = self.cfg
+        model = self.phase(epoch)
+        model.train()
+        loader, _ = _loader(self.train_set, cfg, cfg.batch_size, True, epoch, self.collate_fn, self.device)
+        total = len(loader) if cfg.max_steps_per_epoch is None else \
+            min(len(loader), cfg.max_steps_per_epoch * cfg.grad_accum)
+        losses, steps = [], 0
+        self.optimizer.zero_grad(set_to_none=True)
+        bar = _progress(loader, cfg, f"epoch {epoch + 1}/{cfg.epochs}", total)
+        for index, (inputs, target) in enumerate(bar):
+            if self.mixer is not None and not isinstance(inputs, torch.Tensor):
+                raise ValueError("mixup: needs image tensor inputs; set mixup: false for text or dict inputs")
+            last = index + 1 == total
+            step_now = (index + 1) % cfg.grad_accum == 0 or last
+            sync = model.no_sync() if (self.world > 1 and not step_now) else contextlib.nullcontext()
+            with sync:
+                loss = self.loss(model, to_device(inputs, self.device), to_device(target, self.device).float())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {epoch + 1}, batch {index}: loss is {loss.item()} "
+                                             "(lower lr, or set amp_dtype: bfloat16)")
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            losses.append(loss.item())
+            if step_now:
+                self.optimizer_step()
+                steps += 1
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if last:
+                break
+        bar.close()
+        totals = torch.tensor([float(np.sum(losses)), float(len(losses))], dtype=torch.float64)
+        if self.world > 1:  # the logged loss is the mean over every rank's batches
+            totals = totals.to(self.device)
+            dist.all_reduce(totals)
+        return float(totals[0] / totals[1]) if totals[1] else float("nan")
+
+    def validate(self, epoch: int) -> tuple[dict, np.ndarray | None]:
+        if self.val_set is None:
+            return {}, None
+        cfg = self.cfg
+        batch = cfg.eval_batch_size or 2 * cfg.batch_size
+        loader, sampler = _loader(self.val_set, cfg, batch, False, epoch, self.collate_fn, self.device)
+        probs, targets = _collect(self.eval_model(), loader, self.device, self.autocast,
+                                  lambda it: _progress(it, cfg, "validate"))
+        probs, targets = _gather_validation(probs, targets, list(iter(sampler)), len(self.val_set))
+        self.val_targets = targets
+        clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+        val_loss = float(-np.mean(targets * np.log(clipped) + (1 - targets) * np.log(1 - clipped)))
+        return {"val_bce": val_loss, **evaluate(targets, probs, cfg.threshold)}, probs
+
+    def run(self) -> FitResult:
+        cfg, start = self.cfg, time.time()
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self.resume()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            seed_everything(cfg.seed + 1000 * epoch + self.rank)
+            tic = time.time()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss = self.train_epoch(epoch)
+            self.scheduler.step()
+            metrics, probs = self.validate(epoch)
+            score = metrics.get("sample_f1", float(epoch))  # without validation the last epoch is "best"
+            is_best = score > self.best_score
+            if is_best:
+                self.best_score, self.best_epoch, self.best_probs = score, epoch, probs
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.eval_model().state_dict().items()}
+            self.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, **metrics,
+                                 "seconds": round(time.time() - tic, 3), "best": is_best,
+                                 "frozen": bool(self.frozen)})
+            self.save(epoch, is_best, probs)
+            if self.rank == 0:
+                shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                print(f"epoch {epoch + 1}/{cfg.epochs} train_loss={train_loss:.4f} {shown}"
+                      f"{' *' if is_best else ''}", flush=True)
+            if self.world > 1:
+                dist.barrier()
+        _set_frozen(self.model, False)  # hand the model back trainable, whatever the last phase was
+        if cfg.restore_best and self.best_state is not None:
+            self.eval_model().load_state_dict(self.best_state)
+            if self.ema is not None:
+                self.model.load_state_dict(self.best_state)
+        best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+        return FitResult(self.out_dir, self.best_epoch, best, list(self.history), self.best_probs,
+                         self.val_targets, time.time() - start)
+
+
+def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
+        out_dir: str | os.PathLike, *, teacher: nn.Module | None = None, collate_fn=None) -> FitResult:
+    """Train ``model`` on ``train_set``, validate each epoch on ``val_set``, keep the best by sample-F1.
+
+    Works unchanged under torchrun (DDP when a process group is initialised; see the module
+    docstring). ``teacher`` adds knowledge distillation (weight ``kd_alpha``, temperature
+    ``kd_temp``). On return ``model`` holds the best epoch's evaluation weights (``restore_best``).
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg: expected a TrainConfig, got {type(cfg).__name__} (use TrainConfig.from_dict)")
+    cfg.check()
+    if len(train_set) == 0:
+        raise ValueError("train_set is empty")
+    if val_set is not None and len(val_set) == 0:
+        raise ValueError("val_set is empty (pass None to train without validation)")
+    return _Trainer(model, train_set, val_set, cfg, out_dir, teacher, collate_fn).run()

@@ -1,0 +1,189 @@
+"""Frozen-backbone mode for CPUs: backbone outputs computed once, cached on disk, head trained on them.
+
+Fine-tuning a backbone on 30 000 images takes hours on a CPU; one forward pass per image does
+not. :func:`cached_features` runs ``model.embed`` (what the head reads: ImageNet logits for the
+``extra_linear`` head, pooled features for ``replace``) over images in one *view* and keeps the
+rows in ``<cache_dir>/<arch>-<view>-<digest>.npy`` with a JSON file beside it (the key and the
+ImageIDs of the rows). The digest covers the backbone's actual weights (a hash of its tensors, so
+a random init or a new checkpoint never reuses stale features), the preprocessing, the view and
+the image folder. Rows are per image: a later call with other ids (another split, the test set)
+computes only the images not cached yet and appends them.
+
+:func:`fit_head` then trains the model's Linear head with the ordinary :func:`engine.fit` on a
+``TensorDataset`` of features (seconds per epoch). Several views (``center``, ``hflip``) are
+separate cached arrays: for training they are stacked as extra samples (flip augmentation), for
+validation/prediction their probabilities are averaged (TTA). The head is the model's own, and
+``out_dir/model.pt`` holds the whole image model for :mod:`mlc_utils.predict`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
+
+from .engine import (CHECKPOINT_FORMAT, FitResult, TrainConfig, fit, predict_probs, resolve_device,
+                     save_npy, state_digest)
+from .images import image_dataset
+from .io import atomic_save, atomic_write_text
+
+DEFAULT_CACHE_DIR = "cache/features"
+CACHE_VERSION = 2
+
+
+def feature_key(model, root: str | os.PathLike, view: str) -> dict:
+    """Everything a cached row depends on besides its ImageID (JSON-able)."""
+    return {"version": CACHE_VERSION, "arch": model.spec["arch"], "head": model.spec["head"],
+            "weights": state_digest(model.backbone), "data": model.spec["data"], "view": view,
+            "root": str(Path(root).resolve())}
+
+
+class FeatureCache:
+    """Per-image feature rows keyed by a JSON dict, written atomically (a killed run leaves no half file).
+
+    ``hits``/``misses`` count requests served wholly from disk / needing computation; ``computed``
+    counts images run through the backbone.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR):
+        self.dir = Path(cache_dir)
+        self.hits = self.misses = self.computed = 0
+
+    def paths(self, key: dict) -> tuple[Path, Path]:
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        stem = f"{key['arch']}-{key['view']}-{digest}"
+        return self.dir / f"{stem}.npy", self.dir / f"{stem}.json"
+
+    def load(self, key: dict) -> tuple[list[str], np.ndarray | None]:
+        """(ImageIDs, rows) stored under ``key``; ([], None) when absent or inconsistent."""
+        array_path, meta_path = self.paths(key)
+        if not (array_path.is_file() and meta_path.is_file()):
+            return [], None
+        try:
+            meta = json.loads(meta_path.read_text())
+            array = np.load(array_path)
+        except (OSError, ValueError):
+            return [], None  # unreadable entry: recompute and overwrite
+        if meta.get("key") != json.loads(json.dumps(key)) or len(meta.get("ids", [])) != len(array):
+            return [], None
+        return list(meta["ids"]), array
+
+    def save(self, key: dict, ids: list[str], array: np.ndarray) -> Path:
+        array_path, meta_path = self.paths(key)
+        save_npy(array_path, array)
+        atomic_write_text(meta_path, json.dumps({"key": key, "ids": ids}, sort_keys=True))
+        return array_path
+
+
+@torch.no_grad()
+def compute_features(model, root: str | os.PathLike, image_ids: Sequence[str], view: str = "center",
+                     batch_size: int = 64, device: str = "auto", num_workers: int = 0,
+                     progress: bool = True) -> np.ndarray:
+    """``model.embed`` over the images in one evaluation view, as float32 ``(n, D)``."""
+    from tqdm.auto import tqdm
+    device = resolve_device(device)
+    dataset = image_dataset(root, image_ids, None, model.spec["data"], train=False, view=view,
+                            num_classes=model.spec["num_classes"])
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    model = model.to(device).eval()
+    out = []
+    for images, _ in tqdm(loader, desc=f"features {model.spec['arch']} {view}", leave=False, disable=not progress):
+        out.append(model.embed(images.to(device)).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def cached_features(model, root: str | os.PathLike, image_ids: Sequence[str], view: str = "center",
+                    cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR, **compute_options) -> np.ndarray:
+    """Features ``(len(image_ids), D)`` in ``view``; only images not cached yet are computed."""
+    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    key = feature_key(model, root, view)
+    ids, array = cache.load(key)
+    index = {image_id: row for row, image_id in enumerate(ids)}
+    missing = list(dict.fromkeys(i for i in map(str, image_ids) if i not in index))
+    if missing:
+        cache.misses += 1
+        new = compute_features(model, root, missing, view, **compute_options)
+        cache.computed += len(missing)
+        array = new if array is None else np.concatenate([array, new.astype(array.dtype)])
+        for image_id in missing:
+            index[image_id] = len(index)
+        ids = ids + missing
+        cache.save(key, ids, array)
+    else:
+        cache.hits += 1
+    return array[[index[str(i)] for i in image_ids]]
+
+
+class FeatureHead(nn.Module):
+    """The image model's head on its own, reading cached features (its checkpoints say so)."""
+
+    def __init__(self, head: nn.Linear, spec: dict):
+        super().__init__()
+        self.head = head
+        self.spec = {**spec, "kind": "image_head", "input_dim": head.in_features}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, params: dict | None = None) -> Path:
+    """A whole model as an inference checkpoint in the engine's format (for ``predict``)."""
+    checkpoint = {"format": CHECKPOINT_FORMAT, "spec": dict(model.spec), "model": model.state_dict(), "ema": None,
+                  "params": params or {}, "epoch": -1}
+    return atomic_save(path, lambda p: torch.save(checkpoint, p))
+
+
+def _view_features(model, root, ids, views, cache, options) -> list[np.ndarray]:
+    return [cached_features(model, root, ids, view, cache, **options) for view in views]
+
+
+def predict_head(model, root: str | os.PathLike, image_ids: Sequence[str], views: Sequence[str] = ("center",),
+                 cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR, **compute_options) -> np.ndarray:
+    """Probabilities of ``model`` (backbone frozen) averaged over ``views``, via the feature cache."""
+    head = FeatureHead(model.head, model.spec)
+    probs = []
+    for features in _view_features(model, root, image_ids, views, cache, compute_options):
+        dummy = torch.zeros(len(features), model.spec["num_classes"])
+        probs.append(predict_probs(head, TensorDataset(torch.from_numpy(features), dummy), batch_size=1024))
+    return np.mean(probs, axis=0)
+
+
+def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_targets: np.ndarray,
+             val_ids: Sequence[str] | None, val_targets: np.ndarray | None, cfg: TrainConfig,
+             out_dir: str | os.PathLike, views: Sequence[str] = ("center", "hflip"),
+             cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR,
+             **compute_options) -> tuple[FitResult, np.ndarray | None]:
+    """Train ``model.head`` on cached backbone features; returns (fit result, TTA validation probs).
+
+    ``views[0]`` is what the per-epoch validation scores; the returned validation probabilities
+    average all views. Mixup and freezing do not apply to features and are switched off.
+    """
+    if not views:
+        raise ValueError("views: need at least one view")
+    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    y_train = torch.from_numpy(np.asarray(train_targets, dtype=np.float32))
+    train_sets = [TensorDataset(torch.from_numpy(f), y_train)
+                  for f in _view_features(model, root, train_ids, views, cache, compute_options)]
+    val_sets = None
+    if val_ids is not None:
+        y_val = torch.from_numpy(np.asarray(val_targets, dtype=np.float32))
+        val_sets = [TensorDataset(torch.from_numpy(f), y_val)
+                    for f in _view_features(model, root, val_ids, views, cache, compute_options)]
+    head = FeatureHead(model.head, model.spec)  # shares model.head: training it trains the model's head
+    cfg = replace(cfg, mixup=False, freeze_epochs=0, restore_best=True)
+    result = fit(head, ConcatDataset(train_sets), val_sets[0] if val_sets else None, cfg, out_dir)
+    save_model(model, Path(out_dir) / "model.pt",
+               params={**asdict(cfg), "mode": "frozen", "views": list(views)})
+    tta = None
+    if val_sets:
+        tta = np.mean([predict_probs(head, s, batch_size=1024, device=cfg.device) for s in val_sets], axis=0)
+        save_npy(Path(out_dir) / "val_probs_tta.npy", tta)
+    return result, tta

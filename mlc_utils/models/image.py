@@ -1,0 +1,126 @@
+"""Image classifiers: any timm backbone plus a multi-label head that outputs logits.
+
+Heads (registry :data:`HEADS`):
+
+- ``extra_linear`` (the paper): the backbone keeps its 1000-way ImageNet output and one extra
+  ``Linear(1000, num_classes)`` follows it, so pretrained class evidence is reused as features.
+- ``replace``: timm's classifier is removed (``reset_classifier(0)``) and a ``Linear`` from the
+  pooled features to ``num_classes`` takes its place (the usual fine-tuning head).
+
+The model returns logits; the loss and prediction apply the sigmoid. ``spec`` is a JSON-able
+description (architecture, head, class count, preprocessing, TTA views) that checkpoints carry,
+so a model is rebuilt for prediction without the params file and a checkpoint loaded into the
+wrong model fails with a clear message.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .weights import create_backbone, resolve_pretrained
+
+DEFAULT_TTA_VIEWS = ("center", "hflip")
+
+
+def _extra_linear(backbone: nn.Module, num_classes: int) -> tuple[nn.Module, int]:
+    return backbone, int(backbone.num_classes)
+
+
+def _replace(backbone: nn.Module, num_classes: int) -> tuple[nn.Module, int]:
+    backbone.reset_classifier(0)
+    return backbone, int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+
+
+# head name -> fn(backbone, num_classes) -> (backbone adjusted, width of what the new Linear reads)
+HEADS: dict[str, Callable[[nn.Module, int], tuple[nn.Module, int]]] = {
+    "extra_linear": _extra_linear,
+    "replace": _replace,
+}
+
+
+class ImageModel(nn.Module):
+    """``head(embed(x))``: ``embed`` is the (possibly frozen) backbone, ``head`` one Linear layer."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, spec: dict):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.spec = dict(spec)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads: ImageNet logits (extra_linear) or pooled features (replace)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Frozen during ``freeze_epochs``."""
+        return self.backbone.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        return self.head.parameters()
+
+    @property
+    def data_config(self) -> dict:
+        return dict(self.spec["data"])
+
+
+def _data_config(backbone: nn.Module, img_size: int | None) -> dict:
+    """timm's preprocessing for this backbone (mean/std/interpolation/crop), at ``img_size``."""
+    from timm.data import resolve_data_config
+    args = {"input_size": (3, img_size, img_size)} if img_size else {}
+    cfg = resolve_data_config(args, model=backbone)
+    return {"input_size": list(cfg["input_size"]), "interpolation": cfg["interpolation"],
+            "mean": list(cfg["mean"]), "std": list(cfg["std"]), "crop_pct": float(cfg["crop_pct"]),
+            "crop_mode": cfg.get("crop_mode", "center")}
+
+
+def _timm_size_kwargs(arch: str, img_size: int | None) -> dict:
+    """Models with a fixed input size (ViTs) must be built for ``img_size``; convnets take any size."""
+    import timm
+    cfg = timm.models.get_pretrained_cfg(arch)
+    fixed = bool(cfg and getattr(cfg, "fixed_input_size", False))
+    return {"img_size": img_size} if fixed and img_size else {}
+
+
+def create_image_model(name: str, num_classes: int = 20, head: str = "extra_linear",
+                       pretrained: bool | str = False, img_size: int | None = 224, drop_rate: float = 0.0,
+                       tta_views: Sequence[str] = DEFAULT_TTA_VIEWS, **timm_kwargs) -> ImageModel:
+    """A timm backbone named ``name`` with a multi-label head; weights via :func:`resolve_pretrained`.
+
+    ``pretrained``: False (random init), True (packaged offline weights, else the timm hub), or a
+    checkpoint path. Raises ``OfflineWeightsError`` when only the hub could serve and it is offline.
+    """
+    import timm
+    if head not in HEADS:
+        raise ValueError(f"head: must be one of {sorted(HEADS)} (got {head!r})")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: must be a positive integer (got {num_classes!r})")
+    from ..images import VIEWS
+    unknown = [v for v in tta_views if v not in VIEWS]
+    if unknown or not tta_views:
+        raise ValueError(f"tta_views: must be a non-empty list of {sorted(VIEWS)} (got {list(tta_views)})")
+    if not timm.is_model(name):
+        import difflib
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ValueError(f"name: '{name}' is not a timm model" + (f" (did you mean {close}?)" if close else ""))
+    source = resolve_pretrained(name, pretrained)
+    kwargs = {"drop_rate": drop_rate, **_timm_size_kwargs(source.arch, img_size), **timm_kwargs}
+    backbone = create_backbone(source, **kwargs)
+    backbone, width = HEADS[head](backbone, num_classes)
+    spec = {"kind": "image", "name": name, "arch": source.arch, "num_classes": num_classes, "head": head,
+            "img_size": img_size, "drop_rate": drop_rate, "timm_kwargs": dict(timm_kwargs),
+            "weights": source.ident, "data": _data_config(backbone, img_size), "tta_views": list(tta_views)}
+    return ImageModel(backbone, nn.Linear(width, num_classes), spec)
+
+
+def build_image_model(spec: dict) -> ImageModel:
+    """The model ``spec`` describes, randomly initialised (a checkpoint's weights are loaded next)."""
+    model = create_image_model(spec["arch"], spec["num_classes"], spec["head"], pretrained=False,
+                               img_size=spec.get("img_size"), drop_rate=spec.get("drop_rate", 0.0),
+                               tta_views=spec.get("tta_views", DEFAULT_TTA_VIEWS), **spec.get("timm_kwargs", {}))
+    model.spec = dict(spec)
+    return model

@@ -1,0 +1,194 @@
+"""Train an image model from a JSON config, on one process or several (torchrun).
+
+    torchrun --standalone --nproc_per_node=2 -m mlc_utils.train --config cfg.json
+
+Under torchrun every process builds the same model and data (seeded), joins the process group
+(NCCL on CUDA, gloo on CPU) and calls the ordinary :func:`mlc_utils.engine.fit`, which then uses
+DistributedDataParallel and DistributedSampler and writes from rank 0 only. :func:`launch_torchrun`
+runs that command from a notebook and streams its output line by line.
+
+Config (JSON)::
+
+    {"model": {"name": "efficientnet_lite0", "pretrained": true, "head": "extra_linear",
+               "img_size": 224, "drop_rate": 0.0, "tta_views": ["center", "hflip"]},
+     "data":  {"root": "data/demo", "split": "runs/demo/split/split.csv", "num_classes": 20,
+               "augment": true, "auto_augment": "rand-m9-mstd0.5"},
+     "train": {... TrainConfig fields ...},
+     "teacher": null,                       # optional checkpoint path for knowledge distillation
+     "out_dir": "runs/demo/image/efficientnet_lite0"}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .engine import FitResult, TrainConfig, fit, load_checkpoint, seed_everything, state_digest
+from .images import DEFAULT_AUTO_AUGMENT
+
+
+@dataclass
+class ModelSection:
+    name: str
+    pretrained: bool | str = False
+    head: str = "extra_linear"
+    img_size: int = 224
+    drop_rate: float = 0.0
+    tta_views: list[str] = field(default_factory=lambda: ["center", "hflip"])
+
+
+@dataclass
+class DataSection:
+    root: str
+    split: str
+    num_classes: int = 20
+    augment: bool = True                      # false: training uses the evaluation transform
+    auto_augment: str | None = DEFAULT_AUTO_AUGMENT
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection
+    data: DataSection
+    out_dir: str
+    train: dict = field(default_factory=dict)
+    teacher: str | None = None
+
+
+def parse_config(data: dict) -> tuple[RunConfig, TrainConfig]:
+    from .config import from_dict
+    run = from_dict(RunConfig, data, "config")
+    return run, TrainConfig.from_dict(run.train, "config.train")
+
+
+def build_datasets(run: RunConfig, data_config: dict):
+    """(train, val) image datasets from the data folder and the split file."""
+    from .csvio import read_train_csv
+    from .images import image_dataset
+    from .labels import LabelSpace
+    from .split import fold_indices, load_split
+    root = Path(run.data.root)
+    labels = LabelSpace(run.data.num_classes)
+    frame = read_train_csv(root / "train.csv", labels)
+    ids = frame.ImageID.tolist()
+    train_idx, val_idx = fold_indices(load_split(run.data.split, ids), ids)
+    targets = labels.encode(frame.Labels.tolist())
+    pick = lambda idx: [ids[i] for i in idx]  # noqa: E731
+    train = image_dataset(root, pick(train_idx), targets[train_idx], data_config, train=run.data.augment,
+                          auto_augment=run.data.auto_augment, num_classes=labels.num_classes)
+    val = image_dataset(root, pick(val_idx), targets[val_idx], data_config, train=False,
+                        num_classes=labels.num_classes)
+    return train, val
+
+
+def build_run(data: dict):
+    """(train config, model, train set, val set, teacher, out_dir) from the config mapping."""
+    from .models import create_image_model
+    run, cfg = parse_config(data)
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    model = create_image_model(run.model.name, run.data.num_classes, run.model.head, run.model.pretrained,
+                               run.model.img_size, run.model.drop_rate, run.model.tta_views)
+    train, val = build_datasets(run, model.spec["data"])
+    teacher = load_checkpoint(run.teacher)[0] if run.teacher else None
+    return cfg, model, train, val, teacher, Path(run.out_dir)
+
+
+def run_config(data: dict) -> FitResult:
+    """Build everything from ``data`` and train (with DDP when a process group is initialised)."""
+    cfg, model, train, val, teacher, out_dir = build_run(data)
+    result = fit(model, train, val, cfg, out_dir, teacher=teacher)
+    _record_rank_agreement(model, out_dir)
+    return result
+
+
+def _record_rank_agreement(model, out_dir: Path) -> None:
+    """Every rank's final-weights digest -> ``out_dir/ranks.json`` (DDP must keep them identical)."""
+    from .io import atomic_write_text
+    digests = [state_digest(model)]
+    if dist.is_initialized():
+        digests = [None] * dist.get_world_size()
+        dist.all_gather_object(digests, state_digest(model))
+        if dist.get_rank() != 0:
+            return
+    atomic_write_text(out_dir / "ranks.json", json.dumps(
+        {"world_size": len(digests), "weights_sha1": digests, "agree": len(set(digests)) == 1}, indent=2))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks ended with different weights: {digests}")
+
+
+def _init_distributed(device: str = "auto") -> bool:
+    """Join torchrun's process group: NCCL when training on GPUs, gloo on CPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        dist.init_process_group("gloo")
+        return True
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if local_world > torch.cuda.device_count():
+        raise RuntimeError(f"nproc_per_node={local_world} but {torch.cuda.device_count()} GPU(s) are visible; "
+                           "use one process per GPU (or train.device: cpu)")
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlc_utils.train", description="train an image model")
+    parser.add_argument("--config", required=True, help="JSON run config (see the module docstring)")
+    args = parser.parse_args(argv)
+    data = json.loads(Path(args.config).read_text())
+    started = _init_distributed(str((data.get("train") or {}).get("device", "auto")))
+    try:
+        result = run_config(data)
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"best epoch {result.best_epoch + 1}: " +
+                  " ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()
+                           if isinstance(v, float)), flush=True)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return 0
+
+
+def torchrun_command(config_path: str | os.PathLike, nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc_per_node={nproc}", "-m", "mlc_utils.train", "--config", str(config_path)]
+
+
+def launch_torchrun(config: dict[str, Any], nproc: int, out_dir: str | os.PathLike, echo=print) -> int:
+    """Run training under torchrun with ``nproc`` processes; stream its output; return its exit code.
+
+    The config is written to ``out_dir/config.json`` (with ``out_dir`` set), so the run can be
+    repeated from the shell with the same file.
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc: must be >= 1 (got {nproc})")
+    from .io import atomic_write_text
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {**config, "out_dir": str(out_dir)}
+    parse_config(config)  # fail here, not in N processes
+    path = atomic_write_text(out_dir / "config.json", json.dumps(config, indent=2))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    process = subprocess.Popen(torchrun_command(path, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+        echo(line.rstrip("\n"))
+    return process.wait()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

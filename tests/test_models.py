@@ -1,0 +1,167 @@
+"""Image models, offline weights, image decoding and TTA views."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mlc_utils.images import VIEWS, ImageDataset, ImageReadError, build_transform, load_image
+from mlc_utils.models import (PACKAGED_WEIGHTS, OfflineWeightsError, build_model, create_image_model,
+                              lukemelas_to_timm, resolve_pretrained)
+from mlc_utils.models import weights as weights_module
+
+torch.set_num_threads(1)
+CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger, Persian, Siamese, Egyptian cat
+
+
+def test_packaged_lite0_loads_strictly_and_sees_a_cat():
+    from skimage import data
+    source = resolve_pretrained("efficientnet_lite0", True)
+    assert source.kind == "packaged" and source.arch == "tf_efficientnet_lite0"
+    model = create_image_model("efficientnet_lite0", num_classes=20, pretrained=True).eval()
+    assert model.spec["arch"] == "tf_efficientnet_lite0" and model.spec["data"]["mean"] == [0.5, 0.5, 0.5]
+    x = build_transform(model.data_config)(Image.fromarray(data.chelsea())).unsqueeze(0)
+    with torch.no_grad():
+        imagenet_logits = model.embed(x)
+        logits = model(x)
+    assert logits.shape == (1, 20)
+    top5 = set(imagenet_logits.topk(5).indices[0].tolist())
+    assert top5 & CAT_CLASSES, f"top-5 ImageNet classes {top5} hold no cat class"
+    assert imagenet_logits.argmax().item() in CAT_CLASSES
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_lukemelas_mapping_is_complete_for_lite1_and_lite2(size):
+    import timm
+    packaged = PACKAGED_WEIGHTS[f"efficientnet_lite{size}"]
+    state = torch.load(packaged.path(), map_location="cpu", weights_only=True)
+    model = timm.create_model(packaged.arch, pretrained=False)
+    model.load_state_dict(lukemelas_to_timm(state, model), strict=True)
+
+
+def test_lukemelas_mapping_names_a_key_without_counterpart():
+    import timm
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    with pytest.raises(KeyError, match="_blocks.99._bn0"):
+        lukemelas_to_timm({"_blocks.99._bn0.weight": torch.zeros(1)}, model)
+
+
+def test_hub_name_offline_raises_fast_with_the_offline_choices(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights_module, "_hub_cached_file", lambda arch: None)
+    with pytest.raises(OfflineWeightsError) as err:
+        create_image_model("resnet18", pretrained=True)
+    message = str(err.value)
+    assert "HF_HUB_OFFLINE" in message and "efficientnet_lite0" in message and "pretrained: false" in message
+
+
+def test_local_checkpoint_path_is_loaded(tmp_path):
+    import timm
+    torch.manual_seed(1)
+    donor = timm.create_model("test_resnet", pretrained=False)
+    path = tmp_path / "donor.pth"
+    torch.save({"state_dict": donor.state_dict()}, path)
+    model = create_image_model("test_resnet", num_classes=5, pretrained=str(path), img_size=32)
+    for name, tensor in donor.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(model.backbone.state_dict()[name], tensor), name
+    assert model.spec["weights"].startswith("file:")
+
+
+def test_bad_pretrained_paths_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        create_image_model("test_resnet", pretrained=str(tmp_path / "nope.pth"))
+    import timm
+    path = tmp_path / "other.pth"
+    torch.save(timm.create_model("test_vit").state_dict(), path)
+    with pytest.raises(ValueError, match="does not fit timm 'test_resnet'"):
+        create_image_model("test_resnet", pretrained=str(path))
+
+
+@pytest.mark.parametrize("head", ["extra_linear", "replace"])
+def test_heads_output_logits_and_split_parameters(head):
+    model = create_image_model("test_resnet", num_classes=7, head=head, img_size=32)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 7)
+    assert model.head.in_features == (1000 if head == "extra_linear" else model.backbone.num_features)
+    backbone_ids = {id(p) for p in model.backbone_parameters()}
+    assert backbone_ids.isdisjoint(id(p) for p in model.head_parameters())
+    assert len(backbone_ids) + len(list(model.head_parameters())) == len(list(model.parameters()))
+
+
+def test_spec_rebuilds_the_same_model():
+    model = create_image_model("test_vit", num_classes=4, head="replace", img_size=32, tta_views=["center"])
+    rebuilt = build_model(model.spec)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(model.eval()(x), rebuilt.eval()(x))
+    assert rebuilt.spec == model.spec
+
+
+def test_model_argument_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="name: 'resnet1' is not a timm model"):
+        create_image_model("resnet1")
+    with pytest.raises(ValueError, match="head: must be one of"):
+        create_image_model("test_resnet", head="mlp")
+    with pytest.raises(ValueError, match="tta_views"):
+        create_image_model("test_resnet", tta_views=["spin"])
+    with pytest.raises(ValueError, match="kind"):
+        build_model({"kind": "nope"})
+
+
+# ---- image decoding ---------------------------------------------------------------------------
+
+def _save(image: Image.Image, path, fmt):
+    image.save(path, format=fmt)
+    return path
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "JPEG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"),
+                                      ("I;16", "PNG"), ("RGB", "PNG")])
+def test_every_image_mode_decodes_to_rgb(tmp_path, mode, fmt):
+    image = Image.new("RGB", (12, 9), (200, 30, 60)).convert(mode) if mode != "I;16" else \
+        Image.fromarray(np.full((9, 12), 40000, dtype=np.uint16))
+    path = _save(image, tmp_path / "x.jpg", fmt)  # a PNG named .jpg too: decoding goes by content
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (12, 9)
+
+
+def test_unreadable_images_are_named(tmp_path):
+    with pytest.raises(ImageReadError, match="missing.jpg"):
+        load_image(tmp_path / "missing.jpg")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"not an image at all" * 10)
+    with pytest.raises(ImageReadError, match="corrupt.jpg"):
+        load_image(corrupt)
+    whole = _save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)),
+                  tmp_path / "whole.jpg", "JPEG")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[:600])
+    with pytest.raises(ImageReadError, match="truncated.jpg"):
+        load_image(truncated)
+
+
+def test_views_shapes_and_flip(tmp_path):
+    model = create_image_model("test_resnet", img_size=32)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    tensors = {view: build_transform(model.data_config, view=view)(image) for view in VIEWS}
+    assert all(t.shape == (3, 32, 32) for t in tensors.values())
+    assert torch.allclose(tensors["hflip"], tensors["center"].flip(-1), atol=1e-5)
+    assert not torch.allclose(tensors["full"], tensors["center"])
+    train = build_transform(model.data_config, train=True)
+    assert train(image).shape == (3, 32, 32)
+    assert "RandAugment" in repr(train)
+    with pytest.raises(ValueError, match="view: must be one of"):
+        build_transform(model.data_config, view="zoom")
+
+
+def test_image_dataset_items(tmp_path):
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "data" / "a.jpg")
+    ds = ImageDataset(tmp_path / "data", ["a.jpg"], None, build_transform(
+        create_image_model("test_resnet", img_size=32).data_config), num_classes=20)
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and y.shape == (20,) and y.sum() == 0
+    with pytest.raises(ValueError, match="targets"):
+        ImageDataset(tmp_path / "data", ["a.jpg"], np.zeros((2, 20)))
