@@ -127,9 +127,9 @@ def from_dict(cls: type, mapping: Mapping[str, Any] | None, where: str = "") -> 
     if callable(check):
         try:
             check()
-        except ParamError:
+        except ParamError:  # raised by a nested from_dict, which named the full path itself
             raise
-        except ValueError as err:
+        except ValueError as err:  # check() names fields relative to this object
             raise ParamError(f"{where + '.' if where else ''}{err}") from None
     return obj
 

@@ -57,7 +57,10 @@ class ImageModelSpec:
     mode: Literal["finetune", "frozen"] = "finetune"  # frozen = cached backbone features + trained head
     img_size: int = 224
     label: str = ""                      # display name in tables (default: name)
-    train: dict = field(default_factory=dict)
+    auto_augment: str = "rand-m9-mstd0.5"  # timm RandAugment policy for fine-tuning; "" = off
+    tta: bool = True                     # average the stage's ``tta`` views (else centre crop only)
+    teacher: str = ""                    # checkpoint of a teacher for knowledge distillation
+    train: dict = field(default_factory=dict)  # engine.TrainConfig fields for this model
 
     def check(self):
         require(bool(self.name.strip()), "name: must name a timm model")
@@ -79,6 +82,13 @@ class ImageStageParams:
         require(self.gpus >= 0, f"gpus: must be >= 0 (got {self.gpus})")
         labels = [m.label for m in self.models]
         require(len(set(labels)) == len(labels), f"models: labels must be unique (got {labels})")
+        from .engine import TrainConfig  # checked here so a typo fails at load time, not mid-run
+        from .images import VIEWS
+        bad = [v for v in self.tta if v not in VIEWS]
+        require(self.tta and not bad, f"tta: views must be among {sorted(VIEWS)} (got {self.tta})")
+        TrainConfig.from_dict(self.train, "image.train")
+        for i, model in enumerate(self.models):
+            TrainConfig.from_dict({**self.train, **model.train}, f"image.models[{i}].train")
 
 
 @dataclass

@@ -135,6 +135,8 @@ def execute_stage(study: Study, stage: str, key: str, log=print) -> StageResult:
     }
     started = time.time()
     error = ""
+    # progress bars are for people at a notebook; in an executed report they are pages of noise
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         pm.execute_notebook(str(study.notebook_in(stage)), str(out), parameters=parameters,
                             kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
