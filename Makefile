@@ -8,7 +8,7 @@ PARAMS ?= params/demo.yaml
 DEMO   ?= data/demo
 ARGS   ?=
 
-.PHONY: setup run test lab demo-data clean-runs
+.PHONY: setup run test lab demo-data browser clean-runs
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -28,7 +28,15 @@ demo-data: $(DEMO)/train.csv
 run: setup $(DEMO)/train.csv
 	$(PY) -m mlc_utils run --params $(PARAMS) $(ARGS)
 
-test: setup
+# Headless Chromium for the report test (Debian's package); where it cannot be installed, that
+# one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "make: chromium not installed; the browser test of the reports will skip"
+
+test: setup browser
 	$(PY) -m pytest $(ARGS)
 
 lab: setup $(DEMO)/train.csv

@@ -91,6 +91,31 @@ def _split_records(path: Path, lines: list[str], problems: list[CsvProblem]) -> 
     return records
 
 
+def _merge_quoted_continuations(records: list[_Record], fields_re: re.Pattern, limit: int = 50) -> list[_Record]:
+    """Re-join a pandas-quoted caption that holds a line looking like a record start (``"a\n12.jpg,b"``).
+
+    Only a record whose quoted caption is never closed is joined, and only when the joined caption
+    is a valid CSV field (every inner quote doubled); anything else stays as it was and is reported.
+    """
+    out, i = [], 0
+    while i < len(records):
+        record = records[i]
+        match = fields_re.match(record.text)
+        caption = match.group(match.lastindex) if match else ""
+        if caption.startswith('"') and _caption_field(caption)[1] is None:
+            text = record.text
+            for j in range(i + 1, min(len(records), i + 1 + limit)):
+                text += "\n" + records[j].text
+                joined = fields_re.match(text)
+                _, inner = _caption_field(joined.group(joined.lastindex)) if joined else (False, None)
+                if inner is not None and '"' not in inner.replace('""', ""):
+                    record, i = _Record(record.line, text), j
+                    break
+        out.append(record)
+        i += 1
+    return out
+
+
 def _caption_field(raw: str) -> tuple[bool, str]:
     """(quoted?, text between the outer quotes or the raw field)."""
     if raw.startswith('"'):
@@ -160,7 +185,7 @@ def read_with_problems(path: str | os.PathLike, kind: str | None = None, label_s
     problems: list[CsvProblem] = []
     fields_re = _TRAIN_FIELDS if kind == "train" else _TEST_FIELDS
     parsed = []  # (line, image_id, labels_text, quoted, inner)
-    for record in _split_records(path, lines, problems):
+    for record in _merge_quoted_continuations(_split_records(path, lines, problems), fields_re):
         match = fields_re.match(record.text)
         if not match:
             problems.append(CsvProblem(str(path), record.line, f"record does not have the fields {','.join(expected)}",

@@ -258,7 +258,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated copy, a text file, another pickle: torch's messages do not name the file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                         "the file is truncated or not a torch checkpoint") from None
     if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an mlc training checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
     return checkpoint
@@ -275,11 +279,29 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
         from .models import build_model
         model = build_model(checkpoint["spec"])
     check_identity(checkpoint["spec"], model, path)
+    state = inference_state(checkpoint)
     try:
-        unwrap(model).load_state_dict(inference_state(checkpoint))
-    except RuntimeError as err:
-        raise CheckpointMismatchError(f"checkpoint {path} does not fit this model: {err}") from None
+        unwrap(model).load_state_dict(state)
+    except RuntimeError:
+        raise CheckpointMismatchError(f"checkpoint {path} does not fit this model "
+                                      f"[{describe_identity(model_identity(model))}]: "
+                                      f"{_state_mismatch(unwrap(model).state_dict(), state)}") from None
     return model, checkpoint
+
+
+def _state_mismatch(expected: Mapping, saved: Mapping, shown: int = 3) -> str:
+    """A short account of why ``saved`` does not load into a module whose state is ``expected``."""
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    shapes = [f"{k} {list(saved[k].shape)} in the checkpoint, {list(expected[k].shape)} in the model"
+              for k in expected if k in saved and hasattr(saved[k], "shape") and saved[k].shape != expected[k].shape]
+    parts = []
+    for what, items in (("tensor(s) of another shape", shapes), ("missing key(s)", missing),
+                        ("unexpected key(s)", unexpected)):
+        if items:
+            more = f" and {len(items) - shown} more" if len(items) > shown else ""
+            parts.append(f"{len(items)} {what} ({'; '.join(items[:shown])}{more})")
+    return ", ".join(parts) or "state dict does not load"
 
 
 def state_digest(module: nn.Module) -> str:

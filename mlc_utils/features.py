@@ -96,7 +96,10 @@ def compute_features(model, root: str | os.PathLike, image_ids: Sequence[str], v
     model = model.to(device).eval()
     out = []
     for images, _ in tqdm(loader, desc=f"features {model.spec['arch']} {view}", leave=False, disable=not progress):
-        out.append(model.embed(images.to(device)).float().cpu().numpy())
+        # channels_last input: convnets run ~1.5-1.8x faster on the CPU, transformers the same
+        # (benchmarks/feature_extraction.py); values equal up to float rounding, the model is untouched
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        out.append(model.embed(images).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 

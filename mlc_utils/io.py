@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,6 +23,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     # one, like np.save) behave as they would on the final path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; artifacts get the usual permissions
     tmp = Path(tmp)
     try:
         yield tmp
@@ -48,6 +52,29 @@ def atomic_save(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+# what ``atomic_path`` (``.NAME.XXXXXXXX.tmpSUFFIX``) and ``ensure_writable_dir`` leave when a process dies mid-write
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^./]*)?$|^\.write-probe-[A-Za-z0-9_]{8}$")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for a half-written temporary of :func:`atomic_path` (never a published artifact)."""
+    return bool(_TEMPORARY.match(Path(path).name))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed writer left under ``folder`` (recursively); returns them.
+
+    Call it only where no other process is writing (e.g. before a stage re-runs in its own folder).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(".*") if p.is_file() and is_temporary(p)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -33,8 +33,18 @@ def _check(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def sample_f1(y_true, probs, threshold: float | np.ndarray = 0.5, at_least_one: bool = True) -> float:
+    """sklearn's ``f1_score(average='samples', zero_division=0)``, computed directly.
+
+    Threshold, late-fusion and ensemble-weight searches call this thousands of times; the closed
+    form ``2|T∩P| / (|T|+|P|)`` per row is ~20x faster than sklearn's general path (a test checks
+    they agree).
+    """
     y_true, probs = _check(y_true, probs)
-    return float(f1_score(y_true, binarize(probs, threshold, at_least_one), average="samples", zero_division=0))
+    pred = binarize(probs, threshold, at_least_one).astype(bool)
+    truth = y_true.astype(bool)
+    overlap = (truth & pred).sum(axis=1)
+    sizes = truth.sum(axis=1) + pred.sum(axis=1)
+    return float(np.mean(np.where(sizes > 0, 2.0 * overlap / np.maximum(sizes, 1), 0.0))) if len(sizes) else 0.0
 
 
 def mean_average_precision(y_true, probs) -> float:

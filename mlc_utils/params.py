@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from .config import ParamError, coerce, from_dict, require, to_dict  # noqa: F401  (re-exported)
+from .models.text import TextModelConfig as TextStageParams  # the caption stage's section
 
 STAGES = ("eda", "split", "image", "text", "fusion", "ablation", "ensemble")
 NOTEBOOKS = {
@@ -80,6 +81,7 @@ class ImageStageParams:
 
     def check(self):
         require(self.gpus >= 0, f"gpus: must be >= 0 (got {self.gpus})")
+        require(self.n_examples >= 0, f"n_examples: must be >= 0 (got {self.n_examples})")
         labels = [m.label for m in self.models]
         require(len(set(labels)) == len(labels), f"models: labels must be unique (got {labels})")
         from .engine import TrainConfig  # checked here so a typo fails at load time, not mid-run
@@ -92,25 +94,18 @@ class ImageStageParams:
 
 
 @dataclass
-class TextStageParams:
-    model: str = "all-MiniLM-L6-v2"   # the packaged offline MiniLM, a hub name, or a local folder
-    pretrained: bool = True
-    pooling: Literal["mean", "cls"] = "mean"
-    max_length: int = 48
-    clean: dict = field(default_factory=dict)   # text.CaptionCleaner switches
-    train: dict = field(default_factory=dict)   # engine.TrainConfig fields
-
-    def check(self):
-        require(8 <= self.max_length <= 512, f"max_length: must be in 8..512 (got {self.max_length})")
-
-
-@dataclass
 class FusionStageParams:
     heads: list[Literal["concat", "bilinear"]] = field(default_factory=lambda: ["concat", "bilinear"])
-    fusion_input: Literal["logits", "features"] = "logits"
-    mode: Literal["frozen", "end_to_end"] = "frozen"
+    fusion_input: Literal["logits", "features"] = "logits"   # what the heads read from each sub-model
+    mode: Literal["frozen", "end_to_end"] = "frozen"         # frozen: train the head on saved outputs
     image_model: str = ""    # label of the image model to fuse (default: the best on validation)
-    train: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)                # engine.TrainConfig fields for the heads
+
+    def check(self):
+        require(len(set(self.heads)) == len(self.heads) and self.heads, f"heads: one or more of concat, bilinear "
+                                                                         f"without repeats (got {self.heads})")
+        from .engine import TrainConfig
+        TrainConfig.from_dict(self.train, "fusion.train")
 
 
 @dataclass
@@ -118,8 +113,13 @@ class AblationStageParams:
     base: str = ""           # label of the image model whose configuration is ablated (default: first)
     switches: list[Literal["mixup", "randaugment", "tta", "loss"]] = field(
         default_factory=lambda: ["mixup", "randaugment", "tta", "loss"])
-    alt_loss: Literal["bce", "weighted_bce", "focal", "asl"] = "asl"
-    train: dict = field(default_factory=dict)
+    alt_loss: Literal["bce", "weighted_bce", "focal", "asl"] = "asl"   # the loss the 'loss' switch moves to
+    train: dict = field(default_factory=dict)   # engine.TrainConfig fields over the base model's (e.g. fewer epochs)
+
+    def check(self):
+        require(len(set(self.switches)) == len(self.switches), f"switches: repeated (got {self.switches})")
+        from .engine import TrainConfig
+        TrainConfig.from_dict(self.train, "ablation.train")
 
 
 @dataclass
@@ -156,6 +156,16 @@ class StudyParams:
                 f"class_names: {len(self.class_names)} names for num_classes={self.num_classes}")
         require(0.0 < self.threshold < 1.0, f"threshold: must be in (0, 1) (got {self.threshold})")
         require(self.seed >= 0, f"seed: must be >= 0 (got {self.seed})")
+        needs_models = [s for s in ("image", "fusion", "ablation", "ensemble") if s in self.stages]
+        require(self.image.models or not needs_models,
+                f"image.models: is empty, but stage(s) {', '.join(needs_models)} need at least one image model")
+        require(not self.ablation.base or any(m.label == self.ablation.base for m in self.image.models),
+                f"ablation.base: '{self.ablation.base}' is not one of the image models "
+                f"{[m.label for m in self.image.models]}")
+        require(not self.fusion.image_model or any(m.label == self.fusion.image_model for m in self.image.models),
+                f"fusion.image_model: '{self.fusion.image_model}' is not one of the image models "
+                f"{[m.label for m in self.image.models]}")
+        self.text.to_train_config()  # the caption stage's engine fields, checked before any work
 
     def data_path(self, root: str | os.PathLike | None = None) -> Path:
         """``data_dir`` resolved against ``root`` (the project folder) when relative."""

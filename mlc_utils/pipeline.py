@@ -4,7 +4,12 @@ Each stage runs ``notebooks/NN_<stage>.ipynb`` into ``runs/<run>/NN_<stage>.ipyn
 artifacts under ``runs/<run>/<stage>/``. A stage is skipped when its *key* is unchanged: the hash of
 its notebook, its parameters (common keys + its section), the data's checksums and the keys of the
 stages it reads. The key is recorded in ``runs/<run>/<stage>/stage.json``, written last and
-atomically, and removed before a stage starts: a stage killed half-way is never trusted.
+atomically, and removed before a stage starts: a stage killed half-way is never trusted (and the
+temporaries its killed writes left in its folder are deleted before it re-runs).
+
+Before any stage runs, ``runs/<run>`` and ``reports/<run>`` must be writable and the disk must hold
+``MIN_FREE_MB`` MiB (environment variable ``MLC_MIN_FREE_MB`` overrides it), so a full disk or a
+read-only folder fails at once, not after hours of training.
 """
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import atomic_write_text, ensure_writable_dir, sha256_file
+from .io import atomic_write_text, ensure_writable_dir, remove_stale_temporaries, sha256_file
 from .params import NOTEBOOKS, STAGES, ParamError, StudyParams, load_params, parse_override, stage_fingerprint
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "mlc"
 MANIFEST = "stage.json"
+MIN_FREE_MB = 1024  # checkpoints, executed notebooks and reports: refuse to start a run with less free
 DEPENDS_ON = {
     "eda": (),
     "split": (),
@@ -79,6 +85,16 @@ class Study:
             return None
 
 
+def min_free_bytes() -> int:
+    """The free space a run needs to start: ``MLC_MIN_FREE_MB`` (MiB) if set, else ``MIN_FREE_MB``."""
+    raw = os.environ.get("MLC_MIN_FREE_MB", "").strip()
+    try:
+        mib = float(raw) if raw else MIN_FREE_MB
+    except ValueError:
+        raise ParamError(f"environment variable MLC_MIN_FREE_MB: expected a number of MiB, got {raw!r}") from None
+    return int(max(mib, 0) * 2**20)
+
+
 def data_fingerprint(data_dir: Path) -> dict:
     """Checksums of the CSVs and the image listing (names and sizes); cheap enough to take every run."""
     out = {}
@@ -127,6 +143,8 @@ def execute_stage(study: Study, stage: str, key: str, log=print) -> StageResult:
     stage_dir = study.stage_dir(stage)
     (stage_dir / MANIFEST).unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temporaries(stage_dir):
+        log(f"[{stage}] removed {path.name}, left in {stage_dir} by an interrupted write")
     out = study.notebook_out(stage)
     parameters = {
         "params_file": str(Path(study.params.source).resolve()) if study.params.source else "",
@@ -171,10 +189,20 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         not_enabled = [s for s in only if s not in params.stages]
         if not_enabled:
             raise ParamError(f"--only: stage(s) {', '.join(not_enabled)} are not in this params file's 'stages'")
+    from .study import preflight
+    problems = preflight(params, chosen)
+    if problems:
+        raise ParamError("cannot start: " + "; ".join(problems))
     data_dir = params.data_path(study.root)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data_dir {data_dir} does not exist (params 'data_dir'; set it with --set data_dir=...)")
-    ensure_writable_dir(study.run_dir)
+    need = min_free_bytes()
+    try:
+        ensure_writable_dir(study.run_dir, need)
+    except PermissionError:
+        raise
+    except OSError as err:
+        raise OSError(f"{err} to start a run (set MLC_MIN_FREE_MB to change this minimum)") from None
     ensure_writable_dir(study.report_dir)
     data_fp = data_fingerprint(data_dir)
     results: list[StageResult] = []
@@ -222,7 +250,8 @@ def cli(argv: list[str]) -> int:
                         help="override a parameter, e.g. --set data_dir=/elsewhere --set image.train.epochs=2")
     args = parser.parse_args(argv)
     try:
-        results = run_study(args.params, args.overrides, args.only, args.force)
+        results = run_study(args.params, args.overrides, args.only, args.force,
+                            log=lambda line: print(line, flush=True))
     except (ParamError, FileNotFoundError, PermissionError, OSError) as err:
         print(f"mlc_utils run: {err}", file=sys.stderr)
         return 2

@@ -15,10 +15,7 @@ import yaml
 
 from .io import atomic_write_text
 
-PAPER_REFERENCE = {
-    # The only figure of the course report this project quotes: its best single model.
-    "swinv2_large (paper, 2 GPUs)": 0.9079,
-}
+TEMPLATE = Path(__file__).parent / "templates" / "offline.html.j2"
 
 
 def render_notebook(notebook: Path, report_dir: Path) -> tuple[Path, Path]:
@@ -29,8 +26,8 @@ def render_notebook(notebook: Path, report_dir: Path) -> tuple[Path, Path]:
     nb = nbformat.read(str(notebook), as_version=4)
     outputs = []
     for exclude_input, suffix in ((True, ".html"), (False, ".full.html")):
-        exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=True,
-                                exclude_output_prompt=True)
+        exporter = HTMLExporter(template_file=str(TEMPLATE), extra_template_basedirs=[str(TEMPLATE.parent)],
+                                exclude_input=exclude_input, exclude_input_prompt=True, exclude_output_prompt=True)
         body, _ = exporter.from_notebook_node(nb)
         outputs.append(atomic_write_text(report_dir / f"{notebook.stem}{suffix}", body))
     return outputs[0], outputs[1]

@@ -38,8 +38,11 @@ def test_sample_f1_matches_sklearn_and_fallback():
     y = (rng.random((50, 6)) < 0.3).astype(int)
     y[y.sum(1) == 0, 0] = 1
     p = rng.random((50, 6))
-    expected = f1_score(y, (p >= 0.5).astype(int), average="samples", zero_division=0)
-    assert M.sample_f1(y, p, 0.5, at_least_one=False) == pytest.approx(expected)
+    for t in (0.2, 0.5, 0.9):  # 0.9 leaves rows empty: zero_division must match sklearn's
+        expected = f1_score(y, (p >= t).astype(int), average="samples", zero_division=0)
+        assert M.sample_f1(y, p, t, at_least_one=False) == pytest.approx(expected)
+        assert M.sample_f1(y, p, t) == pytest.approx(
+            f1_score(y, M.binarize(p, t, at_least_one=True), average="samples", zero_division=0))
     # the top-1 fallback can only add true positives to empty rows, never lower their F1
     assert M.sample_f1(y, p, 0.95, at_least_one=True) >= M.sample_f1(y, p, 0.95, at_least_one=False)
 

@@ -1,0 +1,318 @@
+"""Weighted averages of saved probability files, the paper's "ensemble weighted by score".
+
+Each member brings validation probabilities (to weigh it and tune the threshold) and usually test
+probabilities (to submit). Rows are matched by ImageID, never by position: a member saved in
+another order is reordered, and one with missing, extra or repeated ids is refused with the ids
+named, because a silently shifted row would score garbage that still looks like a number.
+
+Weightings (:data:`WEIGHTINGS`): ``equal``; ``score`` -- proportional to each member's validation
+sample-F1 (the paper); ``optimized`` -- the simplex-grid point (nonnegative, summing to 1) with the
+best validation sample-F1. Weights, threshold and the reported ensemble score all come from the
+same validation rows, so that score is optimistic; the test rows never influence anything.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .io import atomic_save, atomic_write_text
+
+# ---------------------------------------------------------------------------------------------
+# probability files: ids + an (n, C) matrix
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbTable:
+    """Probabilities with the ImageID of each row."""
+
+    ids: list[str]
+    probs: np.ndarray
+    source: str = ""
+
+    def __post_init__(self):
+        self.ids = [str(i) for i in self.ids]
+        self.probs = np.asarray(self.probs, dtype=np.float64)
+        where = self.source or "probabilities"
+        if self.probs.ndim != 2:
+            raise ValueError(f"{where}: expected an (n, C) matrix, got shape {self.probs.shape}")
+        if len(self.ids) != len(self.probs):
+            raise ValueError(f"{where}: {len(self.ids)} ids for {len(self.probs)} rows of probabilities")
+        if not np.isfinite(self.probs).all() or self.probs.min(initial=0) < 0 or self.probs.max(initial=0) > 1:
+            raise ValueError(f"{where}: values must be probabilities in [0, 1] (got NaN/inf or values outside; "
+                             f"logits saved by mistake?)")
+
+    def aligned_to(self, ids: Sequence[str], what: str) -> np.ndarray:
+        """Rows reordered to ``ids``; ValueError naming ``what`` on repeated, missing or extra ids."""
+        ids = [str(i) for i in ids]
+        index = pd.Index(self.ids)
+        if index.has_duplicates:
+            repeated = index[index.duplicated()].unique()[:5].tolist()
+            raise ValueError(f"{what}: ImageIDs repeat in {self.source or 'the file'}: {repeated}")
+        have = set(self.ids)
+        missing = [i for i in ids if i not in have]
+        extra = sorted(have - set(ids))
+        if missing or extra:
+            parts = [f"{len(missing)} missing (e.g. {missing[:5]})" if missing else "",
+                     f"{len(extra)} not expected (e.g. {extra[:5]})" if extra else ""]
+            raise ValueError(f"{what}: ImageIDs do not match the reference rows: "
+                             + "; ".join(p for p in parts if p) + f" [{self.source or 'in memory'}]")
+        return self.probs[index.get_indexer(ids)]
+
+
+def _read_npz(path: Path, ids):
+    with np.load(path, allow_pickle=False) as data:
+        for key in ("ids", "probs"):
+            if key not in data:
+                raise ValueError(f"{path}: an .npz probability file needs arrays 'ids' and 'probs' (lacks {key!r})")
+        return data["ids"].astype(str).tolist(), data["probs"]
+
+
+def _read_csv(path: Path, ids):
+    frame = pd.read_csv(path, dtype={"ImageID": str})
+    if "ImageID" not in frame.columns:
+        raise ValueError(f"{path}: a .csv probability file needs an ImageID column and one column per class")
+    return frame["ImageID"].tolist(), frame.drop(columns="ImageID").to_numpy(dtype=np.float64)
+
+
+def _read_npy(path: Path, ids):
+    if ids is None:
+        raise ValueError(f"ids: {path} is a bare .npy matrix; pass the ImageIDs of its rows "
+                         f"(e.g. the split's val ids in order) or save it as .npz/.csv with save_probs")
+    return list(ids), np.load(path, allow_pickle=False)
+
+
+#: file suffix -> reader(path, ids) -> (ids, probs)
+PROB_READERS: dict[str, Callable] = {".npz": _read_npz, ".csv": _read_csv, ".npy": _read_npy}
+
+
+def load_probs(path: str | os.PathLike, ids: Sequence[str] | None = None) -> ProbTable:
+    """Read a probability file (.npz with ids+probs, .csv with ImageID + class columns, or .npy + ``ids``)."""
+    path = Path(path)
+    reader = PROB_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(f"path: {path} has suffix {path.suffix!r}; probability files are {sorted(PROB_READERS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such probability file")
+    file_ids, probs = reader(path, ids)
+    return ProbTable(file_ids, probs, source=str(path))
+
+
+def save_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -> Path:
+    """Write ids + probabilities as .npz (or .csv), atomically, so ensembles can align them later."""
+    table = ProbTable(list(ids), probs, source=str(path))
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        def writer(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a handle, so numpy does not append ".npz" to the temp name
+                np.savez(handle, ids=np.array(table.ids), probs=table.probs)
+        return atomic_save(path, writer)
+    if path.suffix.lower() == ".csv":
+        frame = pd.DataFrame(table.probs, columns=[str(c) for c in range(table.probs.shape[1])])
+        frame.insert(0, "ImageID", table.ids)
+        return atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+    raise ValueError(f"path: save probabilities as .npz or .csv, got {path.suffix!r}")
+
+
+@dataclass
+class Member:
+    """One model's saved probabilities: validation (required) and test (for the submission)."""
+
+    name: str
+    val: ProbTable
+    test: ProbTable | None = None
+
+    @classmethod
+    def from_files(cls, name: str, val_path, test_path=None, val_ids=None, test_ids=None) -> "Member":
+        return cls(name, load_probs(val_path, val_ids),
+                   load_probs(test_path, test_ids) if test_path is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# weightings: (validation probs per member, y_val, member scores) -> nonnegative weights summing to 1
+# ---------------------------------------------------------------------------------------------
+
+def equal_weights(val_probs: list[np.ndarray], y_val: np.ndarray, scores: np.ndarray, **_) -> np.ndarray:
+    return np.full(len(val_probs), 1.0 / len(val_probs))
+
+
+def score_weights(val_probs: list[np.ndarray], y_val: np.ndarray, scores: np.ndarray, **_) -> np.ndarray:
+    """Proportional to each member's validation sample-F1 (the paper's "weighted by score")."""
+    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, None)
+    if scores.sum() <= 0:
+        return equal_weights(val_probs, y_val, scores)
+    return scores / scores.sum()
+
+
+def simplex_grid(n: int, divisions: int) -> np.ndarray:
+    """Every weight vector of ``n`` nonnegative multiples of ``1/divisions`` summing to 1."""
+    points = []
+    for bars in itertools.combinations(range(divisions + n - 1), n - 1):
+        edges = (-1, *bars, divisions + n - 1)
+        points.append([edges[i + 1] - edges[i] - 1 for i in range(n)])
+    return np.asarray(points, dtype=np.float64) / divisions
+
+
+def optimized_weights(val_probs: list[np.ndarray], y_val: np.ndarray, scores: np.ndarray,
+                      max_points: int = 600, search_thresholds: Sequence[float] = tuple(np.arange(0.2, 0.71, 0.05)),
+                      **_) -> np.ndarray:
+    """Best validation sample-F1 (at the best of a coarse threshold grid) over a simplex grid.
+
+    The grid is the finest of 1/20, 1/10, 1/5, 1/4, 1/2 steps that stays under ``max_points``
+    (sample-F1 is a step function, so a gradient method has nothing to follow). Ties go to the
+    point nearest equal weights, which generalises best when validation cannot tell them apart.
+    """
+    n = len(val_probs)
+    if n == 1:
+        return np.ones(1)
+    divisions = next((d for d in (20, 10, 5, 4, 2) if math.comb(d + n - 1, n - 1) <= max_points), 1)
+    grid = simplex_grid(n, divisions)
+    stacked = np.stack(val_probs)  # (members, rows, C)
+    grid_thr = np.round(np.asarray(search_thresholds, dtype=float), 4)
+    best_score, best = -1.0, []
+    for w in grid:
+        score = metrics.tune_global_threshold(y_val, np.tensordot(w, stacked, axes=1), grid_thr)[1]
+        if score > best_score + 1e-12:
+            best_score, best = score, [w]
+        elif score >= best_score - 1e-12:
+            best.append(w)
+    return min(best, key=lambda w: float(np.sum((w - 1.0 / n) ** 2)))
+
+
+WEIGHTINGS: dict[str, Callable[..., np.ndarray]] = {
+    "equal": equal_weights, "score": score_weights, "optimized": optimized_weights}
+
+
+#: threshold rule -> (y_val, val_probs) -> (threshold, validation sample-F1)
+THRESHOLD_RULES: dict[str, Callable] = {"global": metrics.tune_global_threshold,
+                                        "class": metrics.tune_class_thresholds}
+
+
+# ---------------------------------------------------------------------------------------------
+# the ensemble
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class EnsembleResult:
+    weights: dict[str, float]
+    threshold: float | np.ndarray
+    members: pd.DataFrame  # name, f1_at_0.5, tuned_threshold, f1_tuned, weight
+    val_f1: float  # the ensemble's validation sample-F1 at ``threshold`` (optimistic: tuned on these rows)
+    val_f1_at_05: float
+    val_ids: list[str]
+    val_probs: np.ndarray
+    test_ids: list[str] | None = None
+    test_probs: np.ndarray | None = None
+    weighting: str = ""
+
+    def summary(self) -> pd.DataFrame:
+        """Members then the ensemble, one row each, for the report."""
+        ensemble = {"name": f"ensemble ({self.weighting})", "f1_at_0.5": self.val_f1_at_05,
+                    "tuned_threshold": self.threshold if np.isscalar(self.threshold) else "per class",
+                    "f1_tuned": self.val_f1, "weight": 1.0}
+        return pd.concat([self.members, pd.DataFrame([ensemble])], ignore_index=True)
+
+    def write_submission(self, path: str | os.PathLike, at_least_one: bool = True) -> Path:
+        if self.test_probs is None:
+            raise ValueError("test_probs: no member brought test probabilities, so there is nothing to submit")
+        return write_submission(self.test_ids, self.test_probs, self.threshold, path, at_least_one)
+
+
+def _member_scores(y_val: np.ndarray, probs: np.ndarray) -> dict:
+    threshold, tuned = metrics.tune_global_threshold(y_val, probs)
+    return {"f1_at_0.5": metrics.sample_f1(y_val, probs, 0.5), "tuned_threshold": threshold, "f1_tuned": tuned}
+
+
+def build_ensemble(members: Sequence[Member], val_ids: Sequence[str], y_val: np.ndarray,
+                   weights: str | Mapping[str, float] = "score", threshold: str | float = "global",
+                   test_ids: Sequence[str] | None = None) -> EnsembleResult:
+    """Align members by ImageID, weigh them, tune the threshold on validation, average the test rows.
+
+    ``weights``: a name in :data:`WEIGHTINGS` or explicit ``{member: weight}``. ``threshold``:
+    ``'global'``, ``'class'`` (per-class) or a fixed number. ``test_ids``: the submission's row
+    order (test.csv order); defaults to the first member's test ids.
+    """
+    members = list(members)
+    if not members:
+        raise ValueError("members: need at least one member")
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise ValueError(f"members: names must be unique, got {names}")
+    val_ids = [str(i) for i in val_ids]
+    y_val = np.asarray(y_val, dtype=np.float64)
+    if y_val.shape[0] != len(val_ids):
+        raise ValueError(f"y_val: {y_val.shape[0]} rows for {len(val_ids)} val_ids")
+    val_probs = [m.val.aligned_to(val_ids, f"member {m.name!r} (validation)") for m in members]
+    for m, p in zip(members, val_probs):
+        if p.shape != y_val.shape:
+            raise ValueError(f"member {m.name!r}: validation probabilities {p.shape} do not match y_val {y_val.shape}")
+
+    table = pd.DataFrame([{"name": m.name, **_member_scores(y_val, p)} for m, p in zip(members, val_probs)])
+    w = _resolve_weights(weights, names, val_probs, y_val, table["f1_tuned"].to_numpy())
+    table["weight"] = w
+    fused_val = np.tensordot(w, np.stack(val_probs), axes=1)
+
+    if isinstance(threshold, str):
+        if threshold not in THRESHOLD_RULES:
+            raise ValueError(f"threshold: must be one of {sorted(THRESHOLD_RULES)} or a number, got {threshold!r}")
+        chosen, val_f1 = THRESHOLD_RULES[threshold](y_val, fused_val)
+    else:
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold: a fixed threshold must be in (0, 1), got {threshold}")
+        chosen, val_f1 = float(threshold), metrics.sample_f1(y_val, fused_val, float(threshold))
+
+    test_ids_out, fused_test = _fuse_test(members, w, test_ids)
+    return EnsembleResult(
+        weights=dict(zip(names, map(float, w))), threshold=chosen, members=table, val_f1=float(val_f1),
+        val_f1_at_05=metrics.sample_f1(y_val, fused_val, 0.5), val_ids=val_ids, val_probs=fused_val,
+        test_ids=test_ids_out, test_probs=fused_test,
+        weighting=weights if isinstance(weights, str) else "given")
+
+
+def _resolve_weights(weights, names, val_probs, y_val, scores) -> np.ndarray:
+    if isinstance(weights, str):
+        if weights not in WEIGHTINGS:
+            raise ValueError(f"weights: must be one of {sorted(WEIGHTINGS)} or a mapping, got {weights!r}")
+        w = np.asarray(WEIGHTINGS[weights](val_probs, y_val, scores), dtype=np.float64)
+    elif isinstance(weights, Mapping):
+        unknown, absent = set(weights) - set(names), set(names) - set(weights)
+        if unknown or absent:
+            raise ValueError(f"weights: keys must be the member names {names} "
+                             f"(unknown {sorted(unknown)}, missing {sorted(absent)})")
+        w = np.asarray([float(weights[n]) for n in names])
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights: must be nonnegative with a positive sum, got {dict(weights)}")
+        w = w / w.sum()
+    else:
+        raise TypeError(f"weights: expected a name or a mapping, got {type(weights).__name__}")
+    return w
+
+
+def _fuse_test(members: list[Member], w: np.ndarray, test_ids):
+    with_test = [m.test is not None for m in members]
+    if not any(with_test):
+        return None, None
+    if not all(with_test):
+        lacking = [m.name for m in members if m.test is None]
+        raise ValueError(f"members: {lacking} have no test probabilities while others do; give all or none")
+    ref = [str(i) for i in (test_ids if test_ids is not None else members[0].test.ids)]
+    stacked = np.stack([m.test.aligned_to(ref, f"member {m.name!r} (test)") for m in members])
+    return ref, np.tensordot(w, stacked, axes=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# submission
+# ---------------------------------------------------------------------------------------------
+
+def write_submission(image_ids, probs, threshold, path, at_least_one: bool = True) -> Path:
+    """The project's one submission writer (mlc_utils.predict), so every stage submits the same format."""
+    from .predict import write_submission as project_writer
+    return Path(project_writer(list(image_ids), np.asarray(probs), threshold, path, at_least_one=at_least_one))

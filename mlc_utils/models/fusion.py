@@ -1,0 +1,409 @@
+"""Image + caption fusion: the paper's concatenation and bilinear heads, and late fusion as baseline.
+
+The paper fuses the *logits* of a trained image model and a trained caption model with one layer:
+``[x_i; x_c] -> Linear`` (concatenation) or ``x_i^T W_k x_c + b_k`` per class (``torch.nn.Bilinear``).
+``fusion_input='features'`` fuses the penultimate vectors instead (more capacity, more to overfit).
+
+Three ways to train a head, cheapest first:
+
+* on precomputed sub-model outputs saved as ``.npy`` (:class:`ArrayPairDataset` +
+  :class:`PrecomputedFusion`): seconds on a CPU, the common path;
+* ``mode='frozen'`` on images and captions: sub-models run without gradients in eval mode;
+* ``mode='end_to_end'``: everything fine-tunes; ``backbone_parameters()`` returns the sub-models, so
+  the engine's ``freeze_epochs`` can warm the head up first.
+
+Caveat the notebooks repeat: sub-models score their own training rows over-confidently, so a head
+trained on training-fold outputs learns to trust them too much; prefer out-of-fold or validation outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Literal, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .. import metrics
+
+FUSION_INPUTS = ("logits", "features")
+FUSION_MODES = ("frozen", "end_to_end")
+
+
+# ---------------------------------------------------------------------------------------------
+# heads: (x_i (B, d_i), x_c (B, d_c)) -> logits (B, C)
+# ---------------------------------------------------------------------------------------------
+
+class ConcatHead(nn.Module):
+    """``Linear([x_i; x_c])``. With ``identity_init`` on logits it starts as the average of the two
+    models' logits, so training begins at a sensible fusion instead of at random."""
+
+    def __init__(self, image_dim: int, text_dim: int, num_classes: int, identity_init: bool = False):
+        super().__init__()
+        self.linear = nn.Linear(image_dim + text_dim, num_classes)
+        if identity_init:
+            if not image_dim == text_dim == num_classes:
+                raise ValueError(f"identity_init: needs image_dim == text_dim == num_classes "
+                                 f"(got {image_dim}, {text_dim}, {num_classes})")
+            with torch.no_grad():
+                eye = torch.eye(num_classes) * 0.5
+                self.linear.weight.copy_(torch.cat([eye, eye], dim=1))
+                self.linear.bias.zero_()
+
+    def forward(self, x_image: torch.Tensor, x_text: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.cat([x_image, x_text], dim=1))
+
+
+class BilinearHead(nn.Module):
+    """``torch.nn.Bilinear(d_i, d_c, C)``: one ``d_i x d_c`` interaction matrix per class."""
+
+    def __init__(self, image_dim: int, text_dim: int, num_classes: int, identity_init: bool = False):
+        super().__init__()
+        self.bilinear = nn.Bilinear(image_dim, text_dim, num_classes)
+
+    def forward(self, x_image: torch.Tensor, x_text: torch.Tensor) -> torch.Tensor:
+        return self.bilinear(x_image, x_text)
+
+
+FUSION_HEADS: dict[str, type[nn.Module]] = {"concat": ConcatHead, "bilinear": BilinearHead}
+
+
+def create_head(name: str, image_dim: int, text_dim: int, num_classes: int = 20,
+                identity_init: bool = False) -> nn.Module:
+    if name not in FUSION_HEADS:
+        raise ValueError(f"head: must be one of {sorted(FUSION_HEADS)}, got {name!r}")
+    for field_name, value in (("image_dim", image_dim), ("text_dim", text_dim), ("num_classes", num_classes)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field_name}: must be a positive integer, got {value!r}")
+    return FUSION_HEADS[name](image_dim, text_dim, num_classes, identity_init=identity_init)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a sub-model contributes: its logits or its penultimate features
+# ---------------------------------------------------------------------------------------------
+
+def _timm_features(model: nn.Module, x):
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def _is_method(model: nn.Module, name: str) -> bool:
+    value = getattr(model, name, None)
+    return callable(value) and not isinstance(value, nn.Module)  # timm's VGG has a .features Sequential
+
+
+#: how to get the penultimate vector, tried in order: (applies?, extract)
+FEATURE_EXTRACTORS: list[tuple[Callable[[nn.Module], bool], Callable]] = [
+    (lambda m: _is_method(m, "features"), lambda m, x: m.features(x)),  # TextClassifier
+    (lambda m: _is_method(m, "embed"), lambda m, x: m.embed(x)),  # ImageModel: what its head reads
+    (lambda m: hasattr(m, "forward_features") and hasattr(m, "forward_head"), _timm_features),  # bare timm
+]
+
+
+def extract_features(model: nn.Module, inputs) -> torch.Tensor:
+    for applies, extract in FEATURE_EXTRACTORS:
+        if applies(model):
+            return extract(model, inputs)
+    raise TypeError(f"model: {type(model).__name__} offers no penultimate features (define features(inputs) "
+                    f"or embed(inputs), or pass a timm model); use fusion_input='logits'")
+
+
+def _linear_head(model: nn.Module) -> nn.Linear | None:
+    head = getattr(model, "head", None)
+    return head if isinstance(head, nn.Linear) else None
+
+
+#: fusion_input -> readers of a model's output width, tried in order
+OUTPUT_WIDTHS: dict[str, list[Callable[[nn.Module], int | None]]] = {
+    "logits": [lambda m: getattr(m, "num_classes", None),
+               lambda m: (getattr(m, "spec", None) or {}).get("num_classes"),
+               lambda m: _linear_head(m).out_features if _linear_head(m) else None],
+    "features": [lambda m: getattr(m, "feature_dim", None),
+                 lambda m: _linear_head(m).in_features if _linear_head(m) else None,
+                 lambda m: getattr(m, "num_features", None)],
+}
+
+
+def output_dim(model: nn.Module, fusion_input: str) -> int:
+    """Width of what ``model`` contributes: its class count (logits) or penultimate width (features)."""
+    for read in OUTPUT_WIDTHS[fusion_input]:
+        value = read(model)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ValueError(f"fusion_input={fusion_input!r}: cannot tell the output width of {type(model).__name__}; "
+                     f"pass image_dim/text_dim")
+
+
+def sub_model_output(model: nn.Module, inputs, fusion_input: str) -> torch.Tensor:
+    return model(inputs) if fusion_input == "logits" else extract_features(model, inputs)
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {list(choices)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused model over images + captions
+# ---------------------------------------------------------------------------------------------
+
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class FusionModel(nn.Module):
+    """Image model + caption model + a fusion head; ``inputs`` = ``{"image", "input_ids", "attention_mask"}``.
+
+    ``mode='frozen'``: the sub-models get no gradients and stay in eval mode (dropout off, batch-norm
+    statistics fixed) even when the engine calls ``train()``. ``mode='end_to_end'``: all parameters
+    train; ``backbone_parameters()`` are the sub-models so ``freeze_epochs`` trains the head first.
+    """
+
+    def __init__(self, image_model: nn.Module, text_model: nn.Module, head: str = "concat",
+                 fusion_input: str = "logits", mode: str = "frozen", num_classes: int = 20,
+                 image_dim: int | None = None, text_dim: int | None = None, identity_init: bool | None = None):
+        super().__init__()
+        _check_choice("fusion_input", fusion_input, FUSION_INPUTS)
+        _check_choice("mode", mode, FUSION_MODES)
+        self.image_model, self.text_model = image_model, text_model
+        self.fusion_input, self.mode, self.num_classes = fusion_input, mode, num_classes
+        image_dim = image_dim or output_dim(image_model, fusion_input)
+        text_dim = text_dim or output_dim(text_model, fusion_input)
+        if identity_init is None:
+            identity_init = head == "concat" and fusion_input == "logits" and image_dim == text_dim == num_classes
+        self.head = create_head(head, image_dim, text_dim, num_classes, identity_init)
+        self.spec = {"kind": "fusion", "head": head, "fusion_input": fusion_input, "mode": mode,
+                     "num_classes": num_classes, "image_dim": image_dim, "text_dim": text_dim,
+                     "image": dict(getattr(image_model, "spec", {}) or {}),
+                     "text": dict(getattr(text_model, "spec", {}) or {})}
+        for p in self.sub_model_parameters():  # set both ways: sub-models may come from an earlier frozen fusion
+            p.requires_grad_(mode == "end_to_end")
+        self.train(self.training)
+
+    def sub_model_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.image_model.parameters()
+        yield from self.text_model.parameters()
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        return self.sub_model_parameters() if self.mode == "end_to_end" else iter(())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.mode == "frozen":
+            self.image_model.eval()
+            self.text_model.eval()
+        return self
+
+    def _sub_outputs(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(inputs, Mapping) or "image" not in inputs or "input_ids" not in inputs:
+            raise TypeError("inputs: expected a dict with 'image', 'input_ids' and 'attention_mask'")
+        text_inputs = {k: inputs[k] for k in TEXT_KEYS if k in inputs}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "end_to_end"):
+            x_image = sub_model_output(self.image_model, inputs["image"], self.fusion_input)
+            x_text = sub_model_output(self.text_model, text_inputs, self.fusion_input)
+        return x_image, x_text
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(*self._sub_outputs(inputs))
+
+
+class ImageCaptionDataset(Dataset):
+    """Zip an image dataset and a caption dataset of the same rows into fusion inputs.
+
+    Targets must agree row by row, which catches two datasets built in different orders.
+    """
+
+    def __init__(self, image_set: Dataset, caption_set: Dataset):
+        if len(image_set) != len(caption_set):
+            raise ValueError(f"caption_set: has {len(caption_set)} rows, image_set has {len(image_set)}")
+        self.image_set, self.caption_set = image_set, caption_set
+
+    def __len__(self) -> int:
+        return len(self.image_set)
+
+    @property
+    def targets(self):
+        """The caption set's targets, so the engine need not decode images to read them."""
+        return getattr(self.caption_set, "targets", None)
+
+    def __getitem__(self, index: int):
+        image, target = self.image_set[index]
+        text, text_target = self.caption_set[index]
+        if not torch.equal(torch.as_tensor(target), torch.as_tensor(text_target)):
+            raise ValueError(f"row {index}: image and caption datasets disagree on the labels (different row order?)")
+        return {"image": image, **text}, target
+
+
+# ---------------------------------------------------------------------------------------------
+# the cheap path: a head on precomputed sub-model outputs
+# ---------------------------------------------------------------------------------------------
+
+class PrecomputedFusion(nn.Module):
+    """A fusion head on saved sub-model outputs; ``inputs`` = ``{"image": (B, d_i), "text": (B, d_c)}``."""
+
+    def __init__(self, head: str, image_dim: int, text_dim: int, num_classes: int = 20,
+                 identity_init: bool | None = None):
+        super().__init__()
+        if identity_init is None:
+            identity_init = head == "concat" and image_dim == text_dim == num_classes
+        self.head = create_head(head, image_dim, text_dim, num_classes, identity_init)
+        self.num_classes = num_classes
+        self.spec = {"kind": "fusion_head", "head": head, "image_dim": image_dim, "text_dim": text_dim,
+                     "num_classes": num_classes}
+
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(inputs["image"], inputs["text"])
+
+
+class ArrayPairDataset(Dataset):
+    """Rows of two saved output matrices (``.npy`` paths or arrays) and optional targets."""
+
+    def __init__(self, image_outputs, text_outputs, targets=None, num_classes: int = 20):
+        self.image = torch.as_tensor(_load_array(image_outputs, "image_outputs"), dtype=torch.float32)
+        self.text = torch.as_tensor(_load_array(text_outputs, "text_outputs"), dtype=torch.float32)
+        if len(self.image) != len(self.text):
+            raise ValueError(f"text_outputs: has {len(self.text)} rows, image_outputs has {len(self.image)}")
+        if targets is None:
+            self.targets = torch.zeros(len(self.image), num_classes)
+        else:
+            self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
+            if self.targets.ndim != 2 or len(self.targets) != len(self.image):
+                raise ValueError(f"targets: expected ({len(self.image)}, C), got {tuple(self.targets.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def __getitem__(self, index: int):
+        return {"image": self.image[index], "text": self.text[index]}, self.targets[index]
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return int(self.image.shape[1]), int(self.text.shape[1])
+
+
+def _load_array(value, name: str) -> np.ndarray:
+    array = np.load(value) if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__") else np.asarray(value)
+    if array.ndim != 2:
+        raise ValueError(f"{name}: expected an (n, d) matrix, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name}: holds NaN or infinite values")
+    return array
+
+
+@torch.no_grad()
+def compute_outputs(model: nn.Module, dataset: Dataset, fusion_input: str = "logits", batch_size: int = 64,
+                    device: str | torch.device = "cpu", collate_fn=None) -> np.ndarray:
+    """A sub-model's logits or penultimate features for every row, in dataset order (to save as .npy)."""
+    _check_choice("fusion_input", fusion_input, FUSION_INPUTS)
+    was_training = model.training
+    model.eval().to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    chunks = []
+    for inputs, _ in loader:
+        inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.to(device)
+        chunks.append(sub_model_output(model, inputs, fusion_input).float().cpu().numpy())
+    model.train(was_training)
+    width = output_dim(model, fusion_input) if not chunks else chunks[0].shape[1]
+    return np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# late fusion: the baseline any learned head has to beat
+# ---------------------------------------------------------------------------------------------
+
+def late_fusion(p_image: np.ndarray, p_text: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * p_image + (1 - weight) * p_text`` (probabilities, same shape)."""
+    p_image, p_text = np.asarray(p_image, dtype=np.float64), np.asarray(p_text, dtype=np.float64)
+    if p_image.shape != p_text.shape:
+        raise ValueError(f"p_text: shape {p_text.shape} differs from p_image {p_image.shape}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight: must be in [0, 1], got {weight}")
+    return weight * p_image + (1.0 - weight) * p_text
+
+
+@dataclass
+class LateFusionResult:
+    weight: float  # on the image model; the caption model gets 1 - weight
+    threshold: float
+    val_f1: float
+    table: pd.DataFrame  # one row per weight tried: weight, threshold, sample_f1
+
+    def apply(self, p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
+        return late_fusion(p_image, p_text, self.weight)
+
+
+SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))  # coarse grid while searching weights
+
+
+def tune_late_fusion(y_val: np.ndarray, p_image: np.ndarray, p_text: np.ndarray,
+                     weights: np.ndarray | None = None, tune_threshold: bool = True,
+                     search_thresholds=SEARCH_THRESHOLDS) -> LateFusionResult:
+    """The image weight (and global threshold) maximising validation sample-F1.
+
+    Each weight is scored at the best of a coarse threshold grid (sample-F1 costs a few ms per
+    call); the chosen weight then gets the full threshold grid. Ties go to the weight nearest 0.5,
+    the least committal choice on a flat optimum.
+    """
+    weights = np.round(np.linspace(0.0, 1.0, 21), 4) if weights is None else np.asarray(weights, dtype=float)
+    grid = np.asarray(search_thresholds, dtype=float) if tune_threshold else np.array([0.5])
+    rows = []
+    for w in weights:
+        threshold, score = metrics.tune_global_threshold(y_val, late_fusion(p_image, p_text, float(w)), grid)
+        rows.append({"weight": float(w), "threshold": threshold, "sample_f1": score})
+    table = pd.DataFrame(rows)
+    best = table[table["sample_f1"] >= table["sample_f1"].max() - 1e-12]
+    weight = float(best.loc[(best["weight"] - 0.5).abs().idxmin(), "weight"])
+    fused = late_fusion(p_image, p_text, weight)
+    threshold, score = metrics.tune_global_threshold(y_val, fused) if tune_threshold \
+        else (0.5, metrics.sample_f1(y_val, fused, 0.5))
+    return LateFusionResult(weight, float(threshold), float(score), table)
+
+
+# ---------------------------------------------------------------------------------------------
+# stage parameters
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FusionConfig:
+    """What the fusion stage varies; the training numbers go to the engine's TrainConfig."""
+
+    head: Literal["concat", "bilinear"] = "concat"
+    fusion_input: Literal["logits", "features"] = "logits"
+    mode: Literal["frozen", "end_to_end"] = "frozen"
+    precomputed: bool = True  # train the head on saved sub-model outputs (frozen mode only)
+
+    def check(self) -> None:
+        _check_choice("head", self.head, FUSION_HEADS)
+        _check_choice("fusion_input", self.fusion_input, FUSION_INPUTS)
+        _check_choice("mode", self.mode, FUSION_MODES)
+        if self.precomputed and self.mode != "frozen":
+            raise ValueError(f"precomputed: saved outputs cannot fine-tune the sub-models; "
+                             f"use mode='frozen' or precomputed=false (got mode={self.mode!r})")
+
+
+# ---------------------------------------------------------------------------------------------
+# rebuilding from a checkpoint's spec
+# ---------------------------------------------------------------------------------------------
+
+def build_fusion_model(spec: dict) -> FusionModel:
+    """Sub-models rebuilt from their own specs, then the head; weights are loaded next."""
+    from . import build_model
+    for part in ("image", "text"):
+        if not spec.get(part):
+            raise ValueError(f"spec.{part}: a fusion checkpoint needs its sub-model's spec to be rebuilt")
+    return FusionModel(build_model(spec["image"]), build_model(spec["text"]), spec["head"], spec["fusion_input"],
+                       spec["mode"], spec["num_classes"], spec["image_dim"], spec["text_dim"], identity_init=False)
+
+
+def build_fusion_head(spec: dict) -> PrecomputedFusion:
+    return PrecomputedFusion(spec["head"], spec["image_dim"], spec["text_dim"], spec["num_classes"],
+                             identity_init=False)
+
+
+def _register() -> None:
+    from . import register_model_kind
+    register_model_kind("fusion", build_fusion_model)
+    register_model_kind("fusion_head", build_fusion_head)
+
+
+_register()

@@ -1,0 +1,202 @@
+"""Caption preprocessing (the paper's cleaning steps) and the tokenized caption dataset.
+
+The paper cleans captions before BERT: fix symbols, drop entity mentions, strip punctuation and
+collapse whitespace. Each step is a switch on :class:`CaptionCleaner` so an ablation can turn one
+off without touching code; the steps run in the fixed order of :data:`CLEANING_STEPS` (symbols
+first so ``&amp;`` and curly quotes are plain before the quote-based entity step looks for them).
+
+What "entity mentions" means here (the paper does not define it): text that *names* a thing
+instead of describing what is seen -- the words on a sign, a bus destination, a shop name. Two
+patterns, both measured on the dev captions (27 "reads", 12 "says", 82 captions with quotes):
+
+* a quoted span right after a naming verb: ``a sign that reads "Los Angeles"`` -> ``a sign that reads``
+  (quoted spans elsewhere, e.g. ``"caution" tape``, are descriptive and are kept; only their
+  quotes go, with the punctuation step);
+* an unquoted run of Capitalised words right after a naming verb: ``a cake that says Dad on it``
+  -> ``a cake that says on it``.
+
+Mid-sentence proper nouns without a naming verb (``Buckingham Palace``) are a separate, riskier
+switch (``drop_proper_nouns``, off by default): a capital letter in these captions is as often a
+typo (``Cat Siamese``) as a name.
+"""
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+# ---------------------------------------------------------------------------------------------
+# cleaning steps: each a str -> str function, run in this order when its switch is on
+# ---------------------------------------------------------------------------------------------
+
+SYMBOLS = {  # replaced by words so the meaning survives punctuation stripping
+    "&": " and ",
+    "@": " at ",
+    "+": " plus ",
+    "%": " percent ",
+    "$": " dollar ",
+    "#": " number ",
+}
+_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"',
+                         "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u2032": "'", "`": "'",
+                         "\u2013": "-", "\u2014": "-", "\u2026": "...", "\u00a0": " "})
+_SYMBOL_RE = re.compile("|".join(re.escape(s) for s in SYMBOLS))
+
+NAMING_VERBS = ("reads", "read", "reading", "says", "say", "saying", "said", "written", "writes", "writing",
+                "labeled", "labelled", "marked", "titled", "named", "called", "spelling", "spells", "displays",
+                "displaying", "advertising", "advertises")
+_VERB = r"\b(?i:" + "|".join(NAMING_VERBS) + r")\b"  # case-insensitive for the verb only
+# the verb (kept) + optional ':' + a quoted span (dropped; may hold punctuation, never a newline)
+_QUOTED_AFTER_VERB = re.compile(_VERB + r"\s*:?\s*\"[^\"\n]*\"?")
+# the verb (kept) + a run of Capitalised words / numbers (dropped)
+_CAPS_AFTER_VERB = re.compile(r"(" + _VERB + r")(?:\s+(?:[A-Z][\w'.-]*|\d[\w.-]*))+")
+# a run of Capitalised words after a lower-case word or , ; (so never the caption's first word)
+_CAP_WORDS = re.compile(r"(?<=[a-z,;])\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)*")
+_PUNCT_CHARS = re.compile(r"[^\w\s'-]|_")  # everything but letters, digits, space, ' and -
+_LOOSE_MARKS = re.compile(r"(?<![A-Za-z0-9])['-]|['-](?![A-Za-z0-9])")  # ' and - not inside a word
+
+
+def fix_symbols(text: str) -> str:
+    """HTML entities, curly quotes/dashes and NFKC width forms -> ASCII; ``&`` etc. -> words."""
+    text = unicodedata.normalize("NFKC", html.unescape(text)).translate(_QUOTES)
+    return _SYMBOL_RE.sub(lambda m: SYMBOLS[m.group(0)], text)
+
+
+def _keep_verb(match: re.Match) -> str:
+    return re.match(_VERB, match.group(0)).group(0)
+
+
+def drop_entity_mentions(text: str) -> str:
+    """Drop what a sign/label *says* (see the module docstring); the naming verb stays."""
+    text = _QUOTED_AFTER_VERB.sub(_keep_verb, text)
+    return _CAPS_AFTER_VERB.sub(r"\1", text)
+
+
+def drop_proper_nouns(text: str) -> str:
+    """Drop runs of Capitalised words that follow a lower-case word (never the first word)."""
+    return _CAP_WORDS.sub(" ", text)
+
+
+def strip_punctuation(text: str) -> str:
+    """Punctuation -> space; apostrophes and hyphens survive only inside words (``it's``, ``low-lying``)."""
+    return _LOOSE_MARKS.sub(" ", _PUNCT_CHARS.sub(" ", text))
+
+
+def lowercase(text: str) -> str:
+    return text.lower()
+
+
+def normalize_whitespace(text: str) -> str:
+    """Raw newlines, tabs and runs of spaces -> one space; trimmed."""
+    return " ".join(text.split())
+
+
+#: field of CaptionCleaner -> step, in the order they run
+CLEANING_STEPS: dict[str, Callable[[str], str]] = {
+    "fix_symbols": fix_symbols,
+    "drop_entity_mentions": drop_entity_mentions,
+    "drop_proper_nouns": drop_proper_nouns,
+    "strip_punctuation": strip_punctuation,
+    "lowercase": lowercase,
+    "normalize_whitespace": normalize_whitespace,
+}
+
+
+@dataclass
+class CaptionCleaner:
+    """Which cleaning steps run (the paper's defaults). Call it on a caption or use :meth:`clean_all`.
+
+    ``lowercase`` is off because the uncased tokenizers lower-case anyway and a cased model
+    (DeBERTa) should see the case. A caption that cleans to nothing falls back to its
+    whitespace-normalised original, because an empty input would give the model no tokens at all.
+    """
+
+    fix_symbols: bool = True
+    drop_entity_mentions: bool = True
+    drop_proper_nouns: bool = False
+    strip_punctuation: bool = True
+    lowercase: bool = False
+    normalize_whitespace: bool = True
+
+    def check(self) -> None:
+        for f in fields(self):
+            if not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"{f.name}: must be true or false (got {getattr(self, f.name)!r})")
+
+    @property
+    def steps(self) -> list[str]:
+        return [name for name in CLEANING_STEPS if getattr(self, name)]
+
+    def __call__(self, text: str) -> str:
+        if not isinstance(text, str):
+            raise TypeError(f"caption must be a string, got {type(text).__name__}")
+        out = text
+        for name in self.steps:
+            out = CLEANING_STEPS[name](out)
+        return out if out.strip() else normalize_whitespace(text)
+
+    def clean_all(self, captions: Sequence[str]) -> list[str]:
+        return [self(c) for c in captions]
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset
+# ---------------------------------------------------------------------------------------------
+
+class CaptionDataset(Dataset):
+    """Captions tokenized once up front; yields ``({"input_ids", "attention_mask"}, target)``.
+
+    Every item is padded to ``max_length`` so the default collate works; pass
+    :func:`trim_padding_collate` to ``fit(collate_fn=...)`` to cut each batch to its longest caption
+    (short COCO captions make that ~2x faster at max_length 48). Without ``targets`` (the test
+    set) the target is a zero vector, so prediction code can treat both sets alike.
+    """
+
+    def __init__(self, captions: Sequence[str], tokenizer, targets: np.ndarray | None = None,
+                 max_length: int = 48, cleaner: CaptionCleaner | None = None, num_classes: int | None = None):
+        captions = list(captions)
+        if max_length < 2:
+            raise ValueError(f"max_length: must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
+        if targets is not None:
+            targets = np.asarray(targets, dtype=np.float32)
+            if targets.ndim != 2 or len(targets) != len(captions):
+                raise ValueError(f"targets: expected shape ({len(captions)}, C), got {targets.shape}")
+        elif num_classes is None:
+            raise ValueError("num_classes: needed when no targets are given (the test set)")
+        self.cleaner = cleaner if cleaner is not None else CaptionCleaner()
+        self.texts = self.cleaner.clean_all(captions)
+        self.max_length = max_length
+        encoded = tokenizer(self.texts, padding="max_length", truncation=True, max_length=max_length,
+                            return_tensors="pt")
+        self.input_ids = encoded["input_ids"]
+        self.attention_mask = encoded["attention_mask"]
+        n_classes = targets.shape[1] if targets is not None else num_classes
+        self.targets = torch.from_numpy(targets) if targets is not None else torch.zeros(len(captions), n_classes)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int):
+        return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index]}, self.targets[index]
+
+    @property
+    def truncated_fraction(self) -> float:
+        """Share of captions that fill all ``max_length`` tokens, i.e. were (probably) cut: a check on max_length."""
+        return float((self.attention_mask[:, -1] == 1).float().mean()) if len(self) else 0.0
+
+
+def trim_padding_collate(batch):
+    """Stack a batch and drop the padding columns that no caption in it uses."""
+    inputs = {key: torch.stack([item[0][key] for item in batch]) for key in batch[0][0]}
+    targets = torch.stack([item[1] for item in batch])
+    width = max(int(inputs["attention_mask"].sum(dim=1).max()), 1)
+    return {key: value[:, :width] for key, value in inputs.items()}, targets

