@@ -15,7 +15,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from .config import ParamError, coerce, from_dict, require, to_dict  # noqa: F401  (re-exported)
+from .config import ParamError, from_dict, require, to_dict  # noqa: F401  (ParamError is re-exported)
 from .models.text import TextModelConfig as TextStageParams  # the caption stage's section
 
 STAGES = ("eda", "split", "image", "text", "fusion", "ablation", "ensemble")

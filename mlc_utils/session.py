@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-
-import numpy as np
 
 from .labels import LabelSpace
 from .params import StudyParams, load_params
@@ -98,22 +95,13 @@ class StageContext:
         atomic_write_text(self.stage_dir / "summary.json", json.dumps(self.summary, indent=1, default=float))
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        import torch
-        torch.manual_seed(seed)
-    except ImportError:
-        pass
-
-
 def open_stage(stage: str, params_file: str = "", overrides: dict | None = None,
                project_root: str | os.PathLike = "") -> StageContext:
     root = Path(project_root).resolve() if project_root else Path(__file__).resolve().parent.parent
     if params_file and not Path(params_file).is_absolute():
         params_file = str((Path.cwd() / params_file).resolve())
     params = load_params(params_file or None, overrides or {})
+    from .engine import seed_everything
     ctx = StageContext(stage, params, root)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     (ctx.stage_dir / "summary.json").unlink(missing_ok=True)

@@ -23,31 +23,52 @@ def real_data() -> Path:
     return REAL_DATA
 
 
-def make_tiny_folder(root: Path, n_train: int = 40, n_test: int = 10, size: int = 32, seed: int = 0) -> Path:
-    """A data folder in the competition layout: coloured squares per class, quirky captions."""
+QUADRANT_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+
+
+def draw(labels, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Classes 0-3 paint one quadrant each on a dark noisy background: learnable in a few epochs."""
+    image = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+    half = size // 2
+    for label in labels:
+        r, c = divmod(label, 2)
+        image[r * half:(r + 1) * half, c * half:(c + 1) * half] = QUADRANT_COLOURS[label]
+    return image
+
+
+def make_tiny_dataset(root: Path, n: int = 40, size: int = 32, seed: int = 0, n_test: int = 6) -> dict:
+    """A data folder in the competition layout (quirky captions included) and what tests need of it."""
     from PIL import Image
 
     from mlc_utils.csvio import write_competition_csv
+    from mlc_utils.labels import LabelSpace
     rng = np.random.default_rng(seed)
     (root / "data").mkdir(parents=True, exist_ok=True)
-    colours = rng.integers(0, 255, size=(20, 3))
     rows = []
-    for i in range(n_train + n_test):
-        labels = sorted({1} | set(rng.choice([2, 3, 4, 5], size=rng.integers(0, 3), replace=False).tolist())) \
-            if rng.random() < 0.75 else [int(rng.choice([3, 4, 5]))]
-        image = np.full((size, size, 3), 128, dtype=np.uint8)
-        for k, label in enumerate(labels):
-            x, y = (k % 2) * size // 2, (k // 2) * size // 2
-            image[y:y + size // 2, x:x + size // 2] = colours[label]
-        Image.fromarray(image).save(root / "data" / f"{i}.jpg", quality=95)
-        caption = f'A "scene" with {", ".join(f"thing{l}" for l in labels)}' + ("\nsecond line/" if i % 7 == 0 else ".")
+    for i in range(n + n_test):
+        labels = sorted(rng.choice(4, size=int(rng.integers(1, 3)), replace=False).tolist())
+        Image.fromarray(draw(labels, size, rng)).save(root / "data" / f"{i}.jpg", quality=95)
+        caption = f'A "scene" with {", ".join(f"thing{label}" for label in labels)}' + \
+            ("\nsecond line/" if i % 7 == 0 else ".")
         rows.append({"ImageID": f"{i}.jpg", "Labels": labels, "Caption": caption})
     frame = pd.DataFrame(rows)
-    write_competition_csv(frame.iloc[:n_train], root / "train.csv")
-    write_competition_csv(frame.iloc[n_train:][["ImageID", "Caption"]], root / "test.csv")
-    return root
+    train = frame.iloc[:n].reset_index(drop=True)
+    write_competition_csv(train, root / "train.csv")
+    write_competition_csv(frame.iloc[n:][["ImageID", "Caption"]], root / "test.csv")
+    return {"root": root, "train": train, "ids": train.ImageID.tolist(),
+            "targets": LabelSpace(20).encode(train.Labels.tolist()), "test_ids": frame.ImageID.iloc[n:].tolist()}
+
+
+def make_tiny_folder(root: Path, n_train: int = 40, n_test: int = 10, size: int = 32, seed: int = 0) -> Path:
+    return make_tiny_dataset(root, n_train, size, seed, n_test)["root"]
 
 
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return make_tiny_folder(tmp_path / "tiny")
+
+
+@pytest.fixture
+def tiny_images(tmp_path) -> dict:
+    """40 train + 6 test images of 32x32 px (see :func:`make_tiny_dataset`)."""
+    return make_tiny_dataset(tmp_path / "tiny")

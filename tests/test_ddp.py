@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 
-from fixtures_images import tiny_images  # noqa: F401  (fixture)
 from mlc_utils.engine import read_checkpoint
 from mlc_utils.train import launch_torchrun, run_config
 

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from fixtures_images import tiny_images  # noqa: F401  (fixture)
 from mlc_utils import engine, features
 from mlc_utils.config import ParamError
 from mlc_utils.engine import (CheckpointMismatchError, TrainConfig, fit, load_checkpoint, predict_probs,

@@ -1,7 +1,6 @@
 """The papermill chain: reports, skipping unchanged stages, failures named, params errors."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

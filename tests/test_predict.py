@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from fixtures_images import tiny_images  # noqa: F401  (fixture)
 from mlc_utils import cli as mlc_cli
 from mlc_utils.features import FeatureHead, save_model
 from mlc_utils.models import create_image_model

@@ -22,7 +22,6 @@ import pytest
 import torch
 
 from conftest import PROJECT
-from fixtures_images import tiny_images  # noqa: F401  (fixture)
 from mlc_utils import cli as mlc_cli
 from mlc_utils.engine import TrainConfig, fit, state_digest
 from mlc_utils.ensemble import Member, build_ensemble, save_probs

@@ -224,21 +224,16 @@ def test_notebooks_run_top_to_bottom_without_papermill(tmp_path, monkeypatch):
                       "eda: {n_examples: 2, image_size_sample: 10}\n")
     monkeypatch.setenv("MLC_PARAMS", str(chosen))  # the kernel inherits this process's environment
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    wired = []
     for name in ("01_eda.ipynb", "02_split.ipynb"):
         nb = nbformat.read(root / "notebooks" / name, as_version=4)
-        parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        wired.append(any("MLC_PARAMS" in cell.source for cell in parameters))
         NotebookClient(nb, kernel_name="mlc", timeout=600, allow_errors=False,
                        resources={"metadata": {"path": str(root / "notebooks")}}).execute()
         errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
                   if o.get("output_type") == "error"]
         assert not errors, (name, errors)
-    run = "nb-env" if all(wired) else "nb-default"
+    run = "nb-env"  # the parameters cell prefers MLC_PARAMS over its default file
+    assert not (root / "runs" / "nb-default").exists()
     split = root / "runs" / run / "split" / "split.csv"
     assert (root / "runs" / run / "eda" / "summary.json").is_file()
     assert split.is_file() and split.read_text().count("\n") == 31
     assert not (PROJECT / "runs" / run).exists(), "the notebooks wrote outside their project"
-    # depends on the lead's change: the parameters cell reads os.environ.get("MLC_PARAMS", "../params/demo.yaml")
-    if not all(wired):
-        pytest.xfail("the notebooks' parameters cell does not read MLC_PARAMS yet; they ran on ../params/demo.yaml")
