@@ -90,6 +90,8 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=256, help="distinct images (or random tensors) cycled through")
     p.add_argument("--repeats", type=int, default=1,
                    help="run the list of variants this many times, interleaved; the fastest run of each is kept")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="seconds: skip the children that would not finish in time (their rows say so); 0 = no limit")
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -323,7 +325,6 @@ def main(argv=None) -> int:
         result = child(args)
         print(RESULT_TAG + json.dumps(result), flush=True)
         return 0
-    import torch
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     base = strip_models(argv)
     print(machine_line())
@@ -333,11 +334,18 @@ def main(argv=None) -> int:
           f"torch threads {args.threads or 'all usable cores'}; each variant in its own process", flush=True)
     rows, results = [], []
     variants = list(dict.fromkeys(args.variants))
+    started, longest, skipped = time.perf_counter(), 0.0, []
     for model in models:
         by_variant = {}
         for _ in range(args.repeats):
             for variant in variants:
+                elapsed = time.perf_counter() - started
+                if args.time_budget and elapsed + longest > args.time_budget:
+                    skipped.append(f"{model}/{variant}")
+                    continue
+                tic = time.perf_counter()
                 r = run_child(base, model, variant)
+                longest = max(longest, time.perf_counter() - tic)
                 results.append(r)
                 print(f"  {r['model']:<32} {VARIANT_LABELS[variant]:<36} {r['images_per_s']:9.1f} img/s  "
                       f"peak {r['peak_mib']:8.0f} MiB", file=sys.stderr, flush=True)
@@ -361,16 +369,20 @@ def main(argv=None) -> int:
     best_of = f", best of {args.repeats} runs each" if args.repeats > 1 else ""
     print_table(headers, rows, title=f"Training throughput ({args.device}, {args.img_size}px, batch {args.batch_size}, "
                                      f"{args.steps} timed steps after {args.warmup} warm-up{best_of})")
+    if not results:
+        print("no variant ran")
+        return 1
     print(f"\ndata: {results[0]['data']}; weights: "
           + ", ".join(sorted({f"{r['model']}={r['weights']}" for r in results}))
           + f"; torch threads per child: {results[0]['threads']}")
+    if skipped:
+        print(f"NOT RUN (--time-budget {args.time_budget:.0f} s): {', '.join(skipped)}")
     print(f"peak memory: {'torch.cuda.max_memory_allocated' if cuda else 'VmHWM of the child process'} at the end of "
           "the timed steps and at the end of the run (fit then also writes last.pt/best.pt and keeps a CPU copy of the "
           "best weights)" + ("" if cuda else "; RSS before training = the child after imports, model and data"))
     print("'timm reference loop' is a reference loop built here from timm's components (the core of timm's "
           "train.py: create_optimizer_v2('adamw'), plain DataLoader, BCEWithLogitsLoss, autocast, "
           "cudnn.benchmark); it is not timm's train.py itself.")
-    del torch
     return 0
 
 

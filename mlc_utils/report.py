@@ -107,7 +107,7 @@ def write_index(study, results) -> Path:
     parts.append("</tbody></table>")
     if study_tables:
         parts.append("<h2>Results</h2>")
-        for stage, name, table in study_tables:
+        for stage, name, table in sorted(study_tables, key=lambda item: item[1]):  # Table 1, 2, 3
             parts.append(f"<h3 id='{html.escape(name)}'>{html.escape(name)} <small>({stage})</small></h3>")
             parts.append(_table_html(table))
     if figures:
