@@ -75,26 +75,29 @@ def machine_line() -> str:
             f"python {platform.python_version()}, torch {torch.__version__}")
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM), MiB; falls back to getrusage."""
+def _proc_status_mib(field: str) -> float | None:
+    """A memory line of /proc/self/status (``VmHWM``, ``VmRSS``) in MiB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
+    return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM), MiB; falls back to getrusage."""
+    peak = _proc_status_mib("VmHWM")
+    if peak is not None:
+        return peak
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
+    current = _proc_status_mib("VmRSS")
+    return float("nan") if current is None else current
 
 
 class Timer:

@@ -19,7 +19,8 @@ def make_project(tmp_path, data, stages="[eda, split]"):
     shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     (root / "params").mkdir()
     params = root / "params" / "t.yaml"
-    params.write_text(f"run: t\ndata_dir: {data}\nstages: {stages}\neda: {{n_examples: 2, image_size_sample: 20}}\n")
+    params.write_text(f"run: t\ndata_dir: {data}\nstages: {stages}\neda: {{n_examples: 2, image_size_sample: 20}}\n"
+                      "image: {models: [{name: test_vit, img_size: 32}]}\n")
     return root, params
 
 
