@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -89,6 +90,9 @@ def write_index(study, results) -> Path:
         if (report_dir / f"{stem}.html").is_file():
             links.append(f'<a href="{stem}.html">report</a>')
             links.append(f'<a href="{stem}.full.html">notebook</a>')
+        executed = Path(study.notebook_out(result.stage))
+        if executed.is_file():  # the executed .ipynb itself, to open in JupyterLab
+            links.append(f'<a href="{html.escape(os.path.relpath(executed, report_dir))}">.ipynb</a>')
         headline = "; ".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in summary.get("headline", {}).items())
         if result.error:
             headline = f'<span class="failed">{html.escape(result.error)}</span>'

@@ -155,7 +155,8 @@ def test_index_has_every_table_and_figure_and_no_broken_link(study):
         assert raw == (run / ("eda" if img["alt"] != "split_frequencies.png" else "split") / img["alt"]).read_bytes()
 
     # links: every stage has its report and its notebook, and every relative link resolves
-    assert sorted(page.links) == ["01_eda.full.html", "01_eda.html", "02_split.full.html", "02_split.html"]
+    assert sorted(page.links) == ["../../runs/t/01_eda.ipynb", "../../runs/t/02_split.ipynb", "01_eda.full.html",
+                                  "01_eda.html", "02_split.full.html", "02_split.html"]
     assert _broken_links(page, index) == []
     for name in page.links:
         sub = Page((report / name).read_text(encoding="utf-8"))
