@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,15 @@ def tiny_data(tmp_path) -> Path:
 def tiny_images(tmp_path) -> dict:
     """40 train + 6 test images of 32x32 px (see :func:`make_tiny_dataset`)."""
     return make_tiny_dataset(tmp_path / "tiny")
+
+
+def make_project(tmp_path: Path, data: Path, stages: str = "[eda, split]", image_size_sample: int = 20):
+    """A throw-away project folder (the notebooks and a params file) so runs never touch the repo."""
+    root = tmp_path / "project"
+    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (root / "params").mkdir()
+    params = root / "params" / "t.yaml"
+    params.write_text(f"run: t\ndata_dir: {data}\nstages: {stages}\n"
+                      f"eda: {{n_examples: 2, image_size_sample: {image_size_sample}}}\n"
+                      "image: {models: [{name: test_vit, img_size: 32}]}\n")
+    return root, params

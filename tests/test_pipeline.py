@@ -1,27 +1,17 @@
 """The papermill chain: reports, skipping unchanged stages, failures named, params errors."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from conftest import make_project
 from mlc_utils.params import ParamError
 from mlc_utils.pipeline import run_study
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def make_project(tmp_path, data, stages="[eda, split]"):
-    root = tmp_path / "project"
-    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (root / "params").mkdir()
-    params = root / "params" / "t.yaml"
-    params.write_text(f"run: t\ndata_dir: {data}\nstages: {stages}\neda: {{n_examples: 2, image_size_sample: 20}}\n"
-                      "image: {models: [{name: test_vit, img_size: 32}]}\n")
-    return root, params
 
 
 def test_chain_reports_and_skips(tmp_path, tiny_data):

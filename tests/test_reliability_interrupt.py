@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import PROJECT
+from conftest import PROJECT, make_project
 from mlc_utils import pipeline
 from mlc_utils.engine import read_checkpoint
 from mlc_utils.io import atomic_save, atomic_write_text, ensure_writable_dir, is_temporary, remove_stale_temporaries
@@ -167,14 +167,7 @@ HANG_CELL = textwrap.dedent('''
 
 
 def _project(tmp_path: Path, data: Path) -> tuple[Path, Path]:
-    import shutil
-    root = tmp_path / "project"
-    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (root / "params").mkdir()
-    params = root / "params" / "t.yaml"
-    params.write_text(f"run: t\ndata_dir: {data}\nstages: [eda, split]\n"
-                      "eda: {n_examples: 2, image_size_sample: 10}\n")
-    return root, params
+    return make_project(tmp_path, data, image_size_sample=10)
 
 
 def _pid_alive(pid: int) -> bool:
