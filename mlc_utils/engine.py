@@ -324,11 +324,8 @@ def state_digest(module: nn.Module) -> str:
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Atomic ``.npy`` write (through a handle: ``np.save`` on a path would append ``.npy`` to the temp name)."""
-    def writer(tmp):
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.asarray(array))
-    return atomic_save(path, writer)
+    """Atomic ``.npy`` write (the temporary name ends in ``.npy``, so numpy adds no suffix)."""
+    return atomic_save(path, lambda tmp: np.save(tmp, np.asarray(array)))
 
 
 def _lr_factor(cfg: TrainConfig, epoch: int) -> float:

@@ -111,10 +111,7 @@ def save_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -
     table = ProbTable(list(ids), probs, source=str(path))
     path = Path(path)
     if path.suffix.lower() == ".npz":
-        def writer(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:  # a handle, so numpy does not append ".npz" to the temp name
-                np.savez(handle, ids=np.array(table.ids), probs=table.probs)
-        return atomic_save(path, writer)
+        return atomic_save(path, lambda tmp: np.savez(tmp, ids=np.array(table.ids), probs=table.probs))
     if path.suffix.lower() == ".csv":
         frame = pd.DataFrame(table.probs, columns=[str(c) for c in range(table.probs.shape[1])])
         frame.insert(0, "ImageID", table.ids)

@@ -404,11 +404,7 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
                                          collate_fn=trim_padding_collate)
     from .io import atomic_save
     arrays = {**out, **{f"{s}_ids": np.array(ids) for s, ids in ids_by_split.items()}}
-
-    def writer(tmp):
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    atomic_save(cache, writer)
+    atomic_save(cache, lambda tmp: np.savez(tmp, **arrays))
     return out
 
 

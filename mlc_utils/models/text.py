@@ -8,17 +8,14 @@ offline choices, instead of waiting on network timeouts.
 """
 from __future__ import annotations
 
-import os
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Mapping
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from ..hub import hub_unreachable_reason, offline_flag
 from ..text import CaptionCleaner, CaptionDataset
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -54,34 +51,8 @@ def offline_choices() -> str:
             f"transformers model (config.json, weights, tokenizer files)")
 
 
-def _env_offline() -> bool:
-    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the hub within ``timeout`` seconds (DNS included)?
-
-    Runs in a daemon thread because name resolution ignores socket timeouts: on a machine with no
-    network a plain ``from_pretrained`` may retry for minutes before it fails.
-    """
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
+    return hub_unreachable_reason(timeout) is None
 
 
 def _in_local_cache(repo_id: str) -> bool:
@@ -116,7 +87,7 @@ def resolve_model_source(name: str, hub_timeout: float = 3.0) -> ModelSource:
         return ModelSource(name, str(path), True, "folder")
     if _in_local_cache(name):
         return ModelSource(name, name, True, "cache")
-    if _env_offline():
+    if offline_flag():
         raise TextModelUnavailable(f"model_name: {name!r} is not in the local Hugging Face cache and the hub is "
                                    f"off (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set); {offline_choices()}")
     if not hub_reachable(hub_timeout):

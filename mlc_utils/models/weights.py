@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import importlib
 import os
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
+
+from ..hub import hub_unreachable_reason
 
 
 class OfflineWeightsError(RuntimeError):
@@ -84,29 +84,6 @@ def offline_choices() -> str:
     names = ", ".join(sorted({n for n in PACKAGED_WEIGHTS if not n.startswith("tf_")}))
     return (f"offline choices: a packaged model ({names}), a local checkpoint path as 'pretrained', "
             "or pretrained: false")
-
-
-def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """Why the timm hub cannot be used now (None when it can); never blocks longer than ``timeout``.
-
-    DNS lookups have no timeout of their own, so the probe runs in a daemon thread.
-    """
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
-    if flag in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE is set"
-    result: list[str | None] = []
-
-    def probe():
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-            result.append(None)
-        except OSError as err:
-            result.append(f"cannot reach huggingface.co ({err})")
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return result[0] if result else f"no answer from huggingface.co within {timeout:.0f} s"
 
 
 def _hub_cached_file(arch: str) -> str | None:
