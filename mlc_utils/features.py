@@ -35,12 +35,13 @@ from .images import image_dataset
 from .io import atomic_save, atomic_write_text
 
 DEFAULT_CACHE_DIR = "cache/features"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def feature_key(model, root: str | os.PathLike, view: str) -> dict:
     """Everything a cached row depends on besides its ImageID (JSON-able)."""
     return {"version": CACHE_VERSION, "arch": model.spec["arch"], "head": model.spec["head"],
+            "pool": model.spec.get("global_pool", ""),
             "weights": state_digest(model.backbone), "data": model.spec["data"], "view": view,
             "root": str(Path(root).resolve())}
 
@@ -126,15 +127,20 @@ def cached_features(model, root: str | os.PathLike, image_ids: Sequence[str], vi
 
 
 class FeatureHead(nn.Module):
-    """The image model's head on its own, reading cached features (its checkpoints say so)."""
+    """The image model's head on its own, reading cached features (its checkpoints say so).
+
+    The whole model drops pooled features (timm's ``drop_rate``) before the head while training;
+    the cached features were computed in eval mode, so the same dropout is applied here.
+    """
 
     def __init__(self, head: nn.Linear, spec: dict):
         super().__init__()
+        self.drop = nn.Dropout(float(spec.get("drop_rate", 0.0)))
         self.head = head
         self.spec = {**spec, "kind": "image_head", "input_dim": head.in_features}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
+        return self.head(self.drop(features))
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, params: dict | None = None) -> Path:

@@ -57,6 +57,9 @@ class ImageModelSpec:
     head: Literal["extra_linear", "replace"] = "extra_linear"
     mode: Literal["finetune", "frozen"] = "finetune"  # frozen = cached backbone features + trained head
     img_size: int = 224
+    crop_mode: Literal["center", "squash"] = "center"  # evaluation resize: squash keeps the whole image
+    global_pool: str = ""                # timm pooling for head: replace ("" = the model's own; catavgmax)
+    drop_rate: float = 0.0               # dropout on the pooled features before the head (timm's)
     label: str = ""                      # display name in tables (default: name)
     auto_augment: str = "rand-m9-mstd0.5"  # timm RandAugment policy for fine-tuning; "" = off
     tta: bool = True                     # average the stage's ``tta`` views (else centre crop only)
@@ -66,6 +69,12 @@ class ImageModelSpec:
     def check(self):
         require(bool(self.name.strip()), "name: must name a timm model")
         require(self.img_size >= 16, f"img_size: must be >= 16 (got {self.img_size})")
+        require(0.0 <= self.drop_rate < 1.0, f"drop_rate: must be in [0, 1) (got {self.drop_rate})")
+        from .models.image import GLOBAL_POOLS
+        require(self.global_pool in GLOBAL_POOLS,
+                f"global_pool: must be one of {list(GLOBAL_POOLS)} (got {self.global_pool!r})")
+        require(not (self.global_pool and self.head == "extra_linear"),
+                "global_pool: applies to head: replace (extra_linear keeps the pretrained classifier's pooling)")
         if not self.label:
             self.label = self.name
 

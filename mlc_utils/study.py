@@ -156,7 +156,8 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log) -> Member:
     train_df, val_df, y_train, y_val = _frames(ctx)
     test_ids = list(ctx.data.test.ImageID)
     model = create_image_model(spec.name, ctx.params.num_classes, spec.head, spec.pretrained, spec.img_size,
-                               tta_views=views)
+                               spec.drop_rate, tta_views=views, crop_mode=spec.crop_mode,
+                               global_pool=spec.global_pool)
     log(f"{spec.label}: {spec.name} ({model.spec['weights']}), {spec.mode}, {spec.img_size}px, "
         f"{len(train_df)} train / {len(val_df)} val images")
     if spec.mode == "frozen":
@@ -201,7 +202,8 @@ def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log):
     from .train import launch_torchrun
     config = {
         "model": {"name": spec.name, "pretrained": spec.pretrained, "head": spec.head, "img_size": spec.img_size,
-                  "tta_views": views},
+                  "drop_rate": spec.drop_rate, "tta_views": views, "crop_mode": spec.crop_mode,
+                  "global_pool": spec.global_pool},
         "data": {"root": str(ctx.params.data_path(ctx.root).resolve()), "split": str(ctx.dir_of("split") / "split.csv"),
                  "num_classes": ctx.params.num_classes, "auto_augment": spec.auto_augment or None},
         "train": asdict(cfg), "out_dir": str(out_dir), "teacher": spec.teacher or None,

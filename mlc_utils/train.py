@@ -43,6 +43,8 @@ class ModelSection:
     img_size: int = 224
     drop_rate: float = 0.0
     tta_views: list[str] = field(default_factory=lambda: ["center", "hflip"])
+    crop_mode: str = "center"
+    global_pool: str = ""
 
 
 @dataclass
@@ -95,7 +97,8 @@ def build_run(data: dict):
     run, cfg = parse_config(data)
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = create_image_model(run.model.name, run.data.num_classes, run.model.head, run.model.pretrained,
-                               run.model.img_size, run.model.drop_rate, run.model.tta_views)
+                               run.model.img_size, run.model.drop_rate, run.model.tta_views,
+                               crop_mode=run.model.crop_mode, global_pool=run.model.global_pool)
     train, val = build_datasets(run, model.spec["data"])
     teacher = load_checkpoint(run.teacher)[0] if run.teacher else None
     return cfg, model, train, val, teacher, Path(run.out_dir)

@@ -222,5 +222,27 @@ def test_feature_cache_is_reused_and_head_trains(tiny_images, tmp_path, monkeypa
     assert cache.misses == 5 and cache.computed == 88
 
 
+def test_feature_key_follows_pooling_and_crop_mode(tiny_images):
+    root = tiny_images["root"]
+    keys = []
+    for pool, crop in [("", "center"), ("catavgmax", "center"), ("", "squash")]:
+        torch.manual_seed(0)  # equal weights: only the pooling or the crop differs
+        model = create_image_model("test_resnet", img_size=32, head="replace", global_pool=pool, crop_mode=crop)
+        keys.append(json.dumps(features.feature_key(model, root, "center"), sort_keys=True))
+    assert len(set(keys)) == 3
+
+
 def test_engine_module_has_a_design_note():
     assert "Design." in engine.__doc__
+
+
+def test_feature_head_drops_features_like_the_whole_model():
+    model = create_image_model("test_resnet", img_size=32, head="replace", drop_rate=0.5)
+    head = features.FeatureHead(model.head, model.spec)
+    x = torch.ones(64, model.head.in_features)
+    torch.manual_seed(0)
+    head.train()
+    trained = head.drop(x)
+    assert 0.3 < float((trained == 0).float().mean()) < 0.7  # about half dropped, the rest scaled by 2
+    head.eval()
+    assert torch.equal(head(x), model.head(x))

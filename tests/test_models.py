@@ -90,6 +90,43 @@ def test_heads_output_logits_and_split_parameters(head):
     assert len(backbone_ids) + len(list(model.head_parameters())) == len(list(model.parameters()))
 
 
+def test_catavgmax_pooling_doubles_the_head_input_and_reads_the_max():
+    model = create_image_model("test_resnet", num_classes=3, head="replace", img_size=32, global_pool="catavgmax")
+    plain = create_image_model("test_resnet", num_classes=3, head="replace", img_size=32)
+    assert model.head.in_features == 2 * plain.head.in_features
+    model.eval()
+    features = torch.zeros(1, model.backbone.num_features, 4, 4)
+    features[0, :, 0, 0] = 16.0  # one hot spot: the average sees 1, the max 16
+    pooled = model.backbone.forward_head(features, pre_logits=True)
+    assert torch.allclose(pooled, torch.cat([torch.ones(1, model.backbone.num_features),
+                                             torch.full((1, model.backbone.num_features), 16.0)], 1))
+    rebuilt = build_model(model.spec)
+    assert rebuilt.spec["global_pool"] == "catavgmax" and rebuilt.head.in_features == model.head.in_features
+
+
+def test_pooling_and_crop_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="global_pool: the extra_linear head keeps"):
+        create_image_model("test_resnet", head="extra_linear", global_pool="catavgmax")
+    with pytest.raises(ValueError, match="global_pool: must be one of"):
+        create_image_model("test_resnet", head="replace", global_pool="mean")
+    with pytest.raises(ValueError, match="global_pool: ConvNeXt does not support 'catavgmax'"):
+        create_image_model("convnext_atto", head="replace", global_pool="catavgmax")
+    with pytest.raises(ValueError, match="crop_mode: must be one of"):
+        create_image_model("test_resnet", crop_mode="fill")
+
+
+def test_squash_keeps_the_borders_that_a_centre_crop_cuts():
+    array = np.zeros((40, 80, 3), dtype=np.uint8)
+    array[:, :8] = 255  # a white object at the left edge of a wide image
+    image = Image.fromarray(array)
+    centre = create_image_model("test_resnet", img_size=32).data_config
+    squash = create_image_model("test_resnet", img_size=32, crop_mode="squash").data_config
+    assert squash["crop_mode"] == "squash" and squash["crop_pct"] == 1.0
+    bright = lambda cfg: float(build_transform(cfg)(image)[0].max())  # noqa: E731
+    assert bright(squash) > 0.9 and bright(centre) < -0.9  # normalised: white ~ +2, black ~ -2
+    assert build_transform(squash)(image).shape == (3, 32, 32)
+
+
 def test_spec_rebuilds_the_same_model():
     model = create_image_model("test_vit", num_classes=4, head="replace", img_size=32, tta_views=["center"])
     rebuilt = build_model(model.spec)

@@ -33,6 +33,11 @@ def test_overrides_and_types(tmp_path):
     ("stages: [eda, splits]\n", [], "stages[1]: 'splits' is not one of"),
     ("run: [a]\n", [], "run: expected a string"),
     ("split: 3\n", [], "split: expected a mapping"),
+    ("image:\n  models:\n    - {name: resnet18, head: replace, global_pool: mean}\n", [],
+     "image.models[0].global_pool: must be one of"),
+    ("image:\n  models:\n    - {name: resnet18, global_pool: catavgmax}\n", [],
+     "image.models[0].global_pool: applies to head: replace"),
+    ("image:\n  models:\n    - {name: resnet18, crop_mode: fill}\n", [], "image.models[0].crop_mode: 'fill' is not one of"),
 ])
 def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     path = tmp_path / "bad.yaml"

@@ -5,7 +5,14 @@ Heads (registry :data:`HEADS`):
 - ``extra_linear`` (the paper): the backbone keeps its 1000-way ImageNet output and one extra
   ``Linear(1000, num_classes)`` follows it, so pretrained class evidence is reused as features.
 - ``replace``: timm's classifier is removed (``reset_classifier(0)``) and a ``Linear`` from the
-  pooled features to ``num_classes`` takes its place (the usual fine-tuning head).
+  pooled features to ``num_classes`` takes its place (the usual fine-tuning head). Its pooling can
+  be any of timm's (``global_pool``): ``catavgmax`` concatenates average and max pooling, which keeps
+  the evidence of small objects that an average over the whole image dilutes (a frozen Lite0 on the
+  dev pack: 0.818 val sample-F1 against 0.804 for the average alone, 320 px squashed).
+
+Preprocessing for evaluation is timm's; ``crop_mode: squash`` resizes the whole image to the input
+size instead of centre-cropping it, so objects at the borders (a car at the edge of a street scene)
+stay in the picture: a multi-label target describes the whole image.
 
 The model returns logits; the loss and prediction apply the sigmoid. ``spec`` is a JSON-able
 description (architecture, head, class count, preprocessing, TTA views) that checkpoints carry,
@@ -22,19 +29,27 @@ from torch import nn
 from .weights import create_backbone, resolve_pretrained
 
 DEFAULT_TTA_VIEWS = ("center", "hflip")
+GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d types; "" = the model's own
 
 
-def _extra_linear(backbone: nn.Module, num_classes: int) -> tuple[nn.Module, int]:
+def _extra_linear(backbone: nn.Module, num_classes: int, global_pool: str = "") -> tuple[nn.Module, int]:
+    if global_pool:
+        raise ValueError(f"global_pool: the extra_linear head keeps the pretrained ImageNet classifier and its "
+                         f"pooling; use head: replace to pool with {global_pool!r}")
     return backbone, int(backbone.num_classes)
 
 
-def _replace(backbone: nn.Module, num_classes: int) -> tuple[nn.Module, int]:
-    backbone.reset_classifier(0)
+def _replace(backbone: nn.Module, num_classes: int, global_pool: str = "") -> tuple[nn.Module, int]:
+    try:
+        backbone.reset_classifier(0, global_pool) if global_pool else backbone.reset_classifier(0)
+    except (AssertionError, KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"global_pool: {type(backbone).__name__} does not support {global_pool!r} ({err})") from None
+    # timm's head_hidden_size counts the pooling's width (catavgmax doubles it)
     return backbone, int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
 
 
-# head name -> fn(backbone, num_classes) -> (backbone adjusted, width of what the new Linear reads)
-HEADS: dict[str, Callable[[nn.Module, int], tuple[nn.Module, int]]] = {
+# head name -> fn(backbone, num_classes, global_pool) -> (backbone adjusted, width of what the new Linear reads)
+HEADS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "extra_linear": _extra_linear,
     "replace": _replace,
 }
@@ -68,14 +83,21 @@ class ImageModel(nn.Module):
         return dict(self.spec["data"])
 
 
-def _data_config(backbone: nn.Module, img_size: int | None) -> dict:
-    """timm's preprocessing for this backbone (mean/std/interpolation/crop), at ``img_size``."""
+CROP_MODES = ("center", "squash")  # timm's evaluation crop modes this project offers
+
+
+def _data_config(backbone: nn.Module, img_size: int | None, crop_mode: str = "center") -> dict:
+    """timm's preprocessing for this backbone (mean/std/interpolation/crop), at ``img_size``.
+
+    ``squash`` resizes the whole image to ``img_size`` (crop_pct 1: nothing is cut away).
+    """
     from timm.data import resolve_data_config
     args = {"input_size": (3, img_size, img_size)} if img_size else {}
     cfg = resolve_data_config(args, model=backbone)
+    squash = crop_mode == "squash"
     return {"input_size": list(cfg["input_size"]), "interpolation": cfg["interpolation"],
-            "mean": list(cfg["mean"]), "std": list(cfg["std"]), "crop_pct": float(cfg["crop_pct"]),
-            "crop_mode": cfg.get("crop_mode", "center")}
+            "mean": list(cfg["mean"]), "std": list(cfg["std"]), "crop_pct": 1.0 if squash else float(cfg["crop_pct"]),
+            "crop_mode": "squash" if squash else cfg.get("crop_mode", "center")}
 
 
 def _timm_size_kwargs(arch: str, img_size: int | None) -> dict:
@@ -88,15 +110,22 @@ def _timm_size_kwargs(arch: str, img_size: int | None) -> dict:
 
 def create_image_model(name: str, num_classes: int = 20, head: str = "extra_linear",
                        pretrained: bool | str = False, img_size: int | None = 224, drop_rate: float = 0.0,
-                       tta_views: Sequence[str] = DEFAULT_TTA_VIEWS, **timm_kwargs) -> ImageModel:
+                       tta_views: Sequence[str] = DEFAULT_TTA_VIEWS, crop_mode: str = "center",
+                       global_pool: str = "", **timm_kwargs) -> ImageModel:
     """A timm backbone named ``name`` with a multi-label head; weights via :func:`resolve_pretrained`.
 
     ``pretrained``: False (random init), True (packaged offline weights, else the timm hub), or a
     checkpoint path. Raises ``OfflineWeightsError`` when only the hub could serve and it is offline.
+    ``crop_mode`` is the evaluation preprocessing (``center`` or ``squash``); ``global_pool`` one
+    of timm's poolings for the ``replace`` head ("" keeps the model's own).
     """
     import timm
     if head not in HEADS:
         raise ValueError(f"head: must be one of {sorted(HEADS)} (got {head!r})")
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode: must be one of {list(CROP_MODES)} (got {crop_mode!r})")
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool: must be one of {list(GLOBAL_POOLS)} (got {global_pool!r})")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes: must be a positive integer (got {num_classes!r})")
     from ..images import VIEWS
@@ -110,10 +139,11 @@ def create_image_model(name: str, num_classes: int = 20, head: str = "extra_line
     source = resolve_pretrained(name, pretrained)
     kwargs = {"drop_rate": drop_rate, **_timm_size_kwargs(source.arch, img_size), **timm_kwargs}
     backbone = create_backbone(source, **kwargs)
-    backbone, width = HEADS[head](backbone, num_classes)
+    backbone, width = HEADS[head](backbone, num_classes, global_pool)
     spec = {"kind": "image", "name": name, "arch": source.arch, "num_classes": num_classes, "head": head,
             "img_size": img_size, "drop_rate": drop_rate, "timm_kwargs": dict(timm_kwargs),
-            "weights": source.ident, "data": _data_config(backbone, img_size), "tta_views": list(tta_views)}
+            "weights": source.ident, "data": _data_config(backbone, img_size, crop_mode), "tta_views": list(tta_views),
+            "crop_mode": crop_mode, "global_pool": global_pool}
     return ImageModel(backbone, nn.Linear(width, num_classes), spec)
 
 
@@ -121,6 +151,8 @@ def build_image_model(spec: dict) -> ImageModel:
     """The model ``spec`` describes, randomly initialised (a checkpoint's weights are loaded next)."""
     model = create_image_model(spec["arch"], spec["num_classes"], spec["head"], pretrained=False,
                                img_size=spec.get("img_size"), drop_rate=spec.get("drop_rate", 0.0),
-                               tta_views=spec.get("tta_views", DEFAULT_TTA_VIEWS), **spec.get("timm_kwargs", {}))
+                               tta_views=spec.get("tta_views", DEFAULT_TTA_VIEWS),
+                               crop_mode=spec.get("crop_mode", "center"), global_pool=spec.get("global_pool", ""),
+                               **spec.get("timm_kwargs", {}))
     model.spec = dict(spec)
     return model
