@@ -70,11 +70,8 @@ class ImageModelSpec:
         require(bool(self.name.strip()), "name: must name a timm model")
         require(self.img_size >= 16, f"img_size: must be >= 16 (got {self.img_size})")
         require(0.0 <= self.drop_rate < 1.0, f"drop_rate: must be in [0, 1) (got {self.drop_rate})")
-        from .models.image import GLOBAL_POOLS
-        require(self.global_pool in GLOBAL_POOLS,
-                f"global_pool: must be one of {list(GLOBAL_POOLS)} (got {self.global_pool!r})")
-        require(not (self.global_pool and self.head == "extra_linear"),
-                "global_pool: applies to head: replace (extra_linear keeps the pretrained classifier's pooling)")
+        from .models.image import check_pooling
+        check_pooling(self.head, self.global_pool)
         if not self.label:
             self.label = self.name
 

@@ -105,7 +105,7 @@ def test_catavgmax_pooling_doubles_the_head_input_and_reads_the_max():
 
 
 def test_pooling_and_crop_errors_name_the_parameter():
-    with pytest.raises(ValueError, match="global_pool: the extra_linear head keeps"):
+    with pytest.raises(ValueError, match="global_pool: applies to head: replace"):
         create_image_model("test_resnet", head="extra_linear", global_pool="catavgmax")
     with pytest.raises(ValueError, match="global_pool: must be one of"):
         create_image_model("test_resnet", head="replace", global_pool="mean")

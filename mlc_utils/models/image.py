@@ -33,15 +33,15 @@ GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptiv
 
 
 def _extra_linear(backbone: nn.Module, num_classes: int, global_pool: str = "") -> tuple[nn.Module, int]:
-    if global_pool:
-        raise ValueError(f"global_pool: the extra_linear head keeps the pretrained ImageNet classifier and its "
-                         f"pooling; use head: replace to pool with {global_pool!r}")
     return backbone, int(backbone.num_classes)
 
 
 def _replace(backbone: nn.Module, num_classes: int, global_pool: str = "") -> tuple[nn.Module, int]:
     try:
-        backbone.reset_classifier(0, global_pool) if global_pool else backbone.reset_classifier(0)
+        if global_pool:
+            backbone.reset_classifier(0, global_pool)
+        else:  # each model's own default pooling (timm's signatures differ in what None means)
+            backbone.reset_classifier(0)
     except (AssertionError, KeyError, ValueError, TypeError) as err:
         raise ValueError(f"global_pool: {type(backbone).__name__} does not support {global_pool!r} ({err})") from None
     # timm's head_hidden_size counts the pooling's width (catavgmax doubles it)
@@ -53,6 +53,15 @@ HEADS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "extra_linear": _extra_linear,
     "replace": _replace,
 }
+
+
+def check_pooling(head: str, global_pool: str) -> None:
+    """The ``global_pool`` values a head accepts; params files run this before any work is done."""
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool: must be one of {list(GLOBAL_POOLS)} (got {global_pool!r})")
+    if global_pool and head == "extra_linear":
+        raise ValueError("global_pool: applies to head: replace (the extra_linear head keeps the pretrained "
+                         f"ImageNet classifier and its pooling, so {global_pool!r} would not be used)")
 
 
 class ImageModel(nn.Module):
@@ -93,11 +102,12 @@ def _data_config(backbone: nn.Module, img_size: int | None, crop_mode: str = "ce
     """
     from timm.data import resolve_data_config
     args = {"input_size": (3, img_size, img_size)} if img_size else {}
+    if crop_mode == "squash":
+        args.update(crop_mode="squash", crop_pct=1.0)
     cfg = resolve_data_config(args, model=backbone)
-    squash = crop_mode == "squash"
     return {"input_size": list(cfg["input_size"]), "interpolation": cfg["interpolation"],
-            "mean": list(cfg["mean"]), "std": list(cfg["std"]), "crop_pct": 1.0 if squash else float(cfg["crop_pct"]),
-            "crop_mode": "squash" if squash else cfg.get("crop_mode", "center")}
+            "mean": list(cfg["mean"]), "std": list(cfg["std"]), "crop_pct": float(cfg["crop_pct"]),
+            "crop_mode": cfg.get("crop_mode", "center")}
 
 
 def _timm_size_kwargs(arch: str, img_size: int | None) -> dict:
@@ -124,8 +134,7 @@ def create_image_model(name: str, num_classes: int = 20, head: str = "extra_line
         raise ValueError(f"head: must be one of {sorted(HEADS)} (got {head!r})")
     if crop_mode not in CROP_MODES:
         raise ValueError(f"crop_mode: must be one of {list(CROP_MODES)} (got {crop_mode!r})")
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool: must be one of {list(GLOBAL_POOLS)} (got {global_pool!r})")
+    check_pooling(head, global_pool)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes: must be a positive integer (got {num_classes!r})")
     from ..images import VIEWS
