@@ -102,7 +102,7 @@ def _merge_quoted_continuations(records: list[_Record], fields_re: re.Pattern, l
         record = records[i]
         match = fields_re.match(record.text)
         caption = match.group(match.lastindex) if match else ""
-        if caption.startswith('"') and _caption_field(caption)[1] is None:
+        if caption.startswith('"') and not _closes_as_csv_field(caption):
             text = record.text
             for j in range(i + 1, min(len(records), i + 1 + limit)):
                 text += "\n" + records[j].text
@@ -114,6 +114,24 @@ def _merge_quoted_continuations(records: list[_Record], fields_re: re.Pattern, l
         out.append(record)
         i += 1
     return out
+
+
+def _closes_as_csv_field(raw: str) -> bool:
+    """True when a field that opens with a quote also closes, RFC 4180 style, at its very end.
+
+    Three quotes and a letter a (quote, a, quote, quote, quote) close: an escaped quote, then the
+    closing one. Three quotes alone do not: an opening quote and an escaped one, so pandas went on
+    with the field on the next line.
+    """
+    i = 1
+    while i < len(raw):
+        if raw[i] == '"':
+            if raw[i + 1: i + 2] == '"':
+                i += 2
+                continue
+            return i == len(raw) - 1
+        i += 1
+    return False
 
 
 def _caption_field(raw: str) -> tuple[bool, str]:

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .csvio import CsvFormatError, read_test_csv, read_train_csv, read_with_problems
-from .io import sha256_file
+from .fingerprint import IMAGE_FOLDER
 from .labels import LabelSpace
 
-IMAGE_FOLDER = "data"
 
 
 @dataclass
@@ -40,14 +39,6 @@ class StudyData:
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / image_id
-
-    def fingerprint(self) -> dict:
-        """Checksums of both CSVs and the image listing, so a report can say which data it used."""
-        names = sorted(p.name for p in self.image_dir.iterdir()) if self.image_dir.is_dir() else []
-        listing = "\n".join(names).encode()
-        import hashlib
-        return {"train.csv": sha256_file(self.root / "train.csv"), "test.csv": sha256_file(self.root / "test.csv"),
-                "images": len(names), "image_listing_sha256": hashlib.sha256(listing).hexdigest()}
 
 
 def _require_layout(root: Path) -> None:

@@ -5,9 +5,11 @@ not. :func:`cached_features` runs ``model.embed`` (what the head reads: ImageNet
 ``extra_linear`` head, pooled features for ``replace``) over images in one *view* and keeps the
 rows in ``<cache_dir>/<arch>-<view>-<digest>.npy`` with a JSON file beside it (the key and the
 ImageIDs of the rows). The digest covers the backbone's actual weights (a hash of its tensors, so
-a random init or a new checkpoint never reuses stale features), the preprocessing, the view and
-the image folder. Rows are per image: a later call with other ids (another split, the test set)
-computes only the images not cached yet and appends them.
+a random init or a new checkpoint never reuses stale features), the preprocessing, the view, the
+image folder and the source of the code that computes features. Rows are per image and each
+remembers the size and modification time of the file it was computed from: a later call with
+other ids (another split, the test set) computes only the images not cached yet and appends them,
+and an image file replaced since (re-downloaded, repaired) is computed again.
 
 :func:`fit_head` then trains the model's Linear head with the ordinary :func:`engine.fit` on a
 ``TensorDataset`` of features (seconds per epoch). Several views (``center``, ``hflip``) are
@@ -32,10 +34,13 @@ from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 from .engine import (CHECKPOINT_FORMAT, FitResult, TrainConfig, fit, predict_probs, resolve_device,
                      save_npy, state_digest)
 from .images import image_dataset
+from .fingerprint import IMAGE_FOLDER, file_stamp, source_digest
 from .io import atomic_save, atomic_write_text
 
 DEFAULT_CACHE_DIR = "cache/features"
-CACHE_VERSION = 3
+CACHE_VERSION = 4
+# what a cached row is computed by: an edit to any of these recomputes the features
+FEATURE_CODE = ("mlc_utils.features", "mlc_utils.images", "mlc_utils.models.image", "mlc_utils.models.weights")
 
 
 def feature_key(model, root: str | os.PathLike, view: str) -> dict:
@@ -43,7 +48,7 @@ def feature_key(model, root: str | os.PathLike, view: str) -> dict:
     return {"version": CACHE_VERSION, "arch": model.spec["arch"], "head": model.spec["head"],
             "pool": model.spec.get("global_pool", ""),
             "weights": state_digest(model.backbone), "data": model.spec["data"], "view": view,
-            "root": str(Path(root).resolve())}
+            "root": str(Path(root).resolve()), "code": source_digest(FEATURE_CODE)}
 
 
 class FeatureCache:
@@ -62,24 +67,25 @@ class FeatureCache:
         stem = f"{key['arch']}-{key['view']}-{digest}"
         return self.dir / f"{stem}.npy", self.dir / f"{stem}.json"
 
-    def load(self, key: dict) -> tuple[list[str], np.ndarray | None]:
-        """(ImageIDs, rows) stored under ``key``; ([], None) when absent or inconsistent."""
+    def load(self, key: dict) -> tuple[list[str], list, np.ndarray | None]:
+        """(ImageIDs, file stamps, rows) stored under ``key``; ([], [], None) when absent or inconsistent."""
         array_path, meta_path = self.paths(key)
         if not (array_path.is_file() and meta_path.is_file()):
-            return [], None
+            return [], [], None
         try:
             meta = json.loads(meta_path.read_text())
             array = np.load(array_path)
         except (OSError, ValueError):
-            return [], None  # unreadable entry: recompute and overwrite
-        if meta.get("key") != json.loads(json.dumps(key)) or len(meta.get("ids", [])) != len(array):
-            return [], None
-        return list(meta["ids"]), array
+            return [], [], None  # unreadable entry: recompute and overwrite
+        ids, stamps = meta.get("ids", []), meta.get("stamps", [])
+        if meta.get("key") != json.loads(json.dumps(key)) or not len(ids) == len(stamps) == len(array):
+            return [], [], None
+        return list(ids), list(stamps), array
 
-    def save(self, key: dict, ids: list[str], array: np.ndarray) -> Path:
+    def save(self, key: dict, ids: list[str], stamps: list, array: np.ndarray) -> Path:
         array_path, meta_path = self.paths(key)
         save_npy(array_path, array)
-        atomic_write_text(meta_path, json.dumps({"key": key, "ids": ids}, sort_keys=True))
+        atomic_write_text(meta_path, json.dumps({"key": key, "ids": ids, "stamps": stamps}, sort_keys=True))
         return array_path
 
 
@@ -106,21 +112,33 @@ def compute_features(model, root: str | os.PathLike, image_ids: Sequence[str], v
 
 def cached_features(model, root: str | os.PathLike, image_ids: Sequence[str], view: str = "center",
                     cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR, **compute_options) -> np.ndarray:
-    """Features ``(len(image_ids), D)`` in ``view``; only images not cached yet are computed."""
+    """Features ``(len(image_ids), D)`` in ``view``; only images not cached yet, or whose file
+    changed since (size or modification time), are computed."""
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     key = feature_key(model, root, view)
-    ids, array = cache.load(key)
+    ids, stamps, array = cache.load(key)
     index = {image_id: row for row, image_id in enumerate(ids)}
-    missing = list(dict.fromkeys(i for i in map(str, image_ids) if i not in index))
-    if missing:
+    wanted = list(dict.fromkeys(map(str, image_ids)))
+    current = {i: file_stamp(Path(root) / IMAGE_FOLDER / i) for i in wanted}
+    stale = [i for i in wanted if i not in index or stamps[index[i]] != current[i]]
+    if stale:
         cache.misses += 1
-        new = compute_features(model, root, missing, view, **compute_options)
-        cache.computed += len(missing)
-        array = new if array is None else np.concatenate([array, new.astype(array.dtype)])
-        for image_id in missing:
-            index[image_id] = len(index)
-        ids = ids + missing
-        cache.save(key, ids, array)
+        new = compute_features(model, root, stale, view, **compute_options)
+        cache.computed += len(stale)
+        replaced = [n for n, image_id in enumerate(stale) if image_id in index]  # files changed since
+        added = [n for n, image_id in enumerate(stale) if image_id not in index]
+        if array is None:
+            array = new
+        else:
+            array[[index[stale[n]] for n in replaced]] = new[replaced]
+            array = np.concatenate([array, new[added].astype(array.dtype)])
+        for n in replaced:
+            stamps[index[stale[n]]] = current[stale[n]]
+        for n in added:
+            index[stale[n]] = len(ids)
+            ids.append(stale[n])
+            stamps.append(current[stale[n]])
+        cache.save(key, ids, stamps, array)
     else:
         cache.hits += 1
     return array[[index[str(i)] for i in image_ids]]

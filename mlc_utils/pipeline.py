@@ -19,15 +19,17 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .fingerprint import data_fingerprint, source_digest
 from .io import atomic_write_text, ensure_writable_dir, remove_stale_temporaries, sha256_file
 from .params import NOTEBOOKS, STAGES, ParamError, StudyParams, load_params, parse_override, stage_fingerprint
+from .session import MANIFEST
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "mlc"
-MANIFEST = "stage.json"
 MIN_FREE_MB = 1024  # checkpoints, executed notebooks and reports: refuse to start a run with less free
 DEPENDS_ON = {
     "eda": (),
@@ -95,41 +97,22 @@ def min_free_bytes() -> int:
     return int(max(mib, 0) * 2**20)
 
 
-def data_fingerprint(data_dir: Path) -> dict:
-    """Checksums of the CSVs and the image listing (names and sizes); cheap enough to take every run."""
-    out = {}
-    for name in ("train.csv", "test.csv"):
-        path = data_dir / name
-        out[name] = sha256_file(path) if path.is_file() else None
-    image_dir = data_dir / "data"
-    if image_dir.is_dir():
-        listing = sorted((e.name, e.stat().st_size) for e in os.scandir(image_dir) if e.is_file())
-        out["images"] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-    return out
-
-
 def stage_key(study: Study, stage: str, data_fp: dict) -> str:
+    """What a stage's result depends on: its notebook, parameters, data, the library's code, and the
+    very run of each stage it reads (a re-run upstream, even an unchanged one, re-runs it)."""
     upstream = {}
     for dep in DEPENDS_ON[stage]:
         manifest = study.manifest(dep)
-        upstream[dep] = manifest.get("key") if manifest and manifest.get("status") == "ok" else None
+        upstream[dep] = [manifest.get("key"), manifest.get("run_id")] \
+            if manifest and manifest.get("status") == "ok" else None
     payload = {
         "notebook": sha256_file(study.notebook_in(stage)),
         "params": stage_fingerprint(study.params, stage),
         "data": data_fp,
         "upstream": upstream,
-        "library": _library_digest(),
+        "library": source_digest(["mlc_utils"]),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _library_digest() -> str:
-    """Changing the library's code changes what a stage computes, so it is part of every key."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _missing_upstream(study: Study, stage: str, chosen: list[str]) -> list[str]:
@@ -137,12 +120,29 @@ def _missing_upstream(study: Study, stage: str, chosen: list[str]) -> list[str]:
             if dep not in chosen and not (study.manifest(dep) or {}).get("status") == "ok"]
 
 
-def execute_stage(study: Study, stage: str, key: str, log=print) -> StageResult:
-    """Run one notebook with papermill; render its HTML whether it passed or failed."""
+def invalidate_members(stage_dir: Path) -> list[Path]:
+    """Forget the trained members saved under ``stage_dir`` (``run --force``): the next run of the
+    stage retrains them instead of reusing them. Their files stay until they are overwritten."""
+    from .study import MEMBER_FILE
+    records = sorted(stage_dir.glob(f"*/{MEMBER_FILE}")) + sorted(stage_dir.glob(MEMBER_FILE))
+    for path in records:
+        path.unlink(missing_ok=True)
+    return records
+
+
+def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool = False) -> StageResult:
+    """Run one notebook with papermill; render its HTML whether it passed or failed.
+
+    ``retrain``: forget the stage's saved members first, so they are trained again (``--force``).
+    """
     import papermill as pm
     stage_dir = study.stage_dir(stage)
     (stage_dir / MANIFEST).unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if retrain:
+        forgotten = invalidate_members(stage_dir)
+        if forgotten:
+            log(f"[{stage}] --force: {len(forgotten)} saved member(s) will be trained again")
     for path in remove_stale_temporaries(stage_dir):
         log(f"[{stage}] removed {path.name}, left in {stage_dir} by an interrupted write")
     out = study.notebook_out(stage)
@@ -170,7 +170,7 @@ def execute_stage(study: Study, stage: str, key: str, log=print) -> StageResult:
     if error:
         return StageResult(stage, "failed", seconds, out, error)
     atomic_write_text(stage_dir / MANIFEST, json.dumps(
-        {"stage": stage, "key": key, "status": "ok", "seconds": round(seconds, 1),
+        {"stage": stage, "key": key, "status": "ok", "run_id": uuid.uuid4().hex, "seconds": round(seconds, 1),
          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     return StageResult(stage, "ran", seconds, out)
 
@@ -221,7 +221,7 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
             log(f"[{stage}] unchanged (notebook, parameters, data and inputs): skipped; use --force to re-run")
             continue
         log(f"[{stage}] running {study.notebook_in(stage).relative_to(study.root)} ...")
-        result = execute_stage(study, stage, key, log)
+        result = execute_stage(study, stage, key, log, retrain=force)
         results.append(result)
         if result.status == "failed":
             log(f"[{stage}] FAILED after {result.seconds:.0f}s: {result.error}")

@@ -72,7 +72,7 @@ figure{display:inline-block;margin:.5em}figure img{max-width:520px}code{backgrou
 
 def write_index(study, results) -> Path:
     """``reports/<run>/index.html`` from the stage summaries; written after every run, failed or not."""
-    from .pipeline import data_fingerprint
+    from .fingerprint import data_fingerprint
     from .session import load_summary
     params = study.params
     report_dir = study.report_dir

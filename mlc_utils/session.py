@@ -15,6 +15,8 @@ from pathlib import Path
 from .labels import LabelSpace
 from .params import StudyParams, load_params
 
+MANIFEST = "stage.json"  # written by the pipeline when a stage's notebook has run to the end
+
 
 @dataclass
 class StageContext:
@@ -104,6 +106,10 @@ def open_stage(stage: str, params_file: str = "", overrides: dict | None = None,
     from .engine import seed_everything
     ctx = StageContext(stage, params, root)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    # From here on the stage's artifacts may change (a notebook run by hand, perhaps with other
+    # parameters), so its manifest no longer vouches for them: the next `run` re-runs this stage,
+    # and every stage downstream of it, since their keys hold the manifest's run id.
+    (ctx.stage_dir / MANIFEST).unlink(missing_ok=True)
     (ctx.stage_dir / "summary.json").unlink(missing_ok=True)
     seed_everything(params.seed)
     return ctx

@@ -5,6 +5,9 @@ variant) becomes a *member*: a folder with its checkpoint, ``log.csv``, ``val_pr
 ``test_probs.npz`` (ImageIDs + probabilities) and ``member.json``. Later stages read members, never
 notebook variables. A member whose inputs are unchanged (its ``key``: configuration, split and
 data) is reused instead of retrained, so the ablation's baseline and re-runs cost nothing.
+The key also holds a hash of the source of the code that trains it (:data:`MEMBER_CODE`) and, for
+members that read images, of the image files' sizes and modification times: edit the engine or
+replace an image, and the next run retrains instead of reporting old numbers.
 """
 from __future__ import annotations
 
@@ -20,9 +23,20 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .fingerprint import data_fingerprint, digest, source_digest
 from .io import atomic_write_text, sha256_file
 
 MEMBER_FILE = "member.json"
+
+# the code each kind of member is made by (modules or packages): part of its key
+_COMMON_CODE = ("mlc_utils.config", "mlc_utils.csvio", "mlc_utils.labels", "mlc_utils.split", "mlc_utils.engine",
+                "mlc_utils.losses", "mlc_utils.metrics", "mlc_utils.study")
+MEMBER_CODE = {
+    "image": _COMMON_CODE + ("mlc_utils.images", "mlc_utils.features", "mlc_utils.predict", "mlc_utils.train",
+                             "mlc_utils.models.image", "mlc_utils.models.weights"),
+    "text": _COMMON_CODE + ("mlc_utils.text", "mlc_utils.models.text"),
+    "fusion": _COMMON_CODE + ("mlc_utils.images", "mlc_utils.text", "mlc_utils.models", "mlc_utils.ensemble"),
+}
 
 
 @dataclass
@@ -38,6 +52,7 @@ class Member:
     seconds: float = 0.0
     reused: bool = False
     info: dict = field(default_factory=dict)
+    key: str = ""                  # what it was trained from (see member_key)
 
     def history(self) -> pd.DataFrame:
         path = self.out_dir / "log.csv"
@@ -47,20 +62,18 @@ class Member:
         return metrics.sample_f1(y_val, self.val_probs, threshold)
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def member_key(ctx, config: dict) -> str:
-    """What a member's result depends on: its configuration, the split file and the data CSVs."""
+def member_key(ctx, config: dict, kind: str) -> str:
+    """What a member's result depends on: its configuration, the code that trains a member of this
+    ``kind``, the split file, the data CSVs and (for members that read images) the image files."""
     root = ctx.params.data_path(ctx.root)
-    return _digest({"config": config, "split": sha256_file(ctx.dir_of("split") / "split.csv"),
-                    "train": sha256_file(root / "train.csv"), "test": sha256_file(root / "test.csv"),
-                    "num_classes": ctx.params.num_classes})
+    return digest({"config": config, "code": source_digest(MEMBER_CODE[kind]),
+                   "split": sha256_file(ctx.dir_of("split") / "split.csv"),
+                   "data": data_fingerprint(root, images=kind != "text"), "num_classes": ctx.params.num_classes})
 
 
 def save_member(member: Member, key: str) -> Member:
     from .ensemble import save_probs
+    member.key = key
     save_probs(member.out_dir / "val_probs.npz", member.val_ids, member.val_probs)
     save_probs(member.out_dir / "test_probs.npz", member.test_ids, member.test_probs)
     atomic_write_text(member.out_dir / MEMBER_FILE, json.dumps(
@@ -81,17 +94,20 @@ def load_member(out_dir: Path, key: str | None = None) -> Member | None:
     if key is not None and meta.get("key") != key:
         return None
     return Member(meta["name"], meta["kind"], out_dir, val.ids, val.probs, test.ids, test.probs,
-                  meta.get("seconds", 0.0), reused=True, info=meta.get("info", {}))
+                  meta.get("seconds", 0.0), reused=True, info=meta.get("info", {}), key=meta.get("key", ""))
 
 
 def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member], log=print,
-                   alternates: tuple[Path, ...] = ()) -> Member:
-    """Load the member saved under the same key (in ``out_dir`` or an ``alternates`` folder), else train it."""
+                   alternates: tuple[Path, ...] = (), *, kind: str) -> Member:
+    """Load the member saved under the same key (in ``out_dir`` or an ``alternates`` folder), else train it.
+
+    ``kind`` (a key of :data:`MEMBER_CODE`) says which code and data the member is made from.
+    """
     import shutil
-    key = member_key(ctx, config)
+    key = member_key(ctx, config, kind)
     saved = load_member(out_dir, key)
     if saved is not None:
-        log(f"{saved.name}: unchanged configuration, split and data; reusing {out_dir}")
+        log(f"{saved.name}: unchanged configuration, code, split and data; reusing {out_dir}")
         return saved
     for other in alternates:
         found = load_member(other, key)
@@ -141,7 +157,7 @@ def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: t
     config = {"spec": {k: v for k, v in asdict(spec).items() if k != "label"}, "train": asdict(cfg),
               "views": views, "gpus": stage.gpus}
     return reuse_or_train(ctx, out_dir, config, lambda: _train_image(ctx, spec, cfg, views, out_dir, log), log,
-                          alternates)
+                          alternates, kind="image")
 
 
 def _frames(ctx):
@@ -294,7 +310,7 @@ def train_text(ctx, log=print) -> Member:
     out_dir = ctx.stage_dir / "caption"
     from .config import to_dict
     config = {"text": to_dict(tcfg), "train": asdict(cfg)}
-    return reuse_or_train(ctx, out_dir, config, lambda: _train_text(ctx, tcfg, cfg, out_dir, log), log)
+    return reuse_or_train(ctx, out_dir, config, lambda: _train_text(ctx, tcfg, cfg, out_dir, log), log, kind="text")
 
 
 def _train_text(ctx, tcfg, cfg, out_dir: Path, log) -> Member:
@@ -374,8 +390,7 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
     Frozen image members read their backbone outputs from the feature cache; others run their
     checkpoint over the rows once. The cache file is keyed by the member's own key.
     """
-    key = json.loads((member.out_dir / MEMBER_FILE).read_text())["key"]
-    cache = ctx.stage_dir / "inputs" / f"{member.name.replace(':', '_')}-{fusion_input}-{key}.npz"
+    cache = ctx.stage_dir / "inputs" / f"{member.name.replace(':', '_')}-{fusion_input}-{member.key}.npz"
     if cache.is_file():
         with np.load(cache) as saved:
             if all(list(saved[f"{s}_ids"].astype(str)) == list(ids) for s, ids in ids_by_split.items()):
@@ -436,8 +451,7 @@ def train_fusion_heads(ctx, image: Member, text: Member, log=print) -> list[Memb
         cfg = fusion_config(ctx, head)
         out_dir = ctx.stage_dir / head
         config = {"head": head, "input": fcfg.fusion_input, "image": image.name, "text": text.name,
-                  "image_key": json.loads((image.out_dir / MEMBER_FILE).read_text())["key"],
-                  "text_key": json.loads((text.out_dir / MEMBER_FILE).read_text())["key"], "train": asdict(cfg)}
+                  "image_key": image.key, "text_key": text.key, "train": asdict(cfg)}
 
         def run(head=head, cfg=cfg, out_dir=out_dir):
             from .engine import fit, predict_probs
@@ -452,7 +466,7 @@ def train_fusion_heads(ctx, image: Member, text: Member, log=print) -> list[Memb
             probs = {s: predict_probs(model, sets[s], batch_size=512) for s in ("val", "test")}
             return Member(f"fusion:{head}", "fusion", out_dir, ids["val"], probs["val"], ids["test"], probs["test"],
                           info={"image": image.name, "text": text.name, "input": fcfg.fusion_input})
-        members.append(reuse_or_train(ctx, out_dir, config, run, log))
+        members.append(reuse_or_train(ctx, out_dir, config, run, log, kind="fusion"))
     return members
 
 
@@ -466,7 +480,7 @@ def train_fusion_end_to_end(ctx, image: Member, text: Member, head: str, log=pri
     cfg = fusion_config(ctx, head)
     out_dir = ctx.stage_dir / f"{head}-end_to_end"
     config = {"head": head, "input": fcfg.fusion_input, "mode": "end_to_end", "image": image.name,
-              "text": text.name, "train": asdict(cfg)}
+              "text": text.name, "image_key": image.key, "text_key": text.key, "train": asdict(cfg)}
 
     def run():
         train_df, val_df, y_train, y_val = _frames(ctx)
@@ -484,7 +498,7 @@ def train_fusion_end_to_end(ctx, image: Member, text: Member, head: str, log=pri
         probs = {s: predict_probs(model, sets[s], batch_size=cfg.batch_size) for s in ("val", "test")}
         return Member(f"fusion:{head}-e2e", "fusion", out_dir, list(val_df.ImageID), probs["val"],
                       list(ctx.data.test.ImageID), probs["test"], info={"mode": "end_to_end"})
-    return reuse_or_train(ctx, out_dir, config, run, log)
+    return reuse_or_train(ctx, out_dir, config, run, log, kind="fusion")
 
 
 def late_fusion_member(ctx, image: Member, text: Member) -> tuple[Member, object]:
@@ -498,7 +512,7 @@ def late_fusion_member(ctx, image: Member, text: Member) -> tuple[Member, object
     member = Member("late fusion", "late_fusion", ctx.stage_dir / "late_fusion", val_ids, result.apply(p_img, p_txt),
                     test_ids, result.apply(_aligned(image, test_ids, "test"), _aligned(text, test_ids, "test")),
                     info={"image_weight": result.weight, "threshold": result.threshold})
-    save_member(member, _digest([image.name, text.name, result.weight]))
+    save_member(member, digest([image.key, text.key, result.weight]))
     return member, result
 
 
@@ -589,7 +603,6 @@ def _repredict(ctx, trained: Member, spec, log) -> Member:
     from .predict import predict_images
     views = list(ctx.params.image.tta) if spec.tta else ["center"]
     out_dir = ctx.stage_dir / spec.label
-    key_source = json.loads((trained.out_dir / MEMBER_FILE).read_text())["key"]
 
     def run():
         import shutil
@@ -602,7 +615,7 @@ def _repredict(ctx, trained: Member, spec, log) -> Member:
         return Member(spec.label, "image", out_dir, trained.val_ids, predict_images(model, root, trained.val_ids, views),
                       trained.test_ids, predict_images(model, root, trained.test_ids, views),
                       info={**trained.info, "views": views, "weights_from": str(trained.out_dir)})
-    return reuse_or_train(ctx, out_dir, {"from": key_source, "views": views}, run, log)
+    return reuse_or_train(ctx, out_dir, {"from": trained.key, "views": views}, run, log, kind="image")
 
 
 # --------------------------------------------------------------------------------------------
@@ -641,7 +654,7 @@ def run_ensemble(ctx, log=print):
     submission = result.write_submission(ctx.run_dir / "submission.csv")
     member = Member("ensemble", "ensemble", ctx.stage_dir, result.val_ids, result.val_probs, result.test_ids,
                     result.test_probs, info={"weights": result.weights})
-    save_member(member, _digest(result.weights))
+    save_member(member, digest([[m.key for m in chosen], result.weights]))
     log(f"submission: {submission} ({len(result.test_ids)} rows)")
     return result, candidates, member, submission
 
