@@ -43,8 +43,8 @@ def require_data(data: Path | None) -> Path:
 
 def load_rows(data: Path, n: int, num_classes: int = 20):
     """The first ``n`` training rows of ``data``: (image ids, (n, C) float32 targets)."""
-    from mlc_utils.csvio import read_train_csv
-    from mlc_utils.labels import LabelSpace
+    from mlc_utils.data.csvio import read_train_csv
+    from mlc_utils.data.labels import LabelSpace
     space = LabelSpace(num_classes)
     frame = read_train_csv(Path(data) / "train.csv", space)
     if len(frame) == 0:
@@ -64,6 +64,7 @@ def set_threads(threads: int | None) -> int:
 
 def machine_line() -> str:
     import platform
+
     import torch
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Frozen-backbone feature extraction on the CPU: mlc_utils.features against a bare model(x) loop.
+"""Frozen-backbone feature extraction on the CPU: mlc_utils.train.features against a bare model(x) loop.
 
 Same model object, same images, same batch size, same torch threads. Rows:
 
@@ -33,7 +33,15 @@ import tempfile
 import time
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import HelpFormatter, add_data_argument, load_rows, machine_line, print_table, require_data, set_threads
+from _common import (
+    HelpFormatter,
+    add_data_argument,
+    load_rows,
+    machine_line,
+    print_table,
+    require_data,
+    set_threads,
+)
 
 
 def parse_args(argv=None):
@@ -83,9 +91,9 @@ def main(argv=None) -> int:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from mlc_utils.engine import predict_probs
-    from mlc_utils.features import FeatureCache, cached_features
+    from mlc_utils.evaluation.predict import predict_probs
     from mlc_utils.models import create_image_model
+    from mlc_utils.train.features import FeatureCache, cached_features
 
     ids, _ = load_rows(data, args.n)
     model = create_image_model(args.model, pretrained=pretrained_value(args.pretrained), img_size=args.img_size)

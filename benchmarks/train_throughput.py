@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Training images/s and peak memory of mlc_utils.engine.fit against a plain timm-style training loop.
+"""Training images/s and peak memory of mlc_utils.train.loop.fit against a plain timm-style training loop.
 
 Variants (each runs in its own child process, so its peak memory is its own):
 
-- ``fit``: ``mlc_utils.engine.fit`` with one epoch capped by ``max_steps_per_epoch``, no
+- ``fit``: ``mlc_utils.train.loop.fit`` with one epoch capped by ``max_steps_per_epoch``, no
   validation, AdamW, BCE, bf16 autocast on CUDA (``TrainConfig`` defaults otherwise);
 - ``timm``: a REFERENCE LOOP BUILT FROM TIMM'S COMPONENTS, written here as the core of timm's
   ``train.py`` (which the timm wheel does not ship): ``timm.optim.create_optimizer_v2('adamw')``,
@@ -50,7 +50,16 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import HelpFormatter, add_data_argument, load_rows, machine_line, peak_rss_mib, print_table, require_data, rss_mib
+from _common import (
+    HelpFormatter,
+    add_data_argument,
+    load_rows,
+    machine_line,
+    peak_rss_mib,
+    print_table,
+    require_data,
+    rss_mib,
+)
 
 VARIANT_LABELS = {
     "fit": "mlc engine.fit",
@@ -142,7 +151,7 @@ def build_data(args, model, total_items: int):
         x = torch.randn(args.n, 3, size, size, generator=g)
         y = (torch.rand(args.n, 20, generator=g) < 0.15).float()
         return Cycle(TensorDataset(x, y), y.numpy(), total_items), f"synthetic random tensors ({args.n} cycled)"
-    from mlc_utils.images import ImageDataset, build_transform
+    from mlc_utils.data.images import ImageDataset, build_transform
     ids, targets = load_rows(args.data, args.n)
     data_config = model.spec["data"]
     if args.data_mode == "images":
@@ -193,8 +202,9 @@ def child(args) -> dict:
     model = create_image_model(model_name, num_classes=20, pretrained=pretrained, img_size=args.img_size)
     total_steps = args.warmup + args.steps + 1  # +1: the stamp that ends the last timed step
     dataset, data_note = build_data(args, model, total_steps * args.batch_size)
-    import mlc_utils.engine  # noqa: F401  imported by every variant, so its modules (pandas, sklearn) are in
     import timm.optim  # noqa: F401          every child's "before" RSS and the peaks compare the loops alone
+
+    import mlc_utils.train.loop  # noqa: F401  imported by every variant, so its modules (pandas, sklearn) are in
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     before = rss_mib()
@@ -219,7 +229,8 @@ def child(args) -> dict:
     note = ""
 
     if variant in ("fit", "fit_cudnn"):
-        from mlc_utils.engine import TrainConfig, fit
+        from mlc_utils.train.config import TrainConfig
+        from mlc_utils.train.loop import fit
         if variant == "fit_cudnn":
             torch.backends.cudnn.benchmark = True
         cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-4, weight_decay=1e-2, optimizer="adamw",

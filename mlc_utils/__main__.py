@@ -1,3 +1,3 @@
-from .cli import main
+from mlc_utils.cli import main
 
 raise SystemExit(main())

@@ -9,10 +9,10 @@ import importlib
 import sys
 
 COMMANDS = {
-    "validate": ("mlc_utils.dataset", "check a data folder: both CSVs and every image"),
-    "demo-data": ("mlc_utils.demo", "write a synthetic dataset in the competition layout"),
-    "run": ("mlc_utils.pipeline", "execute the notebooks with papermill and render the reports"),
-    "predict": ("mlc_utils.predict", "predict a CSV with a checkpoint and write a Kaggle submission"),
+    "validate": ("mlc_utils.data.folder", "check a data folder: both CSVs and every image"),
+    "demo-data": ("mlc_utils.data.demo", "write a synthetic dataset in the competition layout"),
+    "run": ("mlc_utils.run.pipeline", "execute the notebooks with papermill and render the reports"),
+    "predict": ("mlc_utils.evaluation.predict", "predict a CSV with a checkpoint and write a Kaggle submission"),
 }
 
 

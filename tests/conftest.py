@@ -41,8 +41,8 @@ def make_tiny_dataset(root: Path, n: int = 40, size: int = 32, seed: int = 0, n_
     """A data folder in the competition layout (quirky captions included) and what tests need of it."""
     from PIL import Image
 
-    from mlc_utils.csvio import write_competition_csv
-    from mlc_utils.labels import LabelSpace
+    from mlc_utils.data.csvio import write_competition_csv
+    from mlc_utils.data.labels import LabelSpace
     rng = np.random.default_rng(seed)
     (root / "data").mkdir(parents=True, exist_ok=True)
     rows = []

@@ -6,9 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlc_utils.csvio import (CsvFormatError, format_competition_csv, read_competition_csv, read_test_csv,
-                             read_train_csv, write_competition_csv)
-from mlc_utils.labels import LabelSpace
+from mlc_utils.data.csvio import (
+    CsvFormatError,
+    format_competition_csv,
+    read_competition_csv,
+    read_test_csv,
+    read_train_csv,
+    write_competition_csv,
+)
+from mlc_utils.data.labels import LabelSpace
 
 QUIRKY = (
     'ImageID,Labels,Caption\n'

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from mlc_utils.dataset import load_study_data, validate_folder
+from mlc_utils.data.folder import load_study_data, validate_folder
 
 
 def test_valid_folder(tiny_data):

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mlc_utils.engine import read_checkpoint
-from mlc_utils.train import launch_torchrun, run_config
+from mlc_utils.models.checkpoint import read_checkpoint
+from mlc_utils.train.distributed import launch_torchrun, run_config
 
 torch.set_num_threads(1)
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mlc_utils import demo
 from mlc_utils.cli import main as mlc_main
-from mlc_utils.csvio import read_test_csv, read_train_csv
-from mlc_utils.labels import LabelSpace
+from mlc_utils.data import demo
+from mlc_utils.data.csvio import read_test_csv, read_train_csv
+from mlc_utils.data.labels import LabelSpace
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_layout(dataset):
             heights.add(image.height)
     assert len(widths) > 10 and len(heights) > 10  # a size distribution, not one size
     marker = json.loads((out / demo.MARKER).read_text())
-    assert marker["generator"] == "mlc_utils.demo" and marker["n"] == 400 and marker["seed"] == 0
+    assert marker["generator"] == "mlc_utils.data.demo" and marker["n"] == 400 and marker["seed"] == 0
 
 
 def test_reader_round_trip_with_quirks(dataset):

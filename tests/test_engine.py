@@ -10,12 +10,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from mlc_utils import engine, features
-from mlc_utils.config import ParamError
-from mlc_utils.engine import (CheckpointMismatchError, TrainConfig, fit, load_checkpoint, predict_probs,
-                              read_checkpoint)
-from mlc_utils.images import image_dataset
+from mlc_utils.core.config import ParamError
+from mlc_utils.data.images import image_dataset
+from mlc_utils.evaluation.predict import predict_probs
 from mlc_utils.models import create_image_model
+from mlc_utils.models.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    read_checkpoint,
+)
+from mlc_utils.train import features
+from mlc_utils.train import loop as engine
+from mlc_utils.train.config import TrainConfig
+from mlc_utils.train.loop import fit
 
 torch.set_num_threads(1)
 
@@ -210,7 +217,7 @@ def test_feature_cache_is_reused_and_head_trains(tiny_images, tmp_path, monkeypa
     np.testing.assert_array_equal(swapped[::-1], features.cached_features(model, d["root"], d["ids"], "center", cache))
     # the saved whole model predicts images like the head on cached features
     whole, _ = load_checkpoint(tmp_path / "run1" / "model.pt")
-    from mlc_utils.predict import predict_images
+    from mlc_utils.evaluation.predict import predict_images
     direct = predict_images(whole, d["root"], d["ids"][32:], views=("center", "hflip"), progress=False)
     via_cache = features.predict_head(whole, d["root"], d["ids"][32:], ("center", "hflip"), cache=cache)
     # same numbers on CPU; on CUDA predict_images runs under bf16 autocast, the feature pass in fp32

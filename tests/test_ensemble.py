@@ -5,9 +5,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlc_utils import metrics
-from mlc_utils.ensemble import (Member, ProbTable, build_ensemble, load_probs, optimized_weights, save_probs,
-                                score_weights, simplex_grid, write_submission)
+from mlc_utils.evaluation import metrics
+from mlc_utils.evaluation.ensemble import (
+    Member,
+    ProbTable,
+    build_ensemble,
+    load_probs,
+    optimized_weights,
+    save_probs,
+    score_weights,
+    simplex_grid,
+    write_submission,
+)
 
 VAL_IDS = ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
 Y_VAL = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=float)
@@ -15,7 +24,7 @@ TEST_IDS = ["10.jpg", "11.jpg", "12.jpg"]
 
 
 def member(name, val, test=None, val_ids=VAL_IDS, test_ids=TEST_IDS):
-    return Member(name, ProbTable(val_ids, val), ProbTable(test_ids, test) if test is not None else None)
+    return Member.from_tables(name, ProbTable(val_ids, val), ProbTable(test_ids, test) if test is not None else None)
 
 
 def test_score_weights_are_proportional_to_validation_f1():

@@ -6,9 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from mlc_utils.models.fusion import (FUSION_HEADS, FUSION_MODES, ArrayPairDataset, ConcatHead, FusionConfig,
-                                     FusionModel, ImageCaptionDataset, PrecomputedFusion, compute_outputs, create_head,
-                                     late_fusion, output_dim, tune_late_fusion)
+from mlc_utils.evaluation.ensemble import late_fusion, tune_late_fusion
+from mlc_utils.models.fusion import (
+    FUSION_HEADS,
+    FUSION_MODES,
+    ArrayPairDataset,
+    ConcatHead,
+    FusionModel,
+    ImageCaptionDataset,
+    PrecomputedFusion,
+    compute_outputs,
+    create_head,
+    output_dim,
+)
 
 C = 5
 
@@ -101,8 +111,6 @@ def test_bad_choices_name_the_parameter():
         FusionModel(TinyImage(), TinyText(), fusion_input="pixels")
     with pytest.raises(ValueError, match="mode"):
         FusionModel(TinyImage(), TinyText(), mode="half")
-    with pytest.raises(ValueError, match="precomputed"):
-        FusionConfig(mode="end_to_end", precomputed=True).check()
     with pytest.raises(ValueError, match="output width"):
         output_dim(nn.Identity(), "features")
 
@@ -183,7 +191,9 @@ def test_tune_late_fusion_finds_the_informative_model():
 
 @pytest.mark.parametrize("head", sorted(FUSION_HEADS))
 def test_head_on_saved_outputs_trains_through_the_engine(tmp_path, head):
-    from mlc_utils.engine import TrainConfig, fit, load_checkpoint
+    from mlc_utils.models.checkpoint import load_checkpoint
+    from mlc_utils.train.config import TrainConfig
+    from mlc_utils.train.loop import fit
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -204,7 +214,8 @@ def test_head_on_saved_outputs_trains_through_the_engine(tmp_path, head):
 def test_fusion_model_through_the_engine_keeps_frozen_sub_models(tmp_path, mode):
     from torch.utils.data import Dataset
 
-    from mlc_utils.engine import TrainConfig, fit
+    from mlc_utils.train.config import TrainConfig
+    from mlc_utils.train.loop import fit
 
     class Pairs(Dataset):
         def __init__(self, n=12):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from mlc_utils import metrics as M
-from mlc_utils.labels import LabelSpace
+from mlc_utils.data.labels import LabelSpace
+from mlc_utils.evaluation import metrics as M
 
 
 def test_label_space_round_trip():

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from mlc_utils.losses import (LOSSES, build_loss, distillation_loss, pos_weight_from_targets,
-                              smooth_targets)
+from mlc_utils.train.losses import (
+    LOSSES,
+    build_loss,
+    distillation_loss,
+    pos_weight_from_targets,
+    smooth_targets,
+)
 
 LOGITS = torch.tensor([[0.0, 2.0], [-1.0, 0.5]])
 TARGETS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -6,9 +6,21 @@ import pytest
 import torch
 from PIL import Image
 
-from mlc_utils.images import VIEWS, ImageDataset, ImageReadError, build_transform, load_image
-from mlc_utils.models import (PACKAGED_WEIGHTS, OfflineWeightsError, build_model, create_image_model,
-                              lukemelas_to_timm, resolve_pretrained)
+from mlc_utils.data.images import (
+    VIEWS,
+    ImageDataset,
+    ImageReadError,
+    build_transform,
+    load_image,
+)
+from mlc_utils.models import (
+    PACKAGED_WEIGHTS,
+    OfflineWeightsError,
+    build_model,
+    create_image_model,
+    lukemelas_to_timm,
+    resolve_pretrained,
+)
 from mlc_utils.models import weights as weights_module
 
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mlc_utils.params import ParamError, load_params, parse_override
+from mlc_utils.study.params import ParamError, load_params, parse_override
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 

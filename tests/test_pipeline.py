@@ -5,10 +5,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import make_project
-from mlc_utils.params import ParamError
-from mlc_utils.pipeline import run_study
+
+from mlc_utils.run.pipeline import run_study
+from mlc_utils.study.params import ParamError
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

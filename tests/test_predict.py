@@ -9,9 +9,15 @@ import pytest
 import torch
 
 from mlc_utils import cli as mlc_cli
-from mlc_utils.features import FeatureHead, save_model
+from mlc_utils.evaluation.predict import (
+    load_thresholds,
+    probs_paths,
+    write_probs,
+    write_submission,
+)
 from mlc_utils.models import create_image_model
-from mlc_utils.predict import load_thresholds, probs_paths, write_probs, write_submission
+from mlc_utils.models.checkpoint import save_model
+from mlc_utils.train.features import FeatureHead
 
 torch.set_num_threads(1)
 PROBS = np.array([[0.9, 0.1, 0.6], [0.2, 0.3, 0.1], [0.1, 0.55, 0.05]])

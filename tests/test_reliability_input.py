@@ -19,18 +19,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import PROJECT, make_tiny_folder
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conftest import PROJECT, make_tiny_folder
 from mlc_utils import cli as mlc_cli
-from mlc_utils import pipeline
-from mlc_utils.csvio import CsvFormatError, read_test_csv, read_train_csv, read_with_problems
-from mlc_utils.dataset import check_image, load_study_data, validate_folder
-from mlc_utils.engine import TrainConfig, fit
-from mlc_utils.features import save_model
-from mlc_utils.images import ImageReadError, image_dataset, load_image
+from mlc_utils.data.csvio import (
+    CsvFormatError,
+    read_test_csv,
+    read_train_csv,
+    read_with_problems,
+)
+from mlc_utils.data.folder import check_image, load_study_data, validate_folder
+from mlc_utils.data.images import ImageReadError, image_dataset, load_image
 from mlc_utils.models import create_image_model
+from mlc_utils.models.checkpoint import save_model
+from mlc_utils.run import pipeline
+from mlc_utils.train.config import TrainConfig
+from mlc_utils.train.loop import fit
 
 torch.set_num_threads(1)
 
@@ -191,14 +197,14 @@ def test_broken_quote_is_still_an_error_not_merged(tmp_path):
 BAD_PARAMS = [
     ("threshold: 1.5\n", "threshold: must be in (0, 1) (got 1.5)"),
     ("image:\n  train: {epochs: -1}\n", "image.train.epochs: must be >= 0 (got -1)"),
-    ("text:\n  epochs: -2\n", "text.epochs: must not be negative (got -2)"),
+    ("text:\n  train: {epochs: -2}\n", "text.train.epochs: must be >= 0 (got -2)"),
     ("image:\n  models:\n    - {name: test_resnet, train: {epochs: -3}}\n",
      "image.models[0].train.epochs: must be >= 0 (got -3)"),
     ("fusion:\n  train: {epochs: -1}\n", "fusion.train.epochs: must be >= 0 (got -1)"),
     ("image:\n  train: {epoch: 3}\n", "unknown parameter 'image.train.epoch'; did you mean 'epochs'?"),
     ("tresholdd: 0.5\n", "unknown parameter 'tresholdd'; did you mean 'threshold'?"),
     ("image:\n  train: {lr: fast}\n", "image.train.lr: expected a number, got 'fast'"),
-    ("text:\n  epochs: three\n", "text.epochs: expected an integer, got 'three'"),
+    ("text:\n  train: {epochs: three}\n", "text.train.epochs: expected an integer, got 'three'"),
     ("split:\n  val_fraction: 1.5\n", "split.val_fraction: must be in (0, 1) (got 1.5)"),
     ("ablation:\n  train: {epochs: -1}\n", "ablation.train.epochs: must be >= 0"),
 ]

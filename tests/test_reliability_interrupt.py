@@ -25,13 +25,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import PROJECT, make_project
-from mlc_utils import pipeline
-from mlc_utils.engine import read_checkpoint
-from mlc_utils.io import atomic_save, atomic_write_text, ensure_writable_dir, is_temporary, remove_stale_temporaries
-from mlc_utils.params import ParamError
-from mlc_utils.pipeline import run_study
+
+from mlc_utils.core.io import (
+    atomic_save,
+    atomic_write_text,
+    ensure_writable_dir,
+    is_temporary,
+    remove_stale_temporaries,
+)
+from mlc_utils.models.checkpoint import read_checkpoint
+from mlc_utils.run import pipeline
+from mlc_utils.run.pipeline import run_study
+from mlc_utils.study.params import ParamError
 
 torch.set_num_threads(1)
 
@@ -72,7 +78,7 @@ FIT_SCRIPT = textwrap.dedent('''
     import torch
     from torch import nn
     from torch.utils.data import TensorDataset
-    from mlc_utils.engine import TrainConfig, fit
+    from mlc_utils.train.loop import TrainConfig, fit
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
@@ -157,7 +163,7 @@ HANG_CELL = textwrap.dedent('''
     # test hook: with MLC_TEST_HANG set, start an atomic write and hang inside it (the test SIGKILLs us)
     import os, time
     if os.environ.get("MLC_TEST_HANG"):
-        from mlc_utils.io import atomic_path
+        from mlc_utils.core.io import atomic_path
         with atomic_path(ctx.stage_dir / "partial.bin") as tmp:
             tmp.write_bytes(b"half a file" * 1000)
             with open(os.environ["MLC_TEST_HANG"], "w") as marker:
@@ -190,7 +196,7 @@ def test_chain_killed_mid_stage_reruns_from_that_stage(tmp_path, tiny_data):
     nbformat.write(nb, notebook)
     marker = tmp_path / "split-hanging"
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from mlc_utils.pipeline import run_study; "
+        [sys.executable, "-c", "import sys; from pathlib import Path; from mlc_utils.run.pipeline import run_study; "
                                "run_study(sys.argv[1], root=Path(sys.argv[2]))", str(params), str(root)],
         env=_env(MLC_TEST_HANG=str(marker)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)

@@ -20,21 +20,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import PROJECT
+
 from mlc_utils import cli as mlc_cli
-from mlc_utils.engine import TrainConfig, fit, state_digest
-from mlc_utils.ensemble import Member, build_ensemble, save_probs
-from mlc_utils.features import save_model
-from mlc_utils.images import image_dataset
+from mlc_utils.data.images import image_dataset
+from mlc_utils.evaluation.ensemble import Member, build_ensemble, save_probs
 from mlc_utils.models import create_image_model
+from mlc_utils.models.checkpoint import save_model, state_digest
+from mlc_utils.train.config import TrainConfig
+from mlc_utils.train.loop import fit
 
 torch.set_num_threads(1)
 
 SPLIT_SCRIPT = textwrap.dedent('''
     import sys
-    from mlc_utils.csvio import read_train_csv
-    from mlc_utils.labels import LabelSpace
+    from mlc_utils.data.csvio import read_train_csv
+    from mlc_utils.data.labels import LabelSpace
     from mlc_utils import split as S
     data, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     train = read_train_csv(data + "/train.csv")

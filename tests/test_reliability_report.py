@@ -21,10 +21,10 @@ from urllib.parse import unquote, urlparse
 
 import nbformat
 import pytest
-
 from conftest import PROJECT, make_tiny_folder
-from mlc_utils.params import load_params, params_as_dict
-from mlc_utils.pipeline import run_study
+
+from mlc_utils.run.pipeline import run_study
+from mlc_utils.study.params import load_params, params_as_dict
 
 pytestmark = pytest.mark.slow
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "",

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlc_utils import split as S
+from mlc_utils.data import split as S
 
 
 def imbalanced_labels(n=600, seed=0):

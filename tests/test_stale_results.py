@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import draw, make_project
-from mlc_utils import study
-from mlc_utils.features import FeatureCache, cached_features, compute_features
+
+from mlc_utils.evaluation.ensemble import Member
+from mlc_utils.study import members as study
 from mlc_utils.models import create_image_model
-from mlc_utils.params import load_params
-from mlc_utils.session import StageContext, open_stage
+from mlc_utils.study.context import StageContext, open_stage
+from mlc_utils.study.params import load_params
+from mlc_utils.train.features import FeatureCache, cached_features, compute_features
 
 torch.set_num_threads(1)
 
@@ -50,8 +51,8 @@ def test_feature_cache_recomputes_a_replaced_image(tiny_images, tmp_path):
     assert cache.computed == 6 and cache.hits == 1, "the new row is cached like the others"
 
 
-def _member(out_dir: Path) -> study.Member:
-    return study.Member("m", "image", out_dir, ["0.jpg"], np.zeros((1, 20)), ["40.jpg"], np.zeros((1, 20)))
+def _member(out_dir: Path) -> Member:
+    return Member("m", "image", out_dir, ["0.jpg"], np.zeros((1, 20)), ["40.jpg"], np.zeros((1, 20)))
 
 
 def test_member_is_retrained_when_its_code_or_an_image_changes(tiny_data, tmp_path, monkeypatch):
@@ -88,14 +89,14 @@ def test_member_is_retrained_when_its_code_or_an_image_changes(tiny_data, tmp_pa
 
 def test_every_kind_of_member_hashes_the_engine_and_its_own_models():
     for kind, modules in study.MEMBER_CODE.items():
-        assert {"mlc_utils.engine", "mlc_utils.metrics", "mlc_utils.study"} <= set(modules), kind
+        assert {"mlc_utils.train.loop", "mlc_utils.evaluation.metrics", "mlc_utils.study.members"} <= set(modules), kind
     assert "mlc_utils.models.image" in study.MEMBER_CODE["image"]
     assert "mlc_utils.models.text" in study.MEMBER_CODE["text"]
 
 
 @pytest.mark.slow
 def test_force_retrains_and_a_hand_run_stage_reruns_downstream(tmp_path, tiny_data):
-    from mlc_utils.pipeline import run_study
+    from mlc_utils.run.pipeline import run_study
     root, params = make_project(tmp_path, tiny_data, stages="[split, image]")
     quick = ["image.train.epochs=1", "image.train.progress=false", f"image.cache_dir={tmp_path / 'cache'}"]
     logs: list[str] = []

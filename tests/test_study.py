@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlc_utils.csvio import read_test_csv
-from mlc_utils.pipeline import run_study
+from mlc_utils.data.csvio import read_test_csv
+from mlc_utils.run.pipeline import run_study
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -36,9 +36,7 @@ image:
 text:
   pretrained: false
   max_length: 16
-  batch_size: 8
-  epochs: 2
-  train: {{progress: false}}
+  train: {{batch_size: 8, epochs: 2, progress: false}}
 fusion: {{heads: [concat, bilinear], train: {{epochs: 3, progress: false}}}}
 ablation: {{base: vit-finetune, switches: [mixup, tta, loss]}}
 ensemble: {{weights: optimized}}
@@ -86,7 +84,7 @@ def test_offline_hub_weights_fail_before_any_stage(tmp_path, tiny_data, monkeypa
     params = root / "p.yaml"
     params.write_text(f"run: offline\ndata_dir: {tiny_data}\nstages: [eda, split, image]\n"
                       "image: {models: [{name: swinv2_large_window12to16_192to256, pretrained: true}]}\n")
-    from mlc_utils.params import ParamError
+    from mlc_utils.study.params import ParamError
     with pytest.raises(ParamError) as info:
         run_study(str(params), root=root, log=lambda *_: None)
     message = str(info.value)

@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from mlc_utils.config import ParamError, from_dict
-from mlc_utils.models.text import (TextModelConfig, TextModelUnavailable, create_text_model, load_tokenizer,
-                                   resolve_model_source)
-from mlc_utils.text import CLEANING_STEPS, CaptionCleaner, CaptionDataset, trim_padding_collate
+from mlc_utils.core.config import ParamError, from_dict
+from mlc_utils.data.caption_tokens import CaptionDataset, trim_padding_collate
+from mlc_utils.data.captions import CLEANING_STEPS, CaptionCleaner
+from mlc_utils.models.text import (
+    TextModelUnavailable,
+    caption_dataset_for,
+    create_caption_model,
+    create_text_model,
+    load_tokenizer,
+    resolve_model_source,
+)
+from mlc_utils.study.params import TextStageParams
 
 ALL_OFF = {name: False for name in CLEANING_STEPS}
 
@@ -70,14 +78,19 @@ def test_empty_after_cleaning_falls_back_and_config_is_checked():
 # --- configuration --------------------------------------------------------------------------------
 
 def test_text_config_check_names_the_field():
-    TextModelConfig().check()
-    for field, value in [("max_length", 1), ("lr", 0.0), ("warmup_epochs", 9), ("batch_size", 0), ("dropout", 1.0)]:
+    TextStageParams().check()
+    for field, value in [("max_length", 1), ("dropout", 1.0)]:
         with pytest.raises(ValueError, match=field):
-            TextModelConfig(**{field: value}).check()
-    cfg = from_dict(TextModelConfig, {"pooling": "cls", "cleaning": {"lowercase": True}})
+            TextStageParams(**{field: value}).check()
+    for field, value in [("lr", 0.0), ("warmup_epochs", -1), ("batch_size", 0)]:  # one spelling: text.train
+        with pytest.raises(ParamError, match=f"text.train.{field}"):
+            from_dict(TextStageParams, {"train": {field: value}}, "text")
+    with pytest.raises(ParamError, match="unknown parameter 'text.epochs'"):
+        from_dict(TextStageParams, {"epochs": 3}, "text")
+    cfg = from_dict(TextStageParams, {"pooling": "cls", "cleaning": {"lowercase": True}})
     assert cfg.pooling == "cls" and cfg.cleaning.lowercase
     with pytest.raises(ParamError, match="pooling"):
-        from_dict(TextModelConfig, {"pooling": "max"})
+        from_dict(TextStageParams, {"pooling": "max"})
 
 
 # --- dataset and models ---------------------------------------------------------------------------
@@ -150,7 +163,8 @@ def test_local_folder_and_bad_folder(tmp_path):
 
 
 def test_tiny_text_model_trains_through_the_engine_and_reloads(tmp_path):
-    from mlc_utils.engine import load_checkpoint, predict_probs
+    from mlc_utils.evaluation.predict import predict_probs
+    from mlc_utils.models.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -158,20 +172,20 @@ def test_tiny_text_model_trains_through_the_engine_and_reloads(tmp_path):
     labels = rng.integers(0, 4, 24)
     captions = [f"a photo of a {words[k]} on the street" for k in labels]
     targets = np.eye(4, dtype=np.float32)[labels]
-    cfg = TextModelConfig(pretrained=False, max_length=12, batch_size=8, epochs=2, freeze_epochs=1)
-    model = cfg.create_model(num_classes=4)
-    train_set = cfg.dataset(model, captions[:16], targets[:16])
-    val_set = cfg.dataset(model, captions[16:], targets[16:])
-    train_cfg = cfg.to_train_config(progress=False, device="cpu")
-    assert (train_cfg.lr, train_cfg.after_freeze_lr) == (cfg.head_lr, cfg.lr)
+    cfg = from_dict(TextStageParams, {"pretrained": False, "max_length": 12,
+                                      "train": {"batch_size": 8, "epochs": 2, "freeze_epochs": 1}}, "text")
+    model = create_caption_model(cfg.model_name, 4, pretrained=cfg.pretrained, max_length=cfg.max_length)
+    train_set = caption_dataset_for(model, captions[:16], targets[:16])
+    val_set = caption_dataset_for(model, captions[16:], targets[16:])
+    train_cfg = cfg.training(progress=False, device="cpu")
+    assert (train_cfg.lr, train_cfg.after_freeze_lr) == (1e-2, 1e-4)  # the head first, fast; then fine-tuning
     result = fit_text(model, train_set, val_set, train_cfg, tmp_path)
     assert [h["frozen"] for h in result.history] == [True, False]
     reloaded, _ = load_checkpoint(tmp_path / "best.pt")  # rebuilt from the checkpoint's spec
-    from mlc_utils.models.text import caption_dataset_for
     probs = predict_probs(reloaded, caption_dataset_for(reloaded, captions[16:]), batch_size=8, device="cpu")
     np.testing.assert_allclose(probs, result.val_probs, atol=1e-5)
 
 
 def fit_text(model, train_set, val_set, train_cfg, out_dir):
-    from mlc_utils.engine import fit
+    from mlc_utils.train.loop import fit
     return fit(model, train_set, val_set, train_cfg, out_dir, collate_fn=trim_padding_collate)

@@ -9,9 +9,21 @@ from typing import Callable
 
 from torch import nn
 
-from .image import DEFAULT_TTA_VIEWS, HEADS, ImageModel, build_image_model, create_image_model
-from .weights import (PACKAGED_WEIGHTS, OfflineWeightsError, WeightSource, lukemelas_to_timm,
-                      offline_choices, resolve_pretrained)
+from mlc_utils.models.image import (
+    DEFAULT_TTA_VIEWS,
+    HEADS,
+    ImageModel,
+    build_image_model,
+    create_image_model,
+)
+from mlc_utils.models.weights import (
+    PACKAGED_WEIGHTS,
+    OfflineWeightsError,
+    WeightSource,
+    lukemelas_to_timm,
+    offline_choices,
+    resolve_pretrained,
+)
 
 MODEL_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "image": build_image_model,

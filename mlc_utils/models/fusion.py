@@ -17,16 +17,12 @@ trained on training-fold outputs learns to trust them too much; prefer out-of-fo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
-from .. import metrics
 
 FUSION_INPUTS = ("logits", "features")
 FUSION_MODES = ("frozen", "end_to_end")
@@ -311,74 +307,12 @@ def compute_outputs(model: nn.Module, dataset: Dataset, fusion_input: str = "log
 # late fusion: the baseline any learned head has to beat
 # ---------------------------------------------------------------------------------------------
 
-def late_fusion(p_image: np.ndarray, p_text: np.ndarray, weight: float) -> np.ndarray:
-    """``weight * p_image + (1 - weight) * p_text`` (probabilities, same shape)."""
-    p_image, p_text = np.asarray(p_image, dtype=np.float64), np.asarray(p_text, dtype=np.float64)
-    if p_image.shape != p_text.shape:
-        raise ValueError(f"p_text: shape {p_text.shape} differs from p_image {p_image.shape}")
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight: must be in [0, 1], got {weight}")
-    return weight * p_image + (1.0 - weight) * p_text
 
-
-@dataclass
-class LateFusionResult:
-    weight: float  # on the image model; the caption model gets 1 - weight
-    threshold: float
-    val_f1: float
-    table: pd.DataFrame  # one row per weight tried: weight, threshold, sample_f1
-
-    def apply(self, p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
-        return late_fusion(p_image, p_text, self.weight)
-
-
-SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))  # coarse grid while searching weights
-
-
-def tune_late_fusion(y_val: np.ndarray, p_image: np.ndarray, p_text: np.ndarray,
-                     weights: np.ndarray | None = None, tune_threshold: bool = True,
-                     search_thresholds=SEARCH_THRESHOLDS) -> LateFusionResult:
-    """The image weight (and global threshold) maximising validation sample-F1.
-
-    Each weight is scored at the best of a coarse threshold grid (sample-F1 costs a few ms per
-    call); the chosen weight then gets the full threshold grid. Ties go to the weight nearest 0.5,
-    the least committal choice on a flat optimum.
-    """
-    weights = np.round(np.linspace(0.0, 1.0, 21), 4) if weights is None else np.asarray(weights, dtype=float)
-    grid = np.asarray(search_thresholds, dtype=float) if tune_threshold else np.array([0.5])
-    rows = []
-    for w in weights:
-        threshold, score = metrics.tune_global_threshold(y_val, late_fusion(p_image, p_text, float(w)), grid)
-        rows.append({"weight": float(w), "threshold": threshold, "sample_f1": score})
-    table = pd.DataFrame(rows)
-    best = table[table["sample_f1"] >= table["sample_f1"].max() - 1e-12]
-    weight = float(best.loc[(best["weight"] - 0.5).abs().idxmin(), "weight"])
-    fused = late_fusion(p_image, p_text, weight)
-    threshold, score = metrics.tune_global_threshold(y_val, fused) if tune_threshold \
-        else (0.5, metrics.sample_f1(y_val, fused, 0.5))
-    return LateFusionResult(weight, float(threshold), float(score), table)
 
 
 # ---------------------------------------------------------------------------------------------
 # stage parameters
 # ---------------------------------------------------------------------------------------------
-
-@dataclass
-class FusionConfig:
-    """What the fusion stage varies; the training numbers go to the engine's TrainConfig."""
-
-    head: Literal["concat", "bilinear"] = "concat"
-    fusion_input: Literal["logits", "features"] = "logits"
-    mode: Literal["frozen", "end_to_end"] = "frozen"
-    precomputed: bool = True  # train the head on saved sub-model outputs (frozen mode only)
-
-    def check(self) -> None:
-        _check_choice("head", self.head, FUSION_HEADS)
-        _check_choice("fusion_input", self.fusion_input, FUSION_INPUTS)
-        _check_choice("mode", self.mode, FUSION_MODES)
-        if self.precomputed and self.mode != "frozen":
-            raise ValueError(f"precomputed: saved outputs cannot fine-tune the sub-models; "
-                             f"use mode='frozen' or precomputed=false (got mode={self.mode!r})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +321,7 @@ class FusionConfig:
 
 def build_fusion_model(spec: dict) -> FusionModel:
     """Sub-models rebuilt from their own specs, then the head; weights are loaded next."""
-    from . import build_model
+    from mlc_utils.models import build_model
     for part in ("image", "text"):
         if not spec.get(part):
             raise ValueError(f"spec.{part}: a fusion checkpoint needs its sub-model's spec to be rebuilt")
@@ -401,7 +335,7 @@ def build_fusion_head(spec: dict) -> PrecomputedFusion:
 
 
 def _register() -> None:
-    from . import register_model_kind
+    from mlc_utils.models import register_model_kind
     register_model_kind("fusion", build_fusion_model)
     register_model_kind("fusion_head", build_fusion_head)
 

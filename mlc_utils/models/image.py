@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .weights import create_backbone, resolve_pretrained
+from mlc_utils.models.weights import create_backbone, resolve_pretrained
 
 DEFAULT_TTA_VIEWS = ("center", "hflip")
 GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d types; "" = the model's own
@@ -137,7 +137,7 @@ def create_image_model(name: str, num_classes: int = 20, head: str = "extra_line
     check_pooling(head, global_pool)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes: must be a positive integer (got {num_classes!r})")
-    from ..images import VIEWS
+    from mlc_utils.data.images import VIEWS
     unknown = [v for v in tta_views if v not in VIEWS]
     if unknown or not tta_views:
         raise ValueError(f"tta_views: must be a non-empty list of {sorted(VIEWS)} (got {list(tta_views)})")

@@ -8,15 +8,16 @@ offline choices, instead of waiting on network timeouts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Mapping
 
 import torch
 from torch import nn
 
-from ..hub import hub_unreachable_reason, offline_flag
-from ..text import CaptionCleaner, CaptionDataset
+from mlc_utils.data.caption_tokens import CaptionDataset
+from mlc_utils.data.captions import CaptionCleaner
+from mlc_utils.models.hub import hub_unreachable_reason, offline_flag
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
@@ -200,6 +201,15 @@ def create_text_model(name: str = DEFAULT_TEXT_MODEL, num_classes: int = 20, poo
     return TextClassifier(encoder, num_classes, pooling, dropout, tokenizer=tokenizer, source=where, spec=spec)
 
 
+def create_caption_model(model_name: str, num_classes: int, pooling: str = "mean", pretrained: bool = True,
+                         dropout: float = 0.1, max_length: int = 48,
+                         cleaning: CaptionCleaner | None = None) -> TextClassifier:
+    """The caption classifier with its preprocessing (``max_length``, cleaning) in ``model.spec``,
+    so :func:`caption_dataset_for` and prediction rebuild exactly the inputs it was trained on."""
+    extra = {"max_length": max_length, "cleaning": (cleaning or CaptionCleaner()).to_dict()}
+    return create_text_model(model_name, num_classes, pooling, pretrained, dropout, extra_spec=extra)
+
+
 def build_text_model(spec: dict) -> TextClassifier:
     """The model a checkpoint's ``spec`` describes, without pretrained weights (they are loaded next)."""
     extra = {k: v for k, v in spec.items()
@@ -207,82 +217,6 @@ def build_text_model(spec: dict) -> TextClassifier:
     return create_text_model(spec["model_name"], spec["num_classes"], spec.get("pooling", "mean"),
                              spec.get("pretrained", True), spec.get("dropout", 0.1), load_weights=False,
                              extra_spec=extra)
-
-
-# ---------------------------------------------------------------------------------------------
-# stage parameters
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class TextModelConfig:
-    """Everything the caption stage varies (the notebook's parameters cell fills it)."""
-
-    model_name: str = DEFAULT_TEXT_MODEL
-    pretrained: bool = True
-    pooling: Literal["mean", "cls"] = "mean"
-    dropout: float = 0.1
-    max_length: int = 48
-    batch_size: int = 64
-    epochs: int = 3
-    lr: float = 1e-4  # fine-tuning rate (encoder and head together)
-    weight_decay: float = 0.01
-    scheduler: Literal["cosine", "step", "none"] = "cosine"  # per epoch, as the engine schedules
-    warmup_epochs: int = 0
-    # A fresh head at a fine-tuning rate learns too slowly in a few hundred steps: on the dev captions
-    # (8,000 train, batch 64) one epoch at 1e-4 reached 0.67 val sample-F1; one head-only epoch at
-    # 3e-3 0.79, at 1e-2 0.84, then one fine-tuning epoch at 1e-4 0.86. So the head goes first, fast.
-    freeze_epochs: int = 1  # epochs training the head alone (encoder frozen) before fine-tuning
-    head_lr: float = 1e-2  # learning rate of those head-only epochs
-    cleaning: CaptionCleaner = field(default_factory=CaptionCleaner)
-    train: dict = field(default_factory=dict)  # any other engine.TrainConfig field (amp, ema, device ...)
-
-    def check(self) -> None:
-        checks = [
-            (bool(str(self.model_name).strip()), "model_name", "must not be empty"),
-            (self.pooling in POOLINGS, "pooling", f"must be one of {sorted(POOLINGS)}"),
-            (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
-            (2 <= self.max_length <= 512, "max_length", "must be in 2..512"),
-            (self.batch_size >= 1, "batch_size", "must be at least 1"),
-            (self.epochs >= 0, "epochs", "must not be negative"),
-            (self.lr > 0, "lr", "must be positive"),
-            (self.head_lr > 0, "head_lr", "must be positive"),
-            (self.weight_decay >= 0, "weight_decay", "must not be negative"),
-            (self.scheduler in ("cosine", "step", "none"), "scheduler", "must be 'cosine', 'step' or 'none'"),
-            (0 <= self.warmup_epochs <= max(self.epochs, 0), "warmup_epochs", "must be in 0..epochs"),
-            (0 <= self.freeze_epochs <= max(self.epochs, 0), "freeze_epochs", "must be in 0..epochs"),
-        ]
-        for ok, name, what in checks:
-            if not ok:
-                raise ValueError(f"{name}: {what} (got {getattr(self, name)!r})")
-        self.cleaning.check()
-
-    def create_model(self, num_classes: int = 20) -> TextClassifier:
-        self.check()
-        extra = {"max_length": self.max_length, "cleaning": self.cleaning.to_dict()}
-        return create_text_model(self.model_name, num_classes, self.pooling, self.pretrained, self.dropout,
-                                 extra_spec=extra)
-
-    def to_train_config(self, **overrides):
-        """The engine's TrainConfig with this stage's numbers (``overrides``: any other TrainConfig field)."""
-        from ..engine import TrainConfig
-        self.check()
-        warm_head = self.freeze_epochs > 0
-        values = dict(epochs=self.epochs, batch_size=self.batch_size, weight_decay=self.weight_decay,
-                      scheduler=self.scheduler, warmup_epochs=self.warmup_epochs, freeze_epochs=self.freeze_epochs,
-                      lr=self.head_lr if warm_head else self.lr, after_freeze_lr=self.lr if warm_head else None)
-        values.update(self.train)
-        values.update(overrides)
-        return TrainConfig.from_dict(values, "text.train")
-
-    def dataset(self, model: TextClassifier, captions, targets=None, num_classes: int | None = None) -> CaptionDataset:
-        """Captions -> a dataset cleaned and tokenized the way this config says, with ``model``'s tokenizer."""
-        if model.tokenizer is None:
-            raise ValueError("model: has no tokenizer attached (build it with create_text_model)")
-        return CaptionDataset(captions, model.tokenizer, targets, self.max_length, self.cleaning,
-                              num_classes=num_classes or model.num_classes)
-
-
-TextStageParams = TextModelConfig  # the name the notebooks use
 
 
 def caption_dataset_for(model: TextClassifier, captions, targets=None) -> CaptionDataset:
@@ -293,7 +227,7 @@ def caption_dataset_for(model: TextClassifier, captions, targets=None) -> Captio
 
 
 def _register() -> None:
-    from . import register_model_kind
+    from mlc_utils.models import register_model_kind
     register_model_kind("text", build_text_model)
 
 

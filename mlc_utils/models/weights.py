@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..hub import hub_unreachable_reason
+from mlc_utils.models.hub import hub_unreachable_reason
 
 
 class OfflineWeightsError(RuntimeError):

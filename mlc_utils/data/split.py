@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write_text
+from mlc_utils.core.io import atomic_write_text
 
 FOLDS = ("train", "val")
 

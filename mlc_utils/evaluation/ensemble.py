@@ -15,15 +15,15 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import metrics
-from .io import atomic_save, atomic_write_text
+from mlc_utils.core.io import atomic_save, atomic_write_text
+from mlc_utils.evaluation import metrics
 
 # ---------------------------------------------------------------------------------------------
 # probability files: ids + an (n, C) matrix
@@ -121,16 +121,55 @@ def save_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -
 
 @dataclass
 class Member:
-    """One model's saved probabilities: validation (required) and test (for the submission)."""
+    """One model's probabilities by ImageID: validation rows (to weigh it and tune thresholds) and,
+    usually, test rows (to submit). The study's stages also record where the model lives, what it
+    is (``kind``: image | text | fusion | late_fusion | ensemble) and the key it was trained under."""
 
     name: str
-    val: ProbTable
-    test: ProbTable | None = None
+    kind: str = ""
+    out_dir: Path | None = None
+    val_ids: list[str] = field(default_factory=list)
+    val_probs: np.ndarray | None = None
+    test_ids: list[str] | None = None
+    test_probs: np.ndarray | None = None
+    seconds: float = 0.0
+    reused: bool = False
+    info: dict = field(default_factory=dict)
+    key: str = ""                  # what it was trained from (the study's member key)
+
+    @property
+    def val(self) -> ProbTable:
+        return ProbTable(self.val_ids, self.val_probs, f"{self.name} (validation)")
+
+    @property
+    def test(self) -> ProbTable | None:
+        return None if self.test_probs is None else ProbTable(self.test_ids, self.test_probs, f"{self.name} (test)")
+
+    @classmethod
+    def from_tables(cls, name: str, val: ProbTable, test: ProbTable | None = None, **details) -> "Member":
+        return cls(name, val_ids=val.ids, val_probs=val.probs, test_ids=test.ids if test else None,
+                   test_probs=test.probs if test else None, **details)
 
     @classmethod
     def from_files(cls, name: str, val_path, test_path=None, val_ids=None, test_ids=None) -> "Member":
-        return cls(name, load_probs(val_path, val_ids),
-                   load_probs(test_path, test_ids) if test_path is not None else None)
+        return cls.from_tables(name, load_probs(val_path, val_ids),
+                               load_probs(test_path, test_ids) if test_path is not None else None)
+
+    def probs_for(self, ids: Sequence[str], split: str = "val") -> np.ndarray:
+        """Probabilities of the ``split`` rows reordered to ``ids`` (refused when the ids differ)."""
+        table = self.val if split == "val" else self.test
+        if table is None:
+            raise ValueError(f"{self.name}: has no {split} probabilities")
+        return table.aligned_to(ids, f"{self.name} ({split})")
+
+    def score(self, y_val: np.ndarray, threshold: float = 0.5) -> float:
+        """Validation sample-F1 (rows in the order the member holds them)."""
+        return metrics.sample_f1(y_val, self.val_probs, threshold)
+
+    def history(self) -> pd.DataFrame:
+        """The per-epoch training log beside the member, when it has one."""
+        path = Path(self.out_dir) / "log.csv" if self.out_dir else None
+        return pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +349,56 @@ def _fuse_test(members: list[Member], w: np.ndarray, test_ids):
 # ---------------------------------------------------------------------------------------------
 
 def write_submission(image_ids, probs, threshold, path, at_least_one: bool = True) -> Path:
-    """The project's one submission writer (mlc_utils.predict), so every stage submits the same format."""
-    from .predict import write_submission as project_writer
+    """The project's one submission writer (mlc_utils.evaluation.predict), so every stage submits the same format."""
+    from mlc_utils.evaluation.predict import write_submission as project_writer
     return Path(project_writer(list(image_ids), np.asarray(probs), threshold, path, at_least_one=at_least_one))
+
+
+SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))  # coarse grid while searching weights
+
+
+def late_fusion(p_image: np.ndarray, p_text: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * p_image + (1 - weight) * p_text`` (probabilities, same shape)."""
+    p_image, p_text = np.asarray(p_image, dtype=np.float64), np.asarray(p_text, dtype=np.float64)
+    if p_image.shape != p_text.shape:
+        raise ValueError(f"p_text: shape {p_text.shape} differs from p_image {p_image.shape}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight: must be in [0, 1], got {weight}")
+    return weight * p_image + (1.0 - weight) * p_text
+
+
+
+@dataclass
+class LateFusionResult:
+    weight: float  # on the image model; the caption model gets 1 - weight
+    threshold: float
+    val_f1: float
+    table: pd.DataFrame  # one row per weight tried: weight, threshold, sample_f1
+
+    def apply(self, p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
+        return late_fusion(p_image, p_text, self.weight)
+
+
+
+def tune_late_fusion(y_val: np.ndarray, p_image: np.ndarray, p_text: np.ndarray,
+                     weights: np.ndarray | None = None, tune_threshold: bool = True,
+                     search_thresholds=SEARCH_THRESHOLDS) -> LateFusionResult:
+    """The image weight (and global threshold) maximising validation sample-F1.
+
+    Each weight is scored at the best of a coarse threshold grid (sample-F1 costs a few ms per
+    call); the chosen weight then gets the full threshold grid. Ties go to the weight nearest 0.5,
+    the least committal choice on a flat optimum.
+    """
+    weights = np.round(np.linspace(0.0, 1.0, 21), 4) if weights is None else np.asarray(weights, dtype=float)
+    grid = np.asarray(search_thresholds, dtype=float) if tune_threshold else np.array([0.5])
+    rows = []
+    for w in weights:
+        threshold, score = metrics.tune_global_threshold(y_val, late_fusion(p_image, p_text, float(w)), grid)
+        rows.append({"weight": float(w), "threshold": threshold, "sample_f1": score})
+    table = pd.DataFrame(rows)
+    best = table[table["sample_f1"] >= table["sample_f1"].max() - 1e-12]
+    weight = float(best.loc[(best["weight"] - 0.5).abs().idxmin(), "weight"])
+    fused = late_fusion(p_image, p_text, weight)
+    threshold, score = metrics.tune_global_threshold(y_val, fused) if tune_threshold \
+        else (0.5, metrics.sample_f1(y_val, fused, 0.5))
+    return LateFusionResult(weight, float(threshold), float(score), table)

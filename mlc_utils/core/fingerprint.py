@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-from .io import sha256_file
+from mlc_utils.core.io import sha256_file
 
 IMAGE_FOLDER = "data"
 

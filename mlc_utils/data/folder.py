@@ -16,10 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .csvio import CsvFormatError, read_test_csv, read_train_csv, read_with_problems
-from .fingerprint import IMAGE_FOLDER
-from .labels import LabelSpace
-
+from mlc_utils.core.fingerprint import IMAGE_FOLDER
+from mlc_utils.data.csvio import (
+    CsvFormatError,
+    read_test_csv,
+    read_train_csv,
+    read_with_problems,
+)
+from mlc_utils.data.labels import LabelSpace
 
 
 @dataclass
@@ -53,7 +57,7 @@ def _require_layout(root: Path) -> None:
 
 
 def load_study_data(root: str | Path, labels: LabelSpace | None = None) -> StudyData:
-    """Read both CSVs of a data folder; raises on any CSV problem (see :mod:`mlc_utils.csvio`)."""
+    """Read both CSVs of a data folder; raises on any CSV problem (see :mod:`mlc_utils.data.csvio`)."""
     root = Path(root)
     _require_layout(root)
     labels = labels or LabelSpace()
@@ -66,7 +70,7 @@ def load_study_data(root: str | Path, labels: LabelSpace | None = None) -> Study
 
 
 def _problem(path, frame, image_id, message):
-    from .csvio import CsvProblem
+    from mlc_utils.data.csvio import CsvProblem
     line = int(frame.loc[frame.ImageID == image_id, "line"].iloc[0])
     return CsvProblem(str(path), line, f"{image_id}: {message}", image_id)
 

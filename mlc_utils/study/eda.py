@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .labels import LabelSpace
+from mlc_utils.data.labels import LabelSpace
 
 
 def label_frequency(y: np.ndarray, labels: LabelSpace) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 ``python -m mlc_utils demo-data --out DIR [--n N] [--seed S] [--test-fraction F] [--force]`` writes::
 
-    DIR/train.csv          ImageID,Labels,Caption   (competition dialect, see mlc_utils.csvio)
+    DIR/train.csv          ImageID,Labels,Caption   (competition dialect, see mlc_utils.data.csvio)
     DIR/test.csv           ImageID,Caption          (no labels, as on Kaggle)
     DIR/data/<ImageID>     JPEG images; train ids 0..n_train-1 first, test ids after them
     DIR/test_labels.csv    EXTRA (not in the real layout): the hidden test truth, ImageID,Labels,
@@ -49,9 +49,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from .csvio import write_competition_csv
-from .io import atomic_write_text
-from .labels import LabelSpace
+from mlc_utils.core.io import atomic_write_text
+from mlc_utils.data.csvio import write_competition_csv
+from mlc_utils.data.labels import LabelSpace
 
 CLASS_NAMES: tuple[str, ...] = (
     "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -62,7 +62,7 @@ NUM_CLASSES = len(CLASS_NAMES)
 PERSON = 1
 ABSENT_CLASSES = (0, 12)  # never present, as in the real data
 MARKER = "demo_dataset.json"
-GENERATOR = "mlc_utils.demo"
+GENERATOR = "mlc_utils.data.demo"
 FORMAT_VERSION = 1
 JPEG_QUALITY = 90
 MIN_N = 10

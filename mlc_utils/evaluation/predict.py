@@ -20,10 +20,18 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from .engine import CheckpointMismatchError, load_checkpoint, predict_probs, read_checkpoint, save_npy
-from .io import atomic_write_text
-from .labels import LabelSpace
+from mlc_utils.core.device import place_model, resolve_device, to_device, unwrap
+from mlc_utils.core.io import atomic_write_text, save_npy
+from mlc_utils.data.labels import LabelSpace
+from mlc_utils.models.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    read_checkpoint,
+)
 
 __all__ = ["predict_probs", "predict_images", "write_submission", "write_probs", "load_thresholds",
            "probs_paths", "cli"]
@@ -33,7 +41,7 @@ def predict_images(model, root: str | os.PathLike, image_ids: Sequence[str], vie
                    batch_size: int = 64, device: str = "auto", num_workers: int = 0,
                    progress: bool = True) -> np.ndarray:
     """Probabilities of an image model over ``root/data/<id>``, averaged over ``views`` (TTA)."""
-    from .images import image_dataset
+    from mlc_utils.data.images import image_dataset
     spec = model.spec
     runs = []
     for view in views:
@@ -111,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .csvio import read_competition_csv
+    from mlc_utils.data.csvio import read_competition_csv
     checkpoint = read_checkpoint(args.checkpoint)
     spec = checkpoint["spec"]
     if spec.get("kind") != "image":
@@ -141,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from .images import ImageReadError
+    from mlc_utils.data.images import ImageReadError
     try:
         result = run(args)
     except (FileNotFoundError, ValueError, ImageReadError, CheckpointMismatchError) as err:
@@ -150,3 +158,31 @@ def cli(argv: list[str]) -> int:
     print(f"wrote {result['submission']} ({result['rows']} rows, views {', '.join(result['views'])}, "
           f"threshold {np.round(result['threshold'], 3).tolist()}) and {result['probs']}")
     return 0
+
+
+@torch.no_grad()
+def collect_probs(model: nn.Module, loader, device, autocast, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    probs, targets = [], []
+    for inputs, target in (progress(loader) if progress else loader):
+        with autocast:
+            logits = model(to_device(inputs, device))
+        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(np.asarray(target, dtype=np.float32))
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(probs), np.concatenate(targets)
+
+
+
+def predict_probs(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "auto",
+                  num_workers: int = 0, collate_fn=None, amp: bool = True, progress: bool = False) -> np.ndarray:
+    """Sigmoid probabilities ``(n, C)`` in dataset order (one process, no shuffling)."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = place_model(unwrap(model), device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_fn, pin_memory=device.type == "cuda")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    from tqdm.auto import tqdm
+    bar = (lambda it: tqdm(it, desc="predict", leave=False)) if progress else None
+    return collect_probs(model, loader, device, autocast, bar)[0]

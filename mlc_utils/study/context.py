@@ -12,10 +12,50 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .labels import LabelSpace
-from .params import StudyParams, load_params
+from mlc_utils.data.labels import LabelSpace
+from mlc_utils.study.params import StudyParams, load_params
+from mlc_utils.study.stages import STAGES
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = "stage.json"  # written by the pipeline when a stage's notebook has run to the end
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Where one run of the study lives: every path of a run is derived here and nowhere else.
+
+    ``runs/<run>/<stage>/`` holds a stage's artifacts and manifest, ``runs/<run>/NN_<stage>.ipynb``
+    its executed notebook, ``reports/<run>/`` the HTML.
+    """
+    root: Path
+    run: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "runs" / self.run
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "reports" / self.run
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    def notebook_in(self, stage: str) -> Path:
+        return self.root / "notebooks" / STAGES[stage].notebook
+
+    def notebook_out(self, stage: str) -> Path:
+        return self.run_dir / STAGES[stage].notebook
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / MANIFEST
+
+    def manifest(self, stage: str) -> dict | None:
+        """The stage's manifest when it finished, else None."""
+        try:
+            return json.loads(self.manifest_path(stage).read_text())
+        except (OSError, ValueError):
+            return None
 
 
 @dataclass
@@ -26,18 +66,22 @@ class StageContext:
     summary: dict = field(default_factory=lambda: {"headline": {}, "tables": {}, "figures": []})
 
     @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(self.root, self.params.run)
+
+    @property
     def run_dir(self) -> Path:
-        return self.root / "runs" / self.params.run
+        return self.paths.run_dir
 
     @property
     def stage_dir(self) -> Path:
-        return self.run_dir / self.stage
+        return self.paths.stage_dir(self.stage)
 
     def dir_of(self, stage: str) -> Path:
-        return self.run_dir / stage
+        return self.paths.stage_dir(stage)
 
     @property
-    def cfg(self):
+    def settings(self):
         """This stage's parameter section."""
         return getattr(self.params, self.stage)
 
@@ -45,8 +89,8 @@ class StageContext:
         """The run, its data and this stage's parameters as YAML (the notebook prints it first)."""
         import yaml
 
-        from .config import to_dict
-        section = yaml.safe_dump({self.stage: to_dict(self.cfg)}, sort_keys=False, width=100)
+        from mlc_utils.core.config import to_dict
+        section = yaml.safe_dump({self.stage: to_dict(self.settings)}, sort_keys=False, width=100)
         return f"run '{self.params.run}' on {self.params.data_path(self.root).resolve()} " \
                f"(params: {self.params.source or 'defaults'})\n{section}"
 
@@ -56,20 +100,25 @@ class StageContext:
 
     @cached_property
     def data(self):
-        from .dataset import load_study_data
+        from mlc_utils.data.folder import load_study_data
         return load_study_data(self.params.data_path(self.root), self.labels)
 
     @cached_property
     def split(self):
-        from .split import load_split
+        from mlc_utils.data.split import load_split
         return load_split(self.dir_of("split") / "split.csv", self.data.train.ImageID)
 
     def folds(self):
         """(train_frame, val_frame) of the labelled rows under the saved split."""
-        from .split import fold_indices
+        from mlc_utils.data.split import fold_indices
         train_idx, val_idx = fold_indices(self.split, self.data.train.ImageID)
         train = self.data.train
         return train.iloc[train_idx].reset_index(drop=True), train.iloc[val_idx].reset_index(drop=True)
+
+    def labelled_folds(self):
+        """(train_frame, val_frame, y_train, y_val): the folds and their multi-hot targets."""
+        train_df, val_df = self.folds()
+        return train_df, val_df, self.labels.encode(list(train_df.Labels)), self.labels.encode(list(val_df.Labels))
 
     # --- what the run's index page shows -------------------------------------------------------
     def headline(self, **values) -> None:
@@ -84,7 +133,7 @@ class StageContext:
 
     def figure(self, fig, name: str) -> Path:
         """Save a matplotlib figure as PNG in the stage folder (the index embeds it)."""
-        from .io import atomic_save
+        from mlc_utils.core.io import atomic_save
         path = self.stage_dir / f"{name}.png"
         atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         if path.name not in self.summary["figures"]:
@@ -93,23 +142,25 @@ class StageContext:
         return path
 
     def _save(self) -> None:
-        from .io import atomic_write_text
+        from mlc_utils.core.io import atomic_write_text
         atomic_write_text(self.stage_dir / "summary.json", json.dumps(self.summary, indent=1, default=float))
 
 
 def open_stage(stage: str, params_file: str = "", overrides: dict | None = None,
                project_root: str | os.PathLike = "") -> StageContext:
-    root = Path(project_root).resolve() if project_root else Path(__file__).resolve().parent.parent
+    root = Path(project_root).resolve() if project_root else PROJECT_ROOT
     if params_file and not Path(params_file).is_absolute():
         params_file = str((Path.cwd() / params_file).resolve())
     params = load_params(params_file or None, overrides or {})
-    from .engine import seed_everything
+    from mlc_utils.core.device import (
+        seed_everything,  # torch: imported when a notebook opens a stage
+    )
     ctx = StageContext(stage, params, root)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     # From here on the stage's artifacts may change (a notebook run by hand, perhaps with other
     # parameters), so its manifest no longer vouches for them: the next `run` re-runs this stage,
     # and every stage downstream of it, since their keys hold the manifest's run id.
-    (ctx.stage_dir / MANIFEST).unlink(missing_ok=True)
+    ctx.paths.manifest_path(stage).unlink(missing_ok=True)
     (ctx.stage_dir / "summary.json").unlink(missing_ok=True)
     seed_everything(params.seed)
     return ctx

@@ -52,6 +52,8 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        if len(options) == 2 and type(None) in options:  # Optional[X]: X's own, precise message
+            return coerce(next(o for o in options if o is not type(None)), value, where)
         errors = []
         for option in options:
             if option is type(None):
@@ -135,7 +137,9 @@ def from_dict(cls: type, mapping: Mapping[str, Any] | None, where: str = "") -> 
 
 
 def to_dict(obj: Any) -> Any:
-    """A dataclass tree back to plain YAML/JSON-able data."""
+    """A dataclass tree back to plain YAML/JSON-able data (a section with ``given()`` gives only what was set)."""
+    if callable(getattr(obj, "given", None)):
+        return to_dict(obj.given())
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):

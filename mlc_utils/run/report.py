@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .io import atomic_write_text
+from mlc_utils.core.io import atomic_write_text
 
 TEMPLATE = Path(__file__).parent / "templates" / "offline.html.j2"
 
@@ -72,10 +72,10 @@ figure{display:inline-block;margin:.5em}figure img{max-width:520px}code{backgrou
 
 def write_index(study, results) -> Path:
     """``reports/<run>/index.html`` from the stage summaries; written after every run, failed or not."""
-    from .fingerprint import data_fingerprint
-    from .session import load_summary
+    from mlc_utils.core.fingerprint import data_fingerprint
+    from mlc_utils.study.context import load_summary
     params = study.params
-    report_dir = study.report_dir
+    report_dir = study.paths.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"<h1>Study '{html.escape(params.run)}'</h1>",
              f"<p>Data: <code>{html.escape(str(params.data_path(study.root).resolve()))}</code> &middot; "
@@ -84,19 +84,19 @@ def write_index(study, results) -> Path:
              "<th>report</th><th>headline</th></tr></thead><tbody>"]
     study_tables, figures = [], []
     for result in results:
-        stem = Path(study.notebook_out(result.stage)).stem
-        summary = load_summary(study.stage_dir(result.stage))
+        stem = Path(study.paths.notebook_out(result.stage)).stem
+        summary = load_summary(study.paths.stage_dir(result.stage))
         links = []
         if (report_dir / f"{stem}.html").is_file():
             links.append(f'<a href="{stem}.html">report</a>')
             links.append(f'<a href="{stem}.full.html">notebook</a>')
-        executed = Path(study.notebook_out(result.stage))
+        executed = Path(study.paths.notebook_out(result.stage))
         if executed.is_file():  # the executed .ipynb itself, to open in JupyterLab
             links.append(f'<a href="{html.escape(os.path.relpath(executed, report_dir))}">.ipynb</a>')
         headline = "; ".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in summary.get("headline", {}).items())
         if result.error:
             headline = f'<span class="failed">{html.escape(result.error)}</span>'
-        manifest = study.manifest(result.stage) or {}
+        manifest = study.paths.manifest(result.stage) or {}
         seconds = manifest.get("seconds", "") if result.status in ("skipped", "earlier run") \
             else (f"{result.seconds:.0f}" if result.seconds else "")
         parts.append(f"<tr><td>{result.stage}</td><td class='{result.status.split()[0]}'>{result.status}</td>"
@@ -105,7 +105,7 @@ def write_index(study, results) -> Path:
             if table.get("in_index"):
                 study_tables.append((result.stage, name, table))
         for fig in summary.get("figures", [])[:3]:
-            path = study.stage_dir(result.stage) / fig
+            path = study.paths.stage_dir(result.stage) / fig
             if path.is_file():
                 figures.append((result.stage, fig, base64.b64encode(path.read_bytes()).decode()))
     parts.append("</tbody></table>")
@@ -126,7 +126,7 @@ def write_index(study, results) -> Path:
     except OSError:
         fingerprint = {}
     parts.append(_table_html({"columns": ["data file", "sha256"], "data": list(fingerprint.items())}))
-    from .params import params_as_dict
+    from mlc_utils.study.params import params_as_dict
     parts.append("<h3>Parameters</h3><pre>" + html.escape(yaml.safe_dump(params_as_dict(params), sort_keys=False))
                  + "</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>mlc: {html.escape(params.run)}</title>" \

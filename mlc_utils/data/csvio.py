@@ -20,8 +20,8 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from .io import atomic_write_text
-from .labels import LabelSpace
+from mlc_utils.core.io import atomic_write_text
+from mlc_utils.data.labels import LabelSpace
 
 TRAIN_COLUMNS = ("ImageID", "Labels", "Caption")
 TEST_COLUMNS = ("ImageID", "Caption")

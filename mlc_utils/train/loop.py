@@ -23,11 +23,10 @@ import contextlib
 import json
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,12 +34,31 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .io import atomic_save, atomic_write_text
-from .losses import LOSSES, NEEDS_POS_WEIGHT, build_loss, distillation_loss, pos_weight_from_targets, smooth_targets
-from .metrics import evaluate
-
-CHECKPOINT_FORMAT = "mlc-checkpoint/1"
-
+from mlc_utils.core.device import (
+    place_model,
+    rank_and_world,
+    resolve_device,
+    seed_everything,
+    to_device,
+)
+from mlc_utils.core.io import atomic_save, atomic_write_text, save_npy
+from mlc_utils.evaluation.metrics import evaluate
+from mlc_utils.evaluation.predict import collect_probs
+from mlc_utils.models.checkpoint import (
+    check_identity,
+    inference_state,
+    make_checkpoint,
+    model_identity,
+    read_checkpoint,
+)
+from mlc_utils.train.config import RESUMABLE_CHANGES, TrainConfig
+from mlc_utils.train.losses import (
+    NEEDS_POS_WEIGHT,
+    build_loss,
+    distillation_loss,
+    pos_weight_from_targets,
+    smooth_targets,
+)
 
 # ---------------------------------------------------------------------------------------------
 # configuration
@@ -59,93 +77,6 @@ SCHEDULES: dict[str, Callable[[Any, int], float]] = {
 }
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class TrainConfig:
-    """Everything :func:`fit` needs; defaults follow the paper where it states them.
-
-    Paper: AdamW, StepLR, mixup alpha 0.4, seed 3407, freeze epochs, label smoothing, KD, TTA.
-    The values of lr, epochs, batch size and step schedule are this project's (the paper does
-    not give them). ``batch_size`` is per process.
-    """
-    epochs: int = 10
-    batch_size: int = 32
-    eval_batch_size: int | None = None          # default: 2 x batch_size
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    momentum: float = 0.9                       # sgd only
-    scheduler: Literal["step", "cosine", "none"] = "step"
-    step_size: int = 3                          # epochs between StepLR decays
-    gamma: float = 0.1                          # StepLR decay factor
-    warmup_epochs: int = 0
-    seed: int = 3407
-    freeze_epochs: int = 0                      # epochs with backbone_parameters() frozen
-    after_freeze_lr: float | None = None        # learning rate once unfrozen (default: lr)
-    mixup: bool = False                         # timm Mixup on image tensors (multi-label mode)
-    mixup_alpha: float = 0.4
-    label_smoothing: float = 0.0                # binary: targets move towards 0.5
-    loss: Literal["bce", "weighted_bce", "focal", "asl"] = "bce"
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    kd_alpha: float = 0.5                       # weight of the distillation term (teacher given)
-    kd_temp: float = 2.0
-    amp: bool = True                            # autocast on CUDA (ignored on CPU)
-    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # float16 adds a GradScaler
-    ema: bool = False                           # evaluate and keep EMA weights (timm ModelEmaV3)
-    ema_decay: float = 0.999
-    grad_accum: int = 1
-    max_grad_norm: float = 0.0                  # 0 = no clipping
-    threshold: float = 0.5                      # decision threshold of the validation scores
-    num_workers: int = 0
-    device: str = "auto"                        # auto | cpu | cuda | cuda:N
-    resume: bool = False                        # continue from out_dir/last.pt when present
-    max_steps_per_epoch: int | None = None      # cap optimizer steps per epoch (quick runs)
-    restore_best: bool = True                   # model holds the best epoch's weights on return
-    progress: bool = True                       # tqdm bars
-
-    def check(self) -> None:
-        def need(ok: bool, message: str):
-            if not ok:
-                raise ValueError(message)
-        for name in ("epochs", "freeze_epochs", "warmup_epochs", "num_workers"):
-            need(getattr(self, name) >= 0, f"{name}: must be >= 0 (got {getattr(self, name)})")
-        for name in ("batch_size", "grad_accum", "step_size"):
-            need(getattr(self, name) >= 1, f"{name}: must be >= 1 (got {getattr(self, name)})")
-        need(self.eval_batch_size is None or self.eval_batch_size >= 1,
-             f"eval_batch_size: must be >= 1 (got {self.eval_batch_size})")
-        need(self.lr > 0, f"lr: must be > 0 (got {self.lr})")
-        need(self.after_freeze_lr is None or self.after_freeze_lr > 0,
-             f"after_freeze_lr: must be > 0 (got {self.after_freeze_lr})")
-        need(self.weight_decay >= 0, f"weight_decay: must be >= 0 (got {self.weight_decay})")
-        need(0.0 < self.threshold < 1.0, f"threshold: must be in (0, 1) (got {self.threshold})")
-        need(0.0 <= self.label_smoothing < 1.0, f"label_smoothing: must be in [0, 1) (got {self.label_smoothing})")
-        need(self.mixup_alpha > 0, f"mixup_alpha: must be > 0 (got {self.mixup_alpha})")
-        need(0.0 <= self.kd_alpha <= 1.0, f"kd_alpha: must be in [0, 1] (got {self.kd_alpha})")
-        need(self.kd_temp > 0, f"kd_temp: must be > 0 (got {self.kd_temp})")
-        need(0.0 < self.ema_decay < 1.0, f"ema_decay: must be in (0, 1) (got {self.ema_decay})")
-        need(0.0 < self.gamma <= 1.0, f"gamma: must be in (0, 1] (got {self.gamma})")
-        need(self.max_grad_norm >= 0, f"max_grad_norm: must be >= 0 (got {self.max_grad_norm})")
-        need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
-             f"max_steps_per_epoch: must be >= 1 or null (got {self.max_steps_per_epoch})")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULES), ("loss", LOSSES),
-                              ("amp_dtype", AMP_DTYPES)):
-            need(getattr(self, name) in allowed,
-                 f"{name}: must be one of {sorted(allowed)} (got {getattr(self, name)!r})")
-        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-             f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {self.device!r})")
-
-    @classmethod
-    def from_dict(cls, mapping: Mapping[str, Any] | None, where: str = "train") -> "TrainConfig":
-        """Typed and checked, rejecting unknown keys with a did-you-mean (``mlc_utils.config``)."""
-        from .config import from_dict
-        return from_dict(cls, mapping or {}, where)
-
-
-# fields that may change between an interrupted run and its resumption
-RESUMABLE_CHANGES = frozenset({"epochs", "resume", "num_workers", "device", "progress", "eval_batch_size",
-                               "restore_best"})
 
 
 @dataclass
@@ -170,45 +101,6 @@ class FitResult:
 # ---------------------------------------------------------------------------------------------
 # small helpers
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' is the local GPU of this process (``LOCAL_RANK`` under torchrun) if any, else the CPU."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def to_device(inputs, device: torch.device):
-    """Move a batch; image batches (4-D float) go channels_last, which convolutions run fastest on
-    (measured: EfficientNet-Lite0 training 1.9x on an H100, 1.7x on a CPU; values unchanged)."""
-    if isinstance(inputs, torch.Tensor):
-        if inputs.dim() == 4 and inputs.is_floating_point():
-            return inputs.to(device, non_blocking=True, memory_format=torch.channels_last)
-        return inputs.to(device, non_blocking=True)
-    if isinstance(inputs, Mapping):
-        return {k: to_device(v, device) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(to_device(v, device) for v in inputs)
-    return inputs
-
-
-def place_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model on ``device`` with 4-D weights channels_last, to match :func:`to_device`'s batches."""
-    return model.to(device).to(memory_format=torch.channels_last)
-
 
 def dataset_targets(dataset: Dataset) -> np.ndarray:
     """The ``(n, C)`` targets of a dataset without decoding its inputs when it can say them."""
@@ -222,110 +114,6 @@ def dataset_targets(dataset: Dataset) -> np.ndarray:
     if isinstance(dataset, ConcatDataset):
         return np.concatenate([dataset_targets(d) for d in dataset.datasets])
     return np.stack([np.asarray(dataset[i][1], dtype=np.float32) for i in range(len(dataset))])
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def model_identity(model: nn.Module) -> dict:
-    """What a checkpoint records about its model (the model's ``spec`` when it has one)."""
-    model = unwrap(model)
-    spec = getattr(model, "spec", None)
-    if isinstance(spec, Mapping):
-        return dict(spec)
-    return {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"}
-
-
-IDENTITY_KEYS = ("kind", "class", "arch", "head", "num_classes", "model", "fusion", "input_dim")
-
-
-def describe_identity(identity: Mapping) -> str:
-    return ", ".join(f"{k}={identity[k]}" for k in IDENTITY_KEYS if k in identity) or "unknown model"
-
-
-def check_identity(saved: Mapping, model: nn.Module, path: str | os.PathLike) -> None:
-    """Refuse a checkpoint of another model (architecture, head or class count) with a clear message."""
-    current = model_identity(model)
-    differ = [k for k in IDENTITY_KEYS if k in saved and k in current and saved[k] != current[k]]
-    if differ:
-        raise CheckpointMismatchError(
-            f"checkpoint {path} was saved from a different model ({', '.join(differ)} differ): it holds "
-            f"[{describe_identity(saved)}] but this model is [{describe_identity(current)}]")
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint does not belong to the model it is loaded into."""
-
-
-def inference_state(checkpoint: Mapping) -> dict:
-    """The weights to predict with: the EMA copy when the run kept one."""
-    return checkpoint.get("ema") or checkpoint["model"]
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated copy, a text file, another pickle: torch's messages do not name the file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                         "the file is truncated or not a torch checkpoint") from None
-    if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an mlc training checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
-    return checkpoint
-
-
-def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
-                    checkpoint: dict | None = None) -> tuple[nn.Module, dict]:
-    """``(model with the checkpoint's inference weights, checkpoint)``; builds the model from its spec if None.
-
-    ``checkpoint``: the already-read contents of ``path`` (saves reading it twice).
-    """
-    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
-    if model is None:
-        from .models import build_model
-        model = build_model(checkpoint["spec"])
-    check_identity(checkpoint["spec"], model, path)
-    state = inference_state(checkpoint)
-    try:
-        unwrap(model).load_state_dict(state)
-    except RuntimeError:
-        raise CheckpointMismatchError(f"checkpoint {path} does not fit this model "
-                                      f"[{describe_identity(model_identity(model))}]: "
-                                      f"{_state_mismatch(unwrap(model).state_dict(), state)}") from None
-    return model, checkpoint
-
-
-def _state_mismatch(expected: Mapping, saved: Mapping, shown: int = 3) -> str:
-    """A short account of why ``saved`` does not load into a module whose state is ``expected``."""
-    missing = [k for k in expected if k not in saved]
-    unexpected = [k for k in saved if k not in expected]
-    shapes = [f"{k} {list(saved[k].shape)} in the checkpoint, {list(expected[k].shape)} in the model"
-              for k in expected if k in saved and hasattr(saved[k], "shape") and saved[k].shape != expected[k].shape]
-    parts = []
-    for what, items in (("tensor(s) of another shape", shapes), ("missing key(s)", missing),
-                        ("unexpected key(s)", unexpected)):
-        if items:
-            more = f" and {len(items) - shown} more" if len(items) > shown else ""
-            parts.append(f"{len(items)} {what} ({'; '.join(items[:shown])}{more})")
-    return ", ".join(parts) or "state dict does not load"
-
-
-def state_digest(module: nn.Module) -> str:
-    """sha1 over a module's state tensors: the identity of its exact weights."""
-    import hashlib
-    digest = hashlib.sha1()
-    for name, tensor in unwrap(module).state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Atomic ``.npy`` write (the temporary name ends in ``.npy``, so numpy adds no suffix)."""
-    return atomic_save(path, lambda tmp: np.save(tmp, np.asarray(array)))
 
 
 def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
@@ -345,13 +133,6 @@ def _set_frozen(model: nn.Module, frozen: bool) -> bool:
     for p in params():
         p.requires_grad_(not frozen)
     return True
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def _loader(dataset, cfg: TrainConfig, batch_size: int, train: bool, epoch: int, collate_fn, device) -> tuple:
@@ -379,32 +160,6 @@ def _progress(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
 
 # ---------------------------------------------------------------------------------------------
 # prediction
-
-@torch.no_grad()
-def _collect(model: nn.Module, loader, device, autocast, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    model.eval()
-    probs, targets = [], []
-    for inputs, target in (progress(loader) if progress else loader):
-        with autocast:
-            logits = model(to_device(inputs, device))
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        targets.append(np.asarray(target, dtype=np.float32))
-    if not probs:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(probs), np.concatenate(targets)
-
-
-def predict_probs(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "auto",
-                  num_workers: int = 0, collate_fn=None, amp: bool = True, progress: bool = False) -> np.ndarray:
-    """Sigmoid probabilities ``(n, C)`` in dataset order (one process, no shuffling)."""
-    device = resolve_device(device) if isinstance(device, str) else device
-    model = place_model(unwrap(model), device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn, pin_memory=device.type == "cuda")
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-    from tqdm.auto import tqdm
-    bar = (lambda it: tqdm(it, desc="predict", leave=False)) if progress else None
-    return _collect(model, loader, device, autocast, bar)[0]
 
 
 def _gather_validation(probs: np.ndarray, targets: np.ndarray, indices: list[int], n: int):
@@ -464,12 +219,11 @@ class _Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def checkpoint(self, epoch: int) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "spec": model_identity(self.model), "epoch": epoch,
-                "global_step": self.global_step, "model": self.model.state_dict(),
-                "ema": self.ema.module.state_dict() if self.ema is not None else None,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": _rng_state(), "params": asdict(self.cfg),
-                "history": self.history, "best": {"epoch": self.best_epoch, "score": self.best_score}}
+        return make_checkpoint(self.model, params=asdict(self.cfg), epoch=epoch,
+                               ema=self.ema.module.state_dict() if self.ema is not None else None,
+                               global_step=self.global_step, optimizer=self.optimizer.state_dict(),
+                               scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                               history=self.history, best={"epoch": self.best_epoch, "score": self.best_score})
 
     def resume(self) -> None:
         path = self.out_dir / "last.pt"
@@ -599,7 +353,7 @@ class _Trainer:
         cfg = self.cfg
         batch = cfg.eval_batch_size or 2 * cfg.batch_size
         loader, sampler = _loader(self.val_set, cfg, batch, False, epoch, self.collate_fn, self.device)
-        probs, targets = _collect(self.eval_model(), loader, self.device, self.autocast,
+        probs, targets = collect_probs(self.eval_model(), loader, self.device, self.autocast,
                                   lambda it: _progress(it, cfg, "validate"))
         probs, targets = _gather_validation(probs, targets, list(iter(sampler)), len(self.val_set))
         self.val_targets = targets

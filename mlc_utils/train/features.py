@@ -15,7 +15,7 @@ and an image file replaced since (re-downloaded, repaired) is computed again.
 ``TensorDataset`` of features (seconds per epoch). Several views (``center``, ``hflip``) are
 separate cached arrays: for training they are stacked as extra samples (flip augmentation), for
 validation/prediction their probabilities are averaged (TTA). The head is the model's own, and
-``out_dir/model.pt`` holds the whole image model for :mod:`mlc_utils.predict`.
+``out_dir/model.pt`` holds the whole image model for :mod:`mlc_utils.evaluation.predict`.
 """
 from __future__ import annotations
 
@@ -31,16 +31,19 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
 
-from .engine import (CHECKPOINT_FORMAT, FitResult, TrainConfig, fit, predict_probs, resolve_device,
-                     save_npy, state_digest)
-from .images import image_dataset
-from .fingerprint import IMAGE_FOLDER, file_stamp, source_digest
-from .io import atomic_save, atomic_write_text
+from mlc_utils.core.device import resolve_device
+from mlc_utils.core.fingerprint import IMAGE_FOLDER, file_stamp, source_digest
+from mlc_utils.core.io import atomic_write_text, save_npy
+from mlc_utils.data.images import image_dataset
+from mlc_utils.evaluation.predict import predict_probs
+from mlc_utils.models.checkpoint import save_model, state_digest
+from mlc_utils.train.config import TrainConfig
+from mlc_utils.train.loop import FitResult, fit
 
 DEFAULT_CACHE_DIR = "cache/features"
 CACHE_VERSION = 4
 # what a cached row is computed by: an edit to any of these recomputes the features
-FEATURE_CODE = ("mlc_utils.features", "mlc_utils.images", "mlc_utils.models.image", "mlc_utils.models.weights")
+FEATURE_CODE = ("mlc_utils.train.features", "mlc_utils.data.images", "mlc_utils.models.image", "mlc_utils.models.weights")
 
 
 def feature_key(model, root: str | os.PathLike, view: str) -> dict:
@@ -159,13 +162,6 @@ class FeatureHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(features))
-
-
-def save_model(model: nn.Module, path: str | os.PathLike, params: dict | None = None) -> Path:
-    """A whole model as an inference checkpoint in the engine's format (for ``predict``)."""
-    checkpoint = {"format": CHECKPOINT_FORMAT, "spec": dict(model.spec), "model": model.state_dict(), "ema": None,
-                  "params": params or {}, "epoch": -1}
-    return atomic_save(path, lambda p: torch.save(checkpoint, p))
 
 
 def _view_features(model, root, ids, views, cache, options) -> list[np.ndarray]:

@@ -103,3 +103,9 @@ def ensure_writable_dir(path: str | os.PathLike, need_bytes: int = 0) -> Path:
             raise OSError(f"output folder {path} has {free / 2**20:.0f} MiB free, "
                           f"needs at least {need_bytes / 2**20:.0f} MiB")
     return path
+
+
+def save_npy(path: str | os.PathLike, array) -> Path:
+    """Atomic ``.npy`` write (the temporary name ends in ``.npy``, so numpy adds no suffix)."""
+    import numpy as np
+    return atomic_save(path, lambda tmp: np.save(tmp, np.asarray(array)))

@@ -23,33 +23,31 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fingerprint import data_fingerprint, source_digest
-from .io import atomic_write_text, ensure_writable_dir, remove_stale_temporaries, sha256_file
-from .params import NOTEBOOKS, STAGES, ParamError, StudyParams, load_params, parse_override, stage_fingerprint
-from .session import MANIFEST
+from mlc_utils.core.fingerprint import data_fingerprint, source_digest
+from mlc_utils.core.io import (
+    atomic_write_text,
+    ensure_writable_dir,
+    remove_stale_temporaries,
+    sha256_file,
+)
+from mlc_utils.study.context import MANIFEST, PROJECT_ROOT, StudyPaths
+from mlc_utils.study.params import (
+    ParamError,
+    StudyParams,
+    load_params,
+    parse_override,
+    stage_fingerprint,
+)
+from mlc_utils.study.stages import STAGE_NAMES, STAGES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "mlc"
 MIN_FREE_MB = 1024  # checkpoints, executed notebooks and reports: refuse to start a run with less free
-DEPENDS_ON = {
-    "eda": (),
-    "split": (),
-    "image": ("split",),
-    "text": ("split",),
-    "fusion": ("split", "image", "text"),
-    "ablation": ("split", "image"),
-    "ensemble": ("split", "image", "text", "fusion"),
-}
-
-
-class StageFailed(RuntimeError):
-    """A cell failed; the message names the executed notebook and the cell's error."""
 
 
 @dataclass
 class StageResult:
     stage: str
-    status: str            # ran | skipped | failed | not run
+    status: str            # ran | skipped | failed | not run | earlier run
     seconds: float = 0.0
     notebook: Path | None = None
     error: str = ""
@@ -57,34 +55,14 @@ class StageResult:
 
 @dataclass
 class Study:
-    """Where one run of the study lives; built from params and the project root."""
+    """One run of the study: its parameters, the ``--set`` overrides they came with, and its paths."""
     params: StudyParams
     overrides: dict = field(default_factory=dict)
     root: Path = PROJECT_ROOT
 
     @property
-    def run_dir(self) -> Path:
-        return self.root / "runs" / self.params.run
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "reports" / self.params.run
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.run_dir / stage
-
-    def notebook_in(self, stage: str) -> Path:
-        return self.root / "notebooks" / NOTEBOOKS[stage]
-
-    def notebook_out(self, stage: str) -> Path:
-        return self.run_dir / NOTEBOOKS[stage]
-
-    def manifest(self, stage: str) -> dict | None:
-        path = self.stage_dir(stage) / MANIFEST
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+    def paths(self) -> StudyPaths:
+        return StudyPaths(self.root, self.params.run)
 
 
 def min_free_bytes() -> int:
@@ -101,12 +79,12 @@ def stage_key(study: Study, stage: str, data_fp: dict) -> str:
     """What a stage's result depends on: its notebook, parameters, data, the library's code, and the
     very run of each stage it reads (a re-run upstream, even an unchanged one, re-runs it)."""
     upstream = {}
-    for dep in DEPENDS_ON[stage]:
-        manifest = study.manifest(dep)
+    for dep in STAGES[stage].reads:
+        manifest = study.paths.manifest(dep)
         upstream[dep] = [manifest.get("key"), manifest.get("run_id")] \
             if manifest and manifest.get("status") == "ok" else None
     payload = {
-        "notebook": sha256_file(study.notebook_in(stage)),
+        "notebook": sha256_file(study.paths.notebook_in(stage)),
         "params": stage_fingerprint(study.params, stage),
         "data": data_fp,
         "upstream": upstream,
@@ -116,14 +94,14 @@ def stage_key(study: Study, stage: str, data_fp: dict) -> str:
 
 
 def _missing_upstream(study: Study, stage: str, chosen: list[str]) -> list[str]:
-    return [dep for dep in DEPENDS_ON[stage]
-            if dep not in chosen and not (study.manifest(dep) or {}).get("status") == "ok"]
+    return [dep for dep in STAGES[stage].reads
+            if dep not in chosen and not (study.paths.manifest(dep) or {}).get("status") == "ok"]
 
 
 def invalidate_members(stage_dir: Path) -> list[Path]:
     """Forget the trained members saved under ``stage_dir`` (``run --force``): the next run of the
     stage retrains them instead of reusing them. Their files stay until they are overwritten."""
-    from .study import MEMBER_FILE
+    from mlc_utils.study.members import MEMBER_FILE
     records = sorted(stage_dir.glob(f"*/{MEMBER_FILE}")) + sorted(stage_dir.glob(MEMBER_FILE))
     for path in records:
         path.unlink(missing_ok=True)
@@ -136,7 +114,7 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     ``retrain``: forget the stage's saved members first, so they are trained again (``--force``).
     """
     import papermill as pm
-    stage_dir = study.stage_dir(stage)
+    stage_dir = study.paths.stage_dir(stage)
     (stage_dir / MANIFEST).unlink(missing_ok=True)
     stage_dir.mkdir(parents=True, exist_ok=True)
     if retrain:
@@ -145,7 +123,7 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
             log(f"[{stage}] --force: {len(forgotten)} saved member(s) will be trained again")
     for path in remove_stale_temporaries(stage_dir):
         log(f"[{stage}] removed {path.name}, left in {stage_dir} by an interrupted write")
-    out = study.notebook_out(stage)
+    out = study.paths.notebook_out(stage)
     parameters = {
         "params_file": str(Path(study.params.source).resolve()) if study.params.source else "",
         "overrides": dict(study.overrides),
@@ -156,7 +134,7 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     # progress bars are for people at a notebook; in an executed report they are pages of noise
     os.environ.setdefault("TQDM_DISABLE", "1")
     try:
-        pm.execute_notebook(str(study.notebook_in(stage)), str(out), parameters=parameters,
+        pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
                             kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
                             progress_bar=False, log_output=False, request_save_on_cell_execute=True)
     except pm.PapermillExecutionError as err:
@@ -164,9 +142,9 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     except Exception as err:  # kernel died, notebook missing ...
         error = f"{out}: {type(err).__name__}: {err}"
     seconds = time.time() - started
-    from .report import render_notebook
+    from mlc_utils.run.report import render_notebook
     if out.is_file():
-        render_notebook(out, study.report_dir)
+        render_notebook(out, study.paths.report_dir)
     if error:
         return StageResult(stage, "failed", seconds, out, error)
     atomic_write_text(stage_dir / MANIFEST, json.dumps(
@@ -183,13 +161,13 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
     study = Study(params, override_map, Path(root))
     chosen = [s for s in params.stages if not only or s in only]
     if only:
-        unknown = [s for s in only if s not in STAGES]
+        unknown = [s for s in only if s not in STAGE_NAMES]
         if unknown:
-            raise ParamError(f"--only: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+            raise ParamError(f"--only: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGE_NAMES)}")
         not_enabled = [s for s in only if s not in params.stages]
         if not_enabled:
             raise ParamError(f"--only: stage(s) {', '.join(not_enabled)} are not in this params file's 'stages'")
-    from .study import preflight
+    from mlc_utils.study.preflight import preflight
     problems = preflight(params, chosen)
     if problems:
         raise ParamError("cannot start: " + "; ".join(problems))
@@ -198,12 +176,12 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         raise FileNotFoundError(f"data_dir {data_dir} does not exist (params 'data_dir'; set it with --set data_dir=...)")
     need = min_free_bytes()
     try:
-        ensure_writable_dir(study.run_dir, need)
+        ensure_writable_dir(study.paths.run_dir, need)
     except PermissionError:
         raise
     except OSError as err:
         raise OSError(f"{err} to start a run (set MLC_MIN_FREE_MB to change this minimum)") from None
-    ensure_writable_dir(study.report_dir)
+    ensure_writable_dir(study.paths.report_dir)
     data_fp = data_fingerprint(data_dir)
     results: list[StageResult] = []
     for stage in chosen:
@@ -214,13 +192,13 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
             log(f"[{stage}] {results[-1].error}")
             break
         key = stage_key(study, stage, data_fp)
-        manifest = study.manifest(stage)
+        manifest = study.paths.manifest(stage)
         if not force and manifest and manifest.get("key") == key and manifest.get("status") == "ok" \
-                and study.notebook_out(stage).is_file():
-            results.append(StageResult(stage, "skipped", 0.0, study.notebook_out(stage)))
+                and study.paths.notebook_out(stage).is_file():
+            results.append(StageResult(stage, "skipped", 0.0, study.paths.notebook_out(stage)))
             log(f"[{stage}] unchanged (notebook, parameters, data and inputs): skipped; use --force to re-run")
             continue
-        log(f"[{stage}] running {study.notebook_in(stage).relative_to(study.root)} ...")
+        log(f"[{stage}] running {study.paths.notebook_in(stage).relative_to(study.root)} ...")
         result = execute_stage(study, stage, key, log, retrain=force)
         results.append(result)
         if result.status == "failed":
@@ -230,11 +208,11 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
     done = {r.stage for r in results}
     results += [StageResult(s, "not run") for s in chosen if s not in done]
     # stages outside --only keep their earlier result on the index page
-    earlier = {s: StageResult(s, "earlier run", 0.0, study.notebook_out(s)) for s in params.stages
-               if s not in chosen and (study.manifest(s) or {}).get("status") == "ok"}
+    earlier = {s: StageResult(s, "earlier run", 0.0, study.paths.notebook_out(s)) for s in params.stages
+               if s not in chosen and (study.paths.manifest(s) or {}).get("status") == "ok"}
     order = {s: i for i, s in enumerate(params.stages)}
     shown = sorted(results + list(earlier.values()), key=lambda r: order[r.stage])
-    from .report import write_index
+    from mlc_utils.run.report import write_index
     index = write_index(study, shown)
     log(f"report: {index}")
     return results
@@ -244,7 +222,7 @@ def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlc_utils run",
                                      description="Execute the study's notebooks with papermill and render HTML reports.")
     parser.add_argument("--params", required=True, help="params YAML, e.g. params/demo.yaml")
-    parser.add_argument("--only", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGES)})")
+    parser.add_argument("--only", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGE_NAMES)})")
     parser.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set data_dir=/elsewhere --set image.train.epochs=2")

@@ -1,9 +1,9 @@
 """Train an image model from a JSON config, on one process or several (torchrun).
 
-    torchrun --standalone --nproc_per_node=2 -m mlc_utils.train --config cfg.json
+    torchrun --standalone --nproc_per_node=2 -m mlc_utils.train.distributed --config cfg.json
 
 Under torchrun every process builds the same model and data (seeded), joins the process group
-(NCCL on CUDA, gloo on CPU) and calls the ordinary :func:`mlc_utils.engine.fit`, which then uses
+(NCCL on CUDA, gloo on CPU) and calls the ordinary :func:`mlc_utils.train.loop.fit`, which then uses
 DistributedDataParallel and DistributedSampler and writes from rank 0 only. :func:`launch_torchrun`
 runs that command from a notebook and streams its output line by line.
 
@@ -31,8 +31,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .engine import FitResult, TrainConfig, fit, load_checkpoint, seed_everything, state_digest
-from .images import DEFAULT_AUTO_AUGMENT
+from mlc_utils.core.device import seed_everything
+from mlc_utils.data.images import DEFAULT_AUTO_AUGMENT
+from mlc_utils.models.checkpoint import load_checkpoint, state_digest
+from mlc_utils.train.config import TrainConfig
+from mlc_utils.train.loop import FitResult, fit
 
 
 @dataclass
@@ -66,17 +69,17 @@ class RunConfig:
 
 
 def parse_config(data: dict) -> tuple[RunConfig, TrainConfig]:
-    from .config import from_dict
+    from mlc_utils.core.config import from_dict
     run = from_dict(RunConfig, data, "config")
     return run, TrainConfig.from_dict(run.train, "config.train")
 
 
 def build_datasets(run: RunConfig, data_config: dict):
     """(train, val) image datasets from the data folder and the split file."""
-    from .csvio import read_train_csv
-    from .images import image_dataset
-    from .labels import LabelSpace
-    from .split import fold_indices, load_split
+    from mlc_utils.data.csvio import read_train_csv
+    from mlc_utils.data.images import image_dataset
+    from mlc_utils.data.labels import LabelSpace
+    from mlc_utils.data.split import fold_indices, load_split
     root = Path(run.data.root)
     labels = LabelSpace(run.data.num_classes)
     frame = read_train_csv(root / "train.csv", labels)
@@ -93,7 +96,7 @@ def build_datasets(run: RunConfig, data_config: dict):
 
 def build_run(data: dict):
     """(train config, model, train set, val set, teacher, out_dir) from the config mapping."""
-    from .models import create_image_model
+    from mlc_utils.models import create_image_model
     run, cfg = parse_config(data)
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = create_image_model(run.model.name, run.data.num_classes, run.model.head, run.model.pretrained,
@@ -114,7 +117,7 @@ def run_config(data: dict) -> FitResult:
 
 def _record_rank_agreement(model, out_dir: Path) -> None:
     """Every rank's final-weights digest -> ``out_dir/ranks.json`` (DDP must keep them identical)."""
-    from .io import atomic_write_text
+    from mlc_utils.core.io import atomic_write_text
     digests = [state_digest(model)]
     if dist.is_initialized():
         digests = [None] * dist.get_world_size()
@@ -145,7 +148,7 @@ def _init_distributed(device: str = "auto") -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlc_utils.train", description="train an image model")
+    parser = argparse.ArgumentParser(prog="python -m mlc_utils.train.distributed", description="train an image model")
     parser.add_argument("--config", required=True, help="JSON run config (see the module docstring)")
     args = parser.parse_args(argv)
     data = json.loads(Path(args.config).read_text())
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def torchrun_command(config_path: str | os.PathLike, nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc_per_node={nproc}", "-m", "mlc_utils.train", "--config", str(config_path)]
+            f"--nproc_per_node={nproc}", "-m", "mlc_utils.train.distributed", "--config", str(config_path)]
 
 
 def launch_torchrun(config: dict[str, Any], nproc: int, out_dir: str | os.PathLike, echo=print) -> int:
@@ -175,7 +178,7 @@ def launch_torchrun(config: dict[str, Any], nproc: int, out_dir: str | os.PathLi
     """
     if nproc < 1:
         raise ValueError(f"nproc: must be >= 1 (got {nproc})")
-    from .io import atomic_write_text
+    from mlc_utils.core.io import atomic_write_text
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "out_dir": str(out_dir)}

@@ -8,6 +8,7 @@ work with the parameter's full name.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +16,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from .config import ParamError, from_dict, require, to_dict  # noqa: F401  (ParamError is re-exported)
-from .models.text import TextModelConfig as TextStageParams  # the caption stage's section
-
-STAGES = ("eda", "split", "image", "text", "fusion", "ablation", "ensemble")
-NOTEBOOKS = {
-    "eda": "01_eda.ipynb",
-    "split": "02_split.ipynb",
-    "image": "03_image.ipynb",
-    "text": "04_text.ipynb",
-    "fusion": "05_fusion.ipynb",
-    "ablation": "06_ablation.ipynb",
-    "ensemble": "07_ensemble.ipynb",
-}
+from mlc_utils.core.config import ParamError, from_dict, require, to_dict  # noqa: F401  (ParamError is re-exported)
+from mlc_utils.data.captions import CaptionCleaner
+from mlc_utils.study.stages import STAGE_NAMES
+from mlc_utils.train.config import TrainConfig, TrainSettings
 
 
 @dataclass
@@ -64,13 +56,13 @@ class ImageModelSpec:
     auto_augment: str = "rand-m9-mstd0.5"  # timm RandAugment policy for fine-tuning; "" = off
     tta: bool = True                     # average the stage's ``tta`` views (else centre crop only)
     teacher: str = ""                    # checkpoint of a teacher for knowledge distillation
-    train: dict = field(default_factory=dict)  # engine.TrainConfig fields for this model
+    train: TrainSettings = field(default_factory=TrainSettings)  # over the stage's image.train
 
     def check(self):
         require(bool(self.name.strip()), "name: must name a timm model")
         require(self.img_size >= 16, f"img_size: must be >= 16 (got {self.img_size})")
         require(0.0 <= self.drop_rate < 1.0, f"drop_rate: must be in [0, 1) (got {self.drop_rate})")
-        from .models.image import check_pooling
+        from mlc_utils.models.image import check_pooling
         check_pooling(self.head, self.global_pool)
         if not self.label:
             self.label = self.name
@@ -79,7 +71,7 @@ class ImageModelSpec:
 @dataclass
 class ImageStageParams:
     models: list[ImageModelSpec] = field(default_factory=list)
-    train: dict = field(default_factory=dict)   # engine.TrainConfig fields shared by all models
+    train: TrainSettings = field(default_factory=TrainSettings)  # shared by all models
     tta: list[str] = field(default_factory=lambda: ["center", "hflip"])
     gpus: int = 0                                # >1: launch through torchrun with this many processes
     cache_dir: str = "cache"                     # feature cache (shared between runs)
@@ -90,13 +82,11 @@ class ImageStageParams:
         require(self.n_examples >= 0, f"n_examples: must be >= 0 (got {self.n_examples})")
         labels = [m.label for m in self.models]
         require(len(set(labels)) == len(labels), f"models: labels must be unique (got {labels})")
-        from .engine import TrainConfig  # checked here so a typo fails at load time, not mid-run
-        from .images import VIEWS
+        from mlc_utils.data.images import VIEWS
         bad = [v for v in self.tta if v not in VIEWS]
         require(self.tta and not bad, f"tta: views must be among {sorted(VIEWS)} (got {self.tta})")
-        TrainConfig.from_dict(self.train, "image.train")
-        for i, model in enumerate(self.models):
-            TrainConfig.from_dict({**self.train, **model.train}, f"image.models[{i}].train")
+        for i, model in enumerate(self.models):  # the merged settings too, so a clash fails at load time
+            TrainConfig.from_dict({**self.train.given(), **model.train.given()}, f"image.models[{i}].train")
 
 
 @dataclass
@@ -105,13 +95,11 @@ class FusionStageParams:
     fusion_input: Literal["logits", "features"] = "logits"   # what the heads read from each sub-model
     mode: Literal["frozen", "end_to_end"] = "frozen"         # frozen: train the head on saved outputs
     image_model: str = ""    # label of the image model to fuse (default: the best on validation)
-    train: dict = field(default_factory=dict)                # engine.TrainConfig fields for the heads
+    train: TrainSettings = field(default_factory=TrainSettings)  # over the heads' defaults (study.fusion)
 
     def check(self):
         require(len(set(self.heads)) == len(self.heads) and self.heads, f"heads: one or more of concat, bilinear "
                                                                          f"without repeats (got {self.heads})")
-        from .engine import TrainConfig
-        TrainConfig.from_dict(self.train, "fusion.train")
 
 
 @dataclass
@@ -120,12 +108,43 @@ class AblationStageParams:
     switches: list[Literal["mixup", "randaugment", "tta", "loss"]] = field(
         default_factory=lambda: ["mixup", "randaugment", "tta", "loss"])
     alt_loss: Literal["bce", "weighted_bce", "focal", "asl"] = "asl"   # the loss the 'loss' switch moves to
-    train: dict = field(default_factory=dict)   # engine.TrainConfig fields over the base model's (e.g. fewer epochs)
+    train: TrainSettings = field(default_factory=TrainSettings)  # over the base model's (e.g. fewer epochs)
 
     def check(self):
         require(len(set(self.switches)) == len(self.switches), f"switches: repeated (got {self.switches})")
-        from .engine import TrainConfig
-        TrainConfig.from_dict(self.train, "ablation.train")
+
+
+def _caption_training() -> TrainSettings:
+    # A fresh head at a fine-tuning rate learns too slowly in a few hundred steps: on the dev captions
+    # (8,000 train, batch 64) one epoch at 1e-4 reached 0.67 val sample-F1; one head-only epoch at
+    # 3e-3 0.79, at 1e-2 0.84, then one fine-tuning epoch at 1e-4 0.86. So the head goes first, fast:
+    # lr is the rate of the frozen-encoder epochs, after_freeze_lr the fine-tuning rate.
+    return TrainSettings(epochs=3, batch_size=64, lr=1e-2, freeze_epochs=1, after_freeze_lr=1e-4,
+                         weight_decay=0.01, scheduler="cosine", warmup_epochs=0)
+
+
+@dataclass
+class TextStageParams:
+    """The caption model (encoder, pooling, tokenization) and how it is trained (``train``)."""
+    model_name: str = "all-MiniLM-L6-v2"   # a packaged name, a local folder or a hub id
+    pretrained: bool = True                 # false: a tiny random BERT (tests, smoke runs)
+    pooling: Literal["mean", "cls"] = "mean"
+    dropout: float = 0.1
+    max_length: int = 48
+    cleaning: CaptionCleaner = field(default_factory=CaptionCleaner)
+    train: TrainSettings = field(default_factory=_caption_training)
+
+    def check(self):
+        require(bool(str(self.model_name).strip()), "model_name: must not be empty")
+        require(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1) (got {self.dropout})")
+        require(2 <= self.max_length <= 512, f"max_length: must be in 2..512 (got {self.max_length})")
+        self.cleaning.check()
+
+    def training(self, **defaults) -> TrainConfig:
+        """The TrainConfig of the caption model: ``defaults`` (seed, threshold), then its defaults, then ``train``."""
+        given = self.train.given()
+        unset = {k: v for k, v in _caption_training().given().items() if k not in given}
+        return TrainConfig.from_dict({**defaults, **unset, **given}, "text.train")
 
 
 @dataclass
@@ -143,8 +162,7 @@ class StudyParams:
     class_names: list[str] = field(default_factory=list)
     seed: int = 3407
     threshold: float = 0.5
-    stages: list[Literal["eda", "split", "image", "text", "fusion", "ablation", "ensemble"]] = \
-        field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
     eda: EdaParams = field(default_factory=EdaParams)
     split: SplitParams = field(default_factory=SplitParams)
     image: ImageStageParams = field(default_factory=ImageStageParams)
@@ -171,7 +189,11 @@ class StudyParams:
         require(not self.fusion.image_model or any(m.label == self.fusion.image_model for m in self.image.models),
                 f"fusion.image_model: '{self.fusion.image_model}' is not one of the image models "
                 f"{[m.label for m in self.image.models]}")
-        self.text.to_train_config()  # the caption stage's engine fields, checked before any work
+        for i, stage in enumerate(self.stages):
+            close = difflib.get_close_matches(stage, STAGE_NAMES, n=1)
+            require(stage in STAGE_NAMES, f"stages[{i}]: {stage!r} is not one of {' | '.join(map(repr, STAGE_NAMES))}"
+                                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+        self.text.training()  # the caption stage's training fields, checked before any work
 
     def data_path(self, root: str | os.PathLike | None = None) -> Path:
         """``data_dir`` resolved against ``root`` (the project folder) when relative."""
@@ -250,7 +272,7 @@ def params_as_dict(params: StudyParams) -> dict:
 def stage_fingerprint(params: StudyParams, stage: str) -> dict:
     """What a stage's result depends on among the parameters: the common keys and its own section."""
     data = params_as_dict(params)
-    common = {k: v for k, v in data.items() if k not in STAGES and k != "stages"}
+    common = {k: v for k, v in data.items() if k not in STAGE_NAMES and k != "stages"}
     return {"common": common, stage: data[stage]}
 
 

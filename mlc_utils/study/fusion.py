@@ -1,0 +1,151 @@
+"""The fusion stage (05_fusion): the paper's concat and bilinear heads, and late fusion, on two members."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mlc_utils.core.fingerprint import digest
+from mlc_utils.evaluation.ensemble import Member
+from mlc_utils.study.members import member_model, reuse_or_train, save_member
+
+
+def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict[str, list[str]]) -> dict:
+    """A sub-model's logits or penultimate features on each split's rows, cached beside the fusion stage.
+
+    Frozen image members read their backbone outputs from the feature cache; others run their
+    checkpoint over the rows once. The cache file is keyed by the member's own key.
+    """
+    cache = ctx.stage_dir / "inputs" / f"{member.name.replace(':', '_')}-{fusion_input}-{member.key}.npz"
+    if cache.is_file():
+        with np.load(cache) as saved:
+            if all(list(saved[f"{s}_ids"].astype(str)) == list(ids) for s, ids in ids_by_split.items()):
+                return {s: saved[s] for s in ids_by_split}
+    import torch
+
+    from mlc_utils.models.fusion import compute_outputs
+    model = member_model(member)
+    root = ctx.params.data_path(ctx.root)
+    out = {}
+    for split, ids in ids_by_split.items():
+        if member.kind == "image" and member.info.get("mode") == "frozen":
+            from mlc_utils.train.features import FeatureCache, cached_features
+            features = cached_features(model, root, ids, "center",
+                                       FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features")))
+            with torch.no_grad():
+                out[split] = features if fusion_input == "features" else \
+                    model.head(torch.from_numpy(features)).numpy()
+        elif member.kind == "image":
+            from mlc_utils.data.images import image_dataset
+            dataset = image_dataset(root, ids, None, model.spec["data"], num_classes=ctx.params.num_classes)
+            out[split] = compute_outputs(model, dataset, fusion_input)
+        else:
+            from mlc_utils.data.caption_tokens import trim_padding_collate
+            from mlc_utils.models.text import caption_dataset_for
+            captions = _captions(ctx, ids)
+            out[split] = compute_outputs(model, caption_dataset_for(model, captions), fusion_input,
+                                         collate_fn=trim_padding_collate)
+    from mlc_utils.core.io import atomic_save
+    arrays = {**out, **{f"{s}_ids": np.array(ids) for s, ids in ids_by_split.items()}}
+    atomic_save(cache, lambda tmp: np.savez(tmp, **arrays))
+    return out
+
+
+
+def _captions(ctx, ids) -> list[str]:
+    table = pd.concat([ctx.data.train[["ImageID", "Caption"]], ctx.data.test[["ImageID", "Caption"]]])
+    return table.set_index("ImageID").loc[list(ids), "Caption"].tolist()
+
+
+
+def fusion_config(ctx, head: str):
+    from mlc_utils.train.config import TrainConfig
+    # heads on a few thousand rows of logits: many short epochs at a high rate (measured on the demo
+    # data: 20 epochs at 1e-3 left the concat head below the caption model, 60 at 1e-2 well above)
+    values = {"seed": ctx.params.seed, "threshold": ctx.params.threshold, "epochs": 60, "lr": 1e-2,
+              "batch_size": 64, "scheduler": "cosine", "weight_decay": 1e-3, **ctx.params.fusion.train.given()}
+    return TrainConfig.from_dict(values, "fusion.train")
+
+
+
+def train_fusion_heads(ctx, image: Member, text: Member, log=print) -> list[Member]:
+    """The paper's heads (concat, bilinear) on the two sub-models' outputs, trained on the train rows."""
+    fusion_params = ctx.params.fusion
+    if fusion_params.mode == "end_to_end":
+        return [train_fusion_end_to_end(ctx, image, text, head, log) for head in fusion_params.heads]
+    train_df, val_df, y_train, y_val = ctx.labelled_folds()
+    ids = {"train": list(train_df.ImageID), "val": list(val_df.ImageID), "test": list(ctx.data.test.ImageID)}
+    members = []
+    for head in fusion_params.heads:
+        cfg = fusion_config(ctx, head)
+        out_dir = ctx.stage_dir / head
+        config = {"head": head, "input": fusion_params.fusion_input, "image": image.name, "text": text.name,
+                  "image_key": image.key, "text_key": text.key, "train": asdict(cfg)}
+
+        def run(head=head, cfg=cfg, out_dir=out_dir):
+            from mlc_utils.evaluation.predict import predict_probs
+            from mlc_utils.models.fusion import ArrayPairDataset, PrecomputedFusion
+            from mlc_utils.train.loop import fit
+            image_inputs = sub_model_outputs(ctx, image, fusion_params.fusion_input, ids)
+            text_inputs = sub_model_outputs(ctx, text, fusion_params.fusion_input, ids)
+            sets = {s: ArrayPairDataset(image_inputs[s], text_inputs[s], y, ctx.params.num_classes)
+                    for s, y in (("train", y_train), ("val", y_val), ("test", None))}
+            model = PrecomputedFusion(head, image_inputs["train"].shape[1], text_inputs["train"].shape[1], ctx.params.num_classes)
+            log(f"fusion:{head} on {fusion_params.fusion_input} ({image_inputs['train'].shape[1]} + {text_inputs['train'].shape[1]} inputs)")
+            fit(model, sets["train"], sets["val"], cfg, out_dir)
+            probs = {s: predict_probs(model, sets[s], batch_size=512) for s in ("val", "test")}
+            return Member(f"fusion:{head}", "fusion", out_dir, ids["val"], probs["val"], ids["test"], probs["test"],
+                          info={"image": image.name, "text": text.name, "input": fusion_params.fusion_input})
+        members.append(reuse_or_train(ctx, out_dir, config, run, log, kind="fusion"))
+    return members
+
+
+
+def train_fusion_end_to_end(ctx, image: Member, text: Member, head: str, log=print) -> Member:
+    """Both sub-models fine-tuned through the fusion head (GPU-sized; the CPU path is ``frozen``)."""
+    from mlc_utils.data.images import image_dataset
+    from mlc_utils.evaluation.predict import predict_probs
+    from mlc_utils.models.fusion import FusionModel, ImageCaptionDataset
+    from mlc_utils.models.text import caption_dataset_for
+    from mlc_utils.train.loop import fit
+    fusion_params = ctx.params.fusion
+    cfg = fusion_config(ctx, head)
+    out_dir = ctx.stage_dir / f"{head}-end_to_end"
+    config = {"head": head, "input": fusion_params.fusion_input, "mode": "end_to_end", "image": image.name,
+              "text": text.name, "image_key": image.key, "text_key": text.key, "train": asdict(cfg)}
+
+    def run():
+        train_df, val_df, y_train, y_val = ctx.labelled_folds()
+        root = ctx.params.data_path(ctx.root)
+        image_model, text_model = member_model(image), member_model(text)
+        model = FusionModel(image_model, text_model, head, fusion_params.fusion_input, "end_to_end", ctx.params.num_classes)
+
+        def pair(frame, targets, train):
+            images = image_dataset(root, list(frame.ImageID), targets, image_model.spec["data"], train=train,
+                                   num_classes=ctx.params.num_classes)
+            return ImageCaptionDataset(images, caption_dataset_for(text_model, list(frame.Caption), targets))
+        sets = {"train": pair(train_df, y_train, True), "val": pair(val_df, y_val, False),
+                "test": pair(ctx.data.test, None, False)}
+        fit(model, sets["train"], sets["val"], cfg, out_dir)
+        probs = {s: predict_probs(model, sets[s], batch_size=cfg.batch_size) for s in ("val", "test")}
+        return Member(f"fusion:{head}-e2e", "fusion", out_dir, list(val_df.ImageID), probs["val"],
+                      list(ctx.data.test.ImageID), probs["test"], info={"mode": "end_to_end"})
+    return reuse_or_train(ctx, out_dir, config, run, log, kind="fusion")
+
+
+
+def late_fusion_member(ctx, image: Member, text: Member) -> tuple[Member, object]:
+    """The baseline: a weighted average of the two models' probabilities, weight tuned on validation."""
+    from mlc_utils.evaluation.ensemble import tune_late_fusion
+    _, val_df, _, y_val = ctx.labelled_folds()
+    val_ids = list(val_df.ImageID)
+    p_img, p_txt = image.probs_for(val_ids, "val"), text.probs_for(val_ids, "val")
+    result = tune_late_fusion(y_val, p_img, p_txt)
+    test_ids = list(ctx.data.test.ImageID)
+    member = Member("late fusion", "late_fusion", ctx.stage_dir / "late_fusion", val_ids, result.apply(p_img, p_txt),
+                    test_ids, result.apply(image.probs_for(test_ids, "test"), text.probs_for(test_ids, "test")),
+                    info={"image_weight": result.weight, "threshold": result.threshold})
+    save_member(member, digest([image.key, text.key, result.weight]))
+    return member, result

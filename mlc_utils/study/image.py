@@ -1,0 +1,134 @@
+"""The image stage (03_image): train or reuse each backbone of ``image.models`` as a member.
+
+``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains the
+whole model, through torchrun when ``image.gpus > 1``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from mlc_utils.evaluation.ensemble import Member
+from mlc_utils.study.members import load_member, reuse_or_train
+from mlc_utils.train.config import merge_settings
+
+
+def image_train_config(ctx, spec):
+    """TrainConfig = study seed and threshold, then the stage's ``image.train``, then the model's own ``train``."""
+    return merge_settings(f"image.models[{spec.label}].train", {"seed": ctx.params.seed, "threshold": ctx.params.threshold},
+                          ctx.params.image.train, spec.train)
+
+
+def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: tuple[Path, ...] = ()) -> Member:
+    """Train (or reuse) one image model of ``image.models`` and predict validation and test rows.
+
+    ``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains
+    the whole model, through torchrun when ``image.gpus > 1``. Validation and test probabilities
+    average the TTA views (``image.tta``; ``center`` only when the model's ``tta`` is off).
+    """
+    cfg = image_train_config(ctx, spec)
+    stage = ctx.params.image
+    views = list(stage.tta) if spec.tta else ["center"]
+    out_dir = Path(out_dir or ctx.stage_dir / spec.label)
+    # the label names the result but does not change it: left out of the key so equal runs are shared
+    config = {"spec": {k: v for k, v in asdict(spec).items() if k != "label"}, "train": asdict(cfg),
+              "views": views, "gpus": stage.gpus}
+    return reuse_or_train(ctx, out_dir, config, lambda: _train_image(ctx, spec, cfg, views, out_dir, log), log,
+                          alternates, kind="image")
+
+
+
+def _train_image(ctx, spec, cfg, views, out_dir: Path, log) -> Member:
+    from mlc_utils.evaluation.predict import predict_images
+    from mlc_utils.models import create_image_model
+    root = ctx.params.data_path(ctx.root)
+    train_df, val_df, y_train, y_val = ctx.labelled_folds()
+    test_ids = list(ctx.data.test.ImageID)
+    model = create_image_model(spec.name, ctx.params.num_classes, spec.head, spec.pretrained, spec.img_size,
+                               spec.drop_rate, tta_views=views, crop_mode=spec.crop_mode,
+                               global_pool=spec.global_pool)
+    log(f"{spec.label}: {spec.name} ({model.spec['weights']}), {spec.mode}, {spec.img_size}px, "
+        f"{len(train_df)} train / {len(val_df)} val images")
+    if spec.mode == "frozen":
+        from mlc_utils.train.features import FeatureCache, fit_head, predict_head
+        cache = FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features"))
+        _, val_probs = fit_head(model, root, list(train_df.ImageID), y_train, list(val_df.ImageID), y_val, cfg,
+                                out_dir, views=views, cache=cache)
+        test_probs = predict_head(model, root, test_ids, views, cache)
+        info = {"feature_cache": {"hits": cache.hits, "misses": cache.misses, "computed_images": cache.computed}}
+    else:
+        if ctx.params.image.gpus > 1:
+            model = _fit_torchrun(ctx, spec, cfg, views, out_dir, log)
+        else:
+            from mlc_utils.data.images import image_dataset
+            from mlc_utils.train.loop import fit
+            auto_augment = spec.auto_augment or None
+            train_set = image_dataset(root, list(train_df.ImageID), y_train, model.spec["data"], train=True,
+                                      auto_augment=auto_augment, num_classes=ctx.params.num_classes)
+            val_set = image_dataset(root, list(val_df.ImageID), y_val, model.spec["data"], train=False,
+                                    num_classes=ctx.params.num_classes)
+            teacher = _teacher(spec)
+            fit(model, train_set, val_set, cfg, out_dir, teacher=teacher)
+        val_probs = predict_images(model, root, list(val_df.ImageID), views, batch_size=cfg.batch_size * 2,
+                                   device=cfg.device, progress=cfg.progress)
+        test_probs = predict_images(model, root, test_ids, views, batch_size=cfg.batch_size * 2,
+                                    device=cfg.device, progress=cfg.progress)
+        info = {}
+    info.update(weights=model.spec["weights"], mode=spec.mode, views=views)
+    return Member(spec.label, "image", out_dir, list(val_df.ImageID), val_probs, test_ids, test_probs, info=info)
+
+
+
+def _teacher(spec):
+    if not spec.teacher:
+        return None
+    from mlc_utils.models.checkpoint import load_checkpoint
+    return load_checkpoint(spec.teacher)[0]
+
+
+
+def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log):
+    """Several GPUs: the same training through ``torchrun -m mlc_utils.train.distributed`` (output streamed here)."""
+    from mlc_utils.models.checkpoint import load_checkpoint
+    from mlc_utils.train.distributed import launch_torchrun
+    config = {
+        "model": {"name": spec.name, "pretrained": spec.pretrained, "head": spec.head, "img_size": spec.img_size,
+                  "drop_rate": spec.drop_rate, "tta_views": views, "crop_mode": spec.crop_mode,
+                  "global_pool": spec.global_pool},
+        "data": {"root": str(ctx.params.data_path(ctx.root).resolve()), "split": str(ctx.dir_of("split") / "split.csv"),
+                 "num_classes": ctx.params.num_classes, "auto_augment": spec.auto_augment or None},
+        "train": asdict(cfg), "out_dir": str(out_dir), "teacher": spec.teacher or None,
+    }
+    code = launch_torchrun(config, ctx.params.image.gpus, out_dir, echo=log)
+    if code != 0:
+        raise RuntimeError(f"{spec.label}: torchrun exited with status {code}; its log is above and in {out_dir}")
+    return load_checkpoint(out_dir / "best.pt")[0]
+
+
+
+def image_members(ctx) -> list[Member]:
+    """The image stage's members, in ``image.models`` order (a missing one is an error naming it)."""
+    members = []
+    for spec in ctx.params.image.models:
+        member = load_member(ctx.dir_of("image") / spec.label)
+        if member is None:
+            raise FileNotFoundError(f"image model '{spec.label}' has no saved predictions in "
+                                    f"{ctx.dir_of('image') / spec.label}: run the image stage first")
+        members.append(member)
+    return members
+
+
+
+def pick_image_member(ctx, y_val: np.ndarray) -> Member:
+    """``fusion.image_model`` by label, else the image model with the best validation sample-F1."""
+    members = image_members(ctx)
+    wanted = ctx.params.fusion.image_model
+    if wanted:
+        found = [m for m in members if m.name == wanted]
+        if not found:
+            raise ValueError(f"fusion.image_model: '{wanted}' is not one of the image models "
+                             f"{[m.name for m in members]}")
+        return found[0]
+    return max(members, key=lambda m: m.score(y_val))

@@ -1,0 +1,116 @@
+"""The study's trained models as *members*: saved, keyed by what made them, reused when unchanged.
+
+Every trained model of the study (an image backbone, the caption model, a fusion head, an ablation
+variant) becomes a *member*: a folder with its checkpoint, ``log.csv``, ``val_probs.npz`` and
+``test_probs.npz`` (ImageIDs + probabilities) and ``member.json``. Later stages read members, never
+notebook variables. A member whose inputs are unchanged (its ``key``: configuration, split and
+data) is reused instead of retrained, so the ablation's baseline and re-runs cost nothing.
+The key also holds a hash of the source of the code that trains it (:data:`MEMBER_CODE`) and, for
+members that read images, of the image files' sizes and modification times: edit the engine or
+replace an image, and the next run retrains instead of reporting old numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from mlc_utils.core.fingerprint import data_fingerprint, digest, source_digest
+from mlc_utils.core.io import atomic_write_text, sha256_file
+from mlc_utils.evaluation.ensemble import Member, load_probs, save_probs
+
+MEMBER_FILE = "member.json"
+
+# the code each kind of member is made by (modules or packages): part of its key
+_COMMON_CODE = ("mlc_utils.core.config", "mlc_utils.data.csvio", "mlc_utils.data.labels", "mlc_utils.data.split", "mlc_utils.train.loop",
+                "mlc_utils.train.losses", "mlc_utils.evaluation.metrics", "mlc_utils.study.members")
+MEMBER_CODE = {
+    "image": _COMMON_CODE + ("mlc_utils.data.images", "mlc_utils.train.features", "mlc_utils.evaluation.predict", "mlc_utils.train.distributed",
+                             "mlc_utils.models.image", "mlc_utils.models.weights"),
+    "text": _COMMON_CODE + ("mlc_utils.data.captions", "mlc_utils.models.text"),
+    "fusion": _COMMON_CODE + ("mlc_utils.data.images", "mlc_utils.data.captions", "mlc_utils.models", "mlc_utils.evaluation.ensemble"),
+}
+
+
+def member_key(ctx, config: dict, kind: str) -> str:
+    """What a member's result depends on: its configuration, the code that trains a member of this
+    ``kind``, the split file, the data CSVs and (for members that read images) the image files."""
+    root = ctx.params.data_path(ctx.root)
+    return digest({"config": config, "code": source_digest(MEMBER_CODE[kind]),
+                   "split": sha256_file(ctx.dir_of("split") / "split.csv"),
+                   "data": data_fingerprint(root, images=kind != "text"), "num_classes": ctx.params.num_classes})
+
+
+def save_member(member: Member, key: str) -> Member:
+    member.key = key
+    save_probs(member.out_dir / "val_probs.npz", member.val_ids, member.val_probs)
+    save_probs(member.out_dir / "test_probs.npz", member.test_ids, member.test_probs)
+    atomic_write_text(member.out_dir / MEMBER_FILE, json.dumps(
+        {"name": member.name, "kind": member.kind, "key": key, "seconds": round(member.seconds, 2),
+         "info": member.info}, indent=1, default=str))
+    return member
+
+
+def load_member(out_dir: Path, key: str | None = None) -> Member | None:
+    """The saved member in ``out_dir``; None when absent, incomplete, or saved under another key."""
+    out_dir = Path(out_dir)
+    try:
+        meta = json.loads((out_dir / MEMBER_FILE).read_text())
+        val, test = load_probs(out_dir / "val_probs.npz"), load_probs(out_dir / "test_probs.npz")
+    except (OSError, ValueError):
+        return None
+    if key is not None and meta.get("key") != key:
+        return None
+    return Member.from_tables(meta["name"], val, test, kind=meta["kind"], out_dir=out_dir,
+                              seconds=meta.get("seconds", 0.0), reused=True, info=meta.get("info", {}),
+                              key=meta.get("key", ""))
+
+
+def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member], log=print,
+                   alternates: tuple[Path, ...] = (), *, kind: str) -> Member:
+    """Load the member saved under the same key (in ``out_dir`` or an ``alternates`` folder), else train it.
+
+    ``kind`` (a key of :data:`MEMBER_CODE`) says which code and data the member is made from.
+    """
+    import shutil
+    key = member_key(ctx, config, kind)
+    saved = load_member(out_dir, key)
+    if saved is not None:
+        log(f"{saved.name}: unchanged configuration, code, split and data; reusing {out_dir}")
+        return saved
+    for other in alternates:
+        found = load_member(other, key)
+        if found is not None:
+            log(f"{out_dir.name}: same configuration as {other}; reusing its result")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("log.csv", "metrics.json", "best.pt", "model.pt"):
+                if (other / name).is_file():
+                    (out_dir / name).unlink(missing_ok=True)
+                    try:  # checkpoints are large: a hard link where the filesystem allows
+                        os.link(other / name, out_dir / name)
+                    except OSError:
+                        shutil.copyfile(other / name, out_dir / name)
+            found.name, found.out_dir = out_dir.name, out_dir
+            return save_member(found, key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MEMBER_FILE).unlink(missing_ok=True)
+    started = time.time()
+    member = train()
+    member.seconds = time.time() - started
+    return save_member(member, key)
+
+
+
+
+
+
+def member_model(member: Member):
+    from mlc_utils.models.checkpoint import load_checkpoint
+    path = member.out_dir / ("model.pt" if member.info.get("mode") == "frozen" else "best.pt")
+    return load_checkpoint(path)[0].eval()
+
+
+
+
