@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU speed check: training images/s and peak GPU memory of mlc_utils.engine.fit against a
+# GPU speed check: training images/s and peak GPU memory of mlc_utils.train.loop.fit against a
 # reference loop built from timm's components, for tf_efficientnet_lite0 (the study's model,
 # random init where the packaged weights are not installed) and swin_tiny_patch4_window7_224
 # (random init), bf16 autocast, synthetic random tensors (no data travels). Prints ONE table.
@@ -11,7 +11,7 @@
 # Here, on the CPU, with tiny settings (checks that it runs, not a measurement):
 #     GPU_CHECK_DEVICE=cpu GPU_CHECK_STEPS=2 bash scripts/gpu_check.sh
 #
-# Variants (see benchmarks/train_throughput.py): fit = mlc_utils.engine.fit; timm = the reference
+# Variants (see benchmarks/train_throughput.py): fit = mlc_utils.train.loop.fit; timm = the reference
 # loop built from timm's components; timm_cl = it with channels_last; fit_cudnn = fit with
 # cudnn.benchmark on (the reference sets it, as timm's train.py does); loader = the DataLoader alone.
 #

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import draw, make_project
+from conftest import PROJECT, draw, make_project
 
 from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.study import members as study
@@ -87,11 +87,17 @@ def test_member_is_retrained_when_its_code_or_an_image_changes(tiny_data, tmp_pa
         "a replaced image retrains the image member, not the caption member that never reads it"
 
 
-def test_every_kind_of_member_hashes_the_engine_and_its_own_models():
-    for kind, modules in study.MEMBER_CODE.items():
-        assert {"mlc_utils.train.loop", "mlc_utils.evaluation.metrics", "mlc_utils.study.members"} <= set(modules), kind
-    assert "mlc_utils.models.image" in study.MEMBER_CODE["image"]
-    assert "mlc_utils.models.text" in study.MEMBER_CODE["text"]
+def test_every_kind_of_member_hashes_the_training_loop_metrics_and_its_own_model():
+    from mlc_utils.core.fingerprint import module_files
+
+    def files(kind):
+        return {str(path.relative_to(PROJECT)) for module in study.MEMBER_CODE[kind] for path in module_files(module)}
+    for kind in study.MEMBER_CODE:
+        assert {"mlc_utils/train/loop.py", "mlc_utils/evaluation/metrics.py", "mlc_utils/train/losses.py",
+                "mlc_utils/study/members.py"} <= files(kind), kind
+    assert {"mlc_utils/models/image.py", "mlc_utils/data/images.py", "mlc_utils/train/features.py"} <= files("image")
+    assert {"mlc_utils/models/text.py", "mlc_utils/data/caption_tokens.py"} <= files("text")
+    assert "mlc_utils/models/fusion.py" in files("fusion")
 
 
 @pytest.mark.slow

@@ -90,7 +90,7 @@ def _teacher(spec):
 
 
 def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log):
-    """Several GPUs: the same training through ``torchrun -m mlc_utils.train.distributed`` (output streamed here)."""
+    """Several GPUs: the same training through ``torchrun -m mlc_utils.train`` (output streamed here)."""
     from mlc_utils.models.checkpoint import load_checkpoint
     from mlc_utils.train.distributed import launch_torchrun
     config = {

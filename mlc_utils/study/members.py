@@ -23,14 +23,16 @@ from mlc_utils.evaluation.ensemble import Member, load_probs, save_probs
 
 MEMBER_FILE = "member.json"
 
-# the code each kind of member is made by (modules or packages): part of its key
-_COMMON_CODE = ("mlc_utils.core.config", "mlc_utils.data.csvio", "mlc_utils.data.labels", "mlc_utils.data.split", "mlc_utils.train.loop",
-                "mlc_utils.train.losses", "mlc_utils.evaluation.metrics", "mlc_utils.study.members")
+# the code each kind of member is made by (modules, or packages with all their modules): part of its key
+_TRAINING_CODE = ("mlc_utils.core", "mlc_utils.data.csvio", "mlc_utils.data.labels", "mlc_utils.data.split",
+                  "mlc_utils.models.checkpoint", "mlc_utils.evaluation", "mlc_utils.train",
+                  "mlc_utils.study.context", "mlc_utils.study.members")
 MEMBER_CODE = {
-    "image": _COMMON_CODE + ("mlc_utils.data.images", "mlc_utils.train.features", "mlc_utils.evaluation.predict", "mlc_utils.train.distributed",
-                             "mlc_utils.models.image", "mlc_utils.models.weights"),
-    "text": _COMMON_CODE + ("mlc_utils.data.captions", "mlc_utils.models.text"),
-    "fusion": _COMMON_CODE + ("mlc_utils.data.images", "mlc_utils.data.captions", "mlc_utils.models", "mlc_utils.evaluation.ensemble"),
+    "image": _TRAINING_CODE + ("mlc_utils.data.images", "mlc_utils.models.image", "mlc_utils.models.weights",
+                               "mlc_utils.models.hub", "mlc_utils.study.image"),
+    "text": _TRAINING_CODE + ("mlc_utils.data.captions", "mlc_utils.data.caption_tokens", "mlc_utils.models.text",
+                              "mlc_utils.models.hub", "mlc_utils.study.text"),
+    "fusion": _TRAINING_CODE + ("mlc_utils.data", "mlc_utils.models", "mlc_utils.study.fusion"),
 }
 
 

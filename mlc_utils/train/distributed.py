@@ -1,6 +1,6 @@
 """Train an image model from a JSON config, on one process or several (torchrun).
 
-    torchrun --standalone --nproc_per_node=2 -m mlc_utils.train.distributed --config cfg.json
+    torchrun --standalone --nproc_per_node=2 -m mlc_utils.train --config cfg.json
 
 Under torchrun every process builds the same model and data (seeded), joins the process group
 (NCCL on CUDA, gloo on CPU) and calls the ordinary :func:`mlc_utils.train.loop.fit`, which then uses
@@ -148,7 +148,7 @@ def _init_distributed(device: str = "auto") -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlc_utils.train.distributed", description="train an image model")
+    parser = argparse.ArgumentParser(prog="python -m mlc_utils.train", description="train an image model")
     parser.add_argument("--config", required=True, help="JSON run config (see the module docstring)")
     args = parser.parse_args(argv)
     data = json.loads(Path(args.config).read_text())
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def torchrun_command(config_path: str | os.PathLike, nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc_per_node={nproc}", "-m", "mlc_utils.train.distributed", "--config", str(config_path)]
+            f"--nproc_per_node={nproc}", "-m", "mlc_utils.train", "--config", str(config_path)]
 
 
 def launch_torchrun(config: dict[str, Any], nproc: int, out_dir: str | os.PathLike, echo=print) -> int:

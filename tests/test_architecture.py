@@ -1,0 +1,54 @@
+"""The package's shape holds: layers import downwards only, no cycles, and light commands stay light."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT
+
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+
+
+def test_import_contracts_are_kept():
+    """pyproject.toml's import-linter contracts: the layers in data-flow order, no sibling cycles."""
+    if not LINT_IMPORTS.is_file():
+        pytest.fail(f"{LINT_IMPORTS} is missing: install requirements-test.txt (import-linter)")
+    done = subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "2 kept, 0 broken" in done.stdout
+
+
+MODULES_AFTER = """
+import json, sys
+from mlc_utils import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "timm": "timm" in sys.modules}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("command", [["--help"], ["run", "--help"], ["validate", "--help"], ["validate", "--data", "DATA"]])
+def test_light_commands_do_not_import_torch(command, tiny_data):
+    """``--help`` and ``validate`` answer without torch (about 2 s and 740 MB on this machine)."""
+    argv = [str(tiny_data) if a == "DATA" else a for a in command]
+    done = subprocess.run([sys.executable, "-c", MODULES_AFTER, *argv], cwd=PROJECT, capture_output=True,
+                          text=True, timeout=300)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["code"] in (0, None), done.stdout + done.stderr
+    assert not report["torch"] and not report["timm"], f"{' '.join(argv)} imported torch"
+
+
+def test_training_choices_are_the_registries_names():
+    """TrainConfig's Literal choices (checked without torch) name exactly what the loop implements."""
+    from mlc_utils.train import loop, losses
+    from mlc_utils.train.config import choices
+    assert set(choices("optimizer")) == set(loop.OPTIMIZERS)
+    assert set(choices("scheduler")) == set(loop.SCHEDULES)
+    assert set(choices("amp_dtype")) == set(loop.AMP_DTYPES)
+    assert set(choices("loss")) == set(losses.LOSSES)
