@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from mlc_utils import engine, features
+from mlc_utils import features
 from mlc_utils.config import ParamError
 from mlc_utils.engine import (CheckpointMismatchError, TrainConfig, fit, load_checkpoint, predict_probs,
                               read_checkpoint)
@@ -230,10 +230,6 @@ def test_feature_key_follows_pooling_and_crop_mode(tiny_images):
         model = create_image_model("test_resnet", img_size=32, head="replace", global_pool=pool, crop_mode=crop)
         keys.append(json.dumps(features.feature_key(model, root, "center"), sort_keys=True))
     assert len(set(keys)) == 3
-
-
-def test_engine_module_has_a_design_note():
-    assert "Design." in engine.__doc__
 
 
 def test_feature_head_drops_features_like_the_whole_model():

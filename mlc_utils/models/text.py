@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Literal, Mapping
 import torch
 from torch import nn
 
-from ..hub import hub_unreachable_reason, offline_flag
+from ..hub import cache_dir, cached_file, hub_unreachable_reason, offline_flag
 from ..text import CaptionCleaner, CaptionDataset
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -56,11 +56,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _in_local_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # a malformed name is simply "not cached"
-        return False
+    return cached_file(repo_id, "config.json") is not None
 
 
 @dataclass(frozen=True)
@@ -106,7 +102,8 @@ def load_tokenizer(name: str = DEFAULT_TEXT_MODEL, pretrained: bool = True):
 
 def _load(factory, source: ModelSource, **kwargs):
     try:
-        return factory.from_pretrained(source.location, local_files_only=source.local_files_only, **kwargs)
+        return factory.from_pretrained(source.location, local_files_only=source.local_files_only,
+                                       cache_dir=str(cache_dir()), **kwargs)  # the cache resolve_model_source probed
     except OSError as err:
         raise TextModelUnavailable(f"model_name: could not load {source.name!r} from {source.location} "
                                    f"({err}); {offline_choices()}") from err
