@@ -75,6 +75,29 @@ def tiny_images(tmp_path) -> dict:
     return make_tiny_dataset(tmp_path / "tiny")
 
 
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, whatever this machine's holds, and no network: every attempt is recorded."""
+    import socket
+
+    import huggingface_hub
+    for var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    attempts: list[str] = []
+
+    def refuse(what):
+        def call(*args, **kwargs):
+            attempts.append(f"{what}{args[:2]}")
+            raise OSError(f"test: no network ({what})")
+        return call
+    monkeypatch.setattr(socket, "create_connection", refuse("socket.create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("socket.getaddrinfo"))
+    for name in ("hf_hub_download", "snapshot_download"):
+        monkeypatch.setattr(huggingface_hub, name, refuse(name))
+    return attempts
+
+
 def make_project(tmp_path: Path, data: Path, stages: str = "[eda, split]", image_size_sample: int = 20):
     """A throw-away project folder (the notebooks and a params file) so runs never touch the repo."""
     root = tmp_path / "project"

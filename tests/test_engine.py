@@ -20,7 +20,6 @@ from mlc_utils.models.checkpoint import (
     read_checkpoint,
 )
 from mlc_utils.train import features
-from mlc_utils.train import loop as engine
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import fit
 
@@ -237,10 +236,6 @@ def test_feature_key_follows_pooling_and_crop_mode(tiny_images):
         model = create_image_model("test_resnet", img_size=32, head="replace", global_pool=pool, crop_mode=crop)
         keys.append(json.dumps(features.feature_key(model, root, "center"), sort_keys=True))
     assert len(set(keys)) == 3
-
-
-def test_engine_module_has_a_design_note():
-    assert "Design." in engine.__doc__
 
 
 def test_feature_head_drops_features_like_the_whole_model():

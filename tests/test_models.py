@@ -6,13 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mlc_utils.data.images import (
-    VIEWS,
-    ImageDataset,
-    ImageReadError,
-    build_transform,
-    load_image,
-)
+from mlc_utils.data.image_files import ImageReadError, load_image
+from mlc_utils.data.images import VIEWS, ImageDataset, build_transform
 from mlc_utils.models import (
     PACKAGED_WEIGHTS,
     OfflineWeightsError,

@@ -1,8 +1,10 @@
 """Reliability, bad input: every fault gets an error naming what and where, and nothing is lost.
 
-Images: greyscale, CMYK and PNG-named-.jpg files are odd but valid and load as RGB; truncated,
-corrupt and missing files are errors naming the file in ``validate`` (all of them, exit 1), in
-training and in ``predict``. CSVs: empty captions and rows without labels are named by file and
+Images: greyscale, CMYK and PNG-named-.jpg files are odd but valid and load as RGB; every kind of
+bad file (missing, empty, text, truncated, malformed so that Pillow raises something other than
+OSError, a decompression bomb) is one named problem in ``validate`` (file and line, train and test
+rows alike, exit 1) and stops training, feature extraction and ``predict`` naming the file, in a
+DataLoader worker too. CSVs: empty captions and rows without labels are named by file and
 line; the pandas dialect round-trips any caption (property test). Params: a typo, a wrong type or
 an out-of-range value names the file and the parameter's full path before any work. Checkpoints:
 one of another model, class count or no checkpoint at all is one clear line from ``predict``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +34,13 @@ from mlc_utils.data.csvio import (
     read_with_problems,
 )
 from mlc_utils.data.folder import check_image, load_study_data, validate_folder
-from mlc_utils.data.images import ImageReadError, image_dataset, load_image
+from mlc_utils.data.image_files import ImageReadError, load_image
+from mlc_utils.data.images import image_dataset
 from mlc_utils.models import create_image_model
 from mlc_utils.models.checkpoint import save_model
 from mlc_utils.run import pipeline
 from mlc_utils.train.config import TrainConfig
+from mlc_utils.train.features import compute_features
 from mlc_utils.train.loop import fit
 
 torch.set_num_threads(1)
@@ -79,15 +84,6 @@ def test_odd_but_valid_images_load_as_rgb(faulty):
     red, green, blue = np.asarray(load_image(images / "1.jpg"), dtype=int)[16, 16]
     assert red > 200 and green < 60 and blue < 60, "CMYK (0,255,255,0) should read back red"
     assert np.asarray(load_image(images / "2.jpg"))[16, 16].tolist() == [10, 200, 30]
-
-
-@pytest.mark.parametrize("name", sorted(BAD))
-def test_broken_images_raise_naming_the_file(faulty, name):
-    path = faulty / "data" / name
-    with pytest.raises(ImageReadError) as info:
-        load_image(path)
-    assert str(path) in str(info.value)
-    assert BAD[name].split()[-1] in check_image(path)
 
 
 @pytest.mark.slow
@@ -136,28 +132,186 @@ def _tiny_model(classes: int = 20):
     return create_image_model("test_resnet", num_classes=classes, img_size=32, head="replace")
 
 
-@pytest.mark.parametrize("bad, workers", [("3.jpg", 0), ("4.jpg", 0), ("5.jpg", 0), ("3.jpg", 1)])
-def test_training_names_the_broken_image(faulty, tmp_path, bad, workers):
-    """One broken file among good (and odd-but-valid) ones: the error names it, in a worker process too."""
-    model = _tiny_model()
-    ids = ["0.jpg", "1.jpg", "2.jpg", "6.jpg", "7.jpg", bad, "8.jpg", "9.jpg"]
-    targets = np.zeros((len(ids), 20), np.float32)
-    train = image_dataset(faulty, ids, targets, model.spec["data"], train=True)
-    cfg = TrainConfig(epochs=1, batch_size=4, progress=False, num_workers=workers)
+# --- every kind of bad image file ------------------------------------------------------------------
+# Each maker turns a good 32x32 JPEG at ``path`` into one kind of bad file. Half of them make Pillow
+# raise something other than OSError (the kinds a list of caught exception types used to miss): three
+# genuinely malformed files, and Image.open patched to raise what Pillow's plugins are known to raise.
+
+def _noise(size: int = 32):
+    from PIL import Image
+    return Image.fromarray(np.random.default_rng(size).integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def _truncated(fmt: str):
+    def make(path: Path, monkeypatch):
+        _noise().save(path, format=fmt)
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    return make
+
+
+def _jpeg_with_malformed_exif(path: Path, monkeypatch):
+    """Make (0x010F, ASCII) retagged MaxSampleValue (0x0119, SHORT): EXIF transpose raises struct.error."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "cam"  # orientation 6, so exif_transpose rewrites the EXIF block
+    _noise().save(path, format="JPEG", exif=exif)
+    data = path.read_bytes()
+    assert data.count(b"\x01\x0f\x00\x02") == 1  # the Make entry in Pillow's big-endian EXIF
+    path.write_bytes(data.replace(b"\x01\x0f\x00\x02", b"\x01\x19\x00\x02"))
+
+
+def _tiff_with_rational_strip_offsets(path: Path, monkeypatch):
+    """StripOffsets typed RATIONAL instead of LONG: Pillow's TIFF decoder raises TypeError."""
+    _noise().save(path, format="TIFF")
+    data = bytearray(path.read_bytes())
+    assert data[:4] == b"II*\x00" and int.from_bytes(data[4:8], "little") == 8
+    entries = [10 + 12 * i for i in range(int.from_bytes(data[8:10], "little"))]
+    (entry,) = [o for o in entries if int.from_bytes(data[o:o + 2], "little") == 273]
+    data[entry + 2:entry + 4] = (5).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+def _bmp_claiming_10_gigapixels(path: Path, monkeypatch):
+    """A BMP header of 100 000 x 100 000 px: Pillow raises DecompressionBombError (not an OSError)."""
+    _noise().save(path, format="BMP")
+    data = bytearray(path.read_bytes())
+    data[18:26] = (100_000).to_bytes(4, "little") * 2
+    path.write_bytes(bytes(data))
+
+
+def _over_max_image_pixels(path: Path, monkeypatch):
+    """64x64 px over a limit of 3000 px: Pillow only warns (DecompressionBombWarning) up to twice the limit."""
+    from PIL import Image
+    _noise(64).save(path, format="JPEG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # the good 32x32 images (1024 px) stay under it
+
+
+def _pillow_raises(error: Exception):
+    def make(path: Path, monkeypatch):
+        from PIL import Image
+        real_open = Image.open
+
+        def open_(fp, *args, **kwargs):
+            if Path(fp) == path:
+                raise error
+            return real_open(fp, *args, **kwargs)
+        monkeypatch.setattr(Image, "open", open_)  # forked DataLoader workers inherit the patch
+    return make
+
+
+BAD_FILES = {  # kind -> (maker, what the reason must say)
+    "missing": (lambda path, mp: path.unlink(), "missing"),
+    "empty": (lambda path, mp: path.write_bytes(b""), "empty file"),
+    "text named .jpg": (lambda path, mp: path.write_text("<html>an error page</html>"), "not an image"),
+    "truncated JPEG": (_truncated("JPEG"), "cannot decode"),
+    "truncated PNG": (_truncated("PNG"), "cannot decode"),
+    "JPEG with malformed EXIF": (_jpeg_with_malformed_exif, "struct.error"),
+    "TIFF with rational strip offsets": (_tiff_with_rational_strip_offsets, "TypeError"),
+    "BMP claiming 10 gigapixels": (_bmp_claiming_10_gigapixels, "decompression bomb"),
+    "over MAX_IMAGE_PIXELS": (_over_max_image_pixels, "decompression bomb"),
+    "struct.error": (_pillow_raises(struct.error("unpack requires a buffer of 4 bytes")), "struct.error"),
+    "IndexError": (_pillow_raises(IndexError("list index out of range")), "IndexError"),
+    "ZeroDivisionError": (_pillow_raises(ZeroDivisionError("division by zero")), "ZeroDivisionError"),
+    "RuntimeError": (_pillow_raises(RuntimeError("decoder error -9")), "RuntimeError"),
+    "KeyError": (_pillow_raises(KeyError("XMP")), "KeyError"),
+    "EOFError": (_pillow_raises(EOFError("no more images")), "EOFError"),
+    "MemoryError": (_pillow_raises(MemoryError()), "MemoryError"),
+}
+GENUINE_NON_OSERROR = ["JPEG with malformed EXIF", "TIFF with rational strip offsets", "BMP claiming 10 gigapixels"]
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    """8 train rows (0-7.jpg) and 3 test rows (8-10.jpg), all good."""
+    return make_tiny_folder(tmp_path / "small", n_train=8, n_test=3)
+
+
+def _spoil(root: Path, image_id: str, kind: str, monkeypatch) -> Path:
+    path = root / "data" / image_id
+    BAD_FILES[kind][0](path, monkeypatch)
+    return path
+
+
+def _line_of(csv: Path, image_id: str) -> int:
+    """The line a row starts on, counted here rather than by the CSV reader under test."""
+    lines = csv.read_text(encoding="utf-8").splitlines()
+    (number,) = [n for n, text in enumerate(lines, 1) if text.startswith(f"{image_id},")]
+    return number
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_every_kind_of_bad_image_raises_naming_the_file(small, monkeypatch, kind):
+    path = _spoil(small, "3.jpg", kind, monkeypatch)
     with pytest.raises(ImageReadError) as info:
-        fit(model, train, None, cfg, tmp_path / "out")
-    assert str(faulty / "data" / bad) in str(info.value)
-    assert BAD[bad].split()[-1] in str(info.value) or (bad == "5.jpg" and "does not exist" in str(info.value))
+        load_image(path)
+    message = str(info.value)
+    assert message.startswith(f"image {path}: ") and BAD_FILES[kind][1] in message, message
+    assert "\n" not in message, message
+    assert check_image(path) == info.value.reason and check_image(small / "data" / "4.jpg") is None
+
+
+@pytest.mark.parametrize("where", ["train", "test"])
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_validate_names_csv_line_and_image_for_every_kind(small, monkeypatch, kind, where):
+    image_id = "3.jpg" if where == "train" else "9.jpg"
+    path = _spoil(small, image_id, kind, monkeypatch)
+    report = validate_folder(small, progress=False)  # returns: one bad file never stops the check
+    csv = small / f"{where}.csv"
+    assert len(report.problems) == 1, report.render()
+    (problem,) = report.problems
+    assert problem.startswith(f"{csv}:{_line_of(csv, image_id)}: image {path}: "), problem
+    assert BAD_FILES[kind][1] in problem, problem
+    assert report.counts["images checked"] == 11 and report.counts["bad image files"] == 1
+
+
+def _message_raised(call, *args, **kwargs) -> str:
+    """The message of the ImageReadError ``call`` raises. The traceback is dropped at once: it holds the
+    DataLoader iterator, whose worker would otherwise live until the garbage collector breaks the cycle
+    (torch then waits 5 s to join it, slowing whichever test comes next)."""
+    with pytest.raises(ImageReadError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    del info
+    return message
+
+
+@pytest.mark.parametrize("kind, workers", [(kind, 0) for kind in sorted(BAD_FILES)] +
+                         [(kind, 1) for kind in ["missing", "IndexError"] + GENUINE_NON_OSERROR])
+def test_training_stops_naming_the_bad_image(small, tmp_path, monkeypatch, kind, workers):
+    """One bad file among good ones: the error names it, in a DataLoader worker process too."""
+    path = _spoil(small, "5.jpg", kind, monkeypatch)
+    model = _tiny_model()
+    ids = [f"{i}.jpg" for i in range(8)]
+    train = image_dataset(small, ids, np.zeros((len(ids), 20), np.float32), model.spec["data"], train=True)
+    cfg = TrainConfig(epochs=1, batch_size=4, progress=False, num_workers=workers)
+    message = _message_raised(fit, model, train, None, cfg, tmp_path / "out")
+    assert message.startswith(f"image {path}: ") and BAD_FILES[kind][1] in message, message
+    assert "Traceback" not in message, message  # a worker's error comes back as the same one line
     assert not (tmp_path / "out" / "last.pt").exists()  # no checkpoint of a half epoch
 
 
-def test_predict_names_the_broken_image_and_writes_nothing(faulty, tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_feature_extraction_stops_naming_the_bad_image(small, monkeypatch, workers):
+    path = _spoil(small, "2.jpg", "JPEG with malformed EXIF", monkeypatch)
+    model = create_image_model("test_resnet", img_size=32, head="replace")
+    message = _message_raised(compute_features, model, small, [f"{i}.jpg" for i in range(8)], batch_size=4,
+                              num_workers=workers, progress=False)
+    assert message.startswith(f"image {path}: cannot decode (struct.error: "), message
+
+
+@pytest.mark.parametrize("kind, workers", [(kind, 0) for kind in sorted(BAD_FILES)] +
+                         [("ZeroDivisionError", 1), ("BMP claiming 10 gigapixels", 1)])
+def test_predict_stops_naming_the_bad_image_and_writes_nothing(small, tmp_path, monkeypatch, capsys, kind,
+                                                               workers):
+    path = _spoil(small, "9.jpg", kind, monkeypatch)
     ckpt = save_model(_tiny_model(), tmp_path / "model.pt")
     out = tmp_path / "sub.csv"
-    code = mlc_cli.main(["predict", "--checkpoint", str(ckpt), "--data", str(faulty), "--out", str(out)])
+    code = mlc_cli.main(["predict", "--checkpoint", str(ckpt), "--data", str(small), "--out", str(out),
+                         "--batch-size", "2", "--num-workers", str(workers)])
     err = capsys.readouterr().err.strip().split("\r")[-1]  # after the progress bar's redraws
-    assert code == 1 and err.startswith("predict: error: image ") and str(faulty / "data" / "13.jpg") in err, err
-    assert "Traceback" not in err and not out.exists()
+    assert code == 1 and err.startswith(f"predict: error: image {path}: ") and BAD_FILES[kind][1] in err, err
+    assert "\n" not in err and "Traceback" not in err and not out.exists(), err
 
 
 # --- CSV dialects ---------------------------------------------------------------------------------

@@ -9,14 +9,18 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import os
+import queue
+import select
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -48,20 +52,59 @@ def _env(**extra) -> dict:
     return env
 
 
-def _wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            out = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"process ended (rc {process.returncode}) before {path.name} appeared:\n{out}")
-        if time.time() > deadline:
-            raise AssertionError(f"{path.name} did not appear within {timeout}s")
-        time.sleep(0.05)
+# Waits below end when the event happens (a line from the child, a pid through a FIFO, a pidfd turning
+# readable); HANG_GUARD only stops a test that would otherwise hang, so it is generous for a loaded machine.
+HANG_GUARD = 600.0
+
+
+def _first_of(waiters: dict, what: str):
+    """Run each waiter in a daemon thread; return ``(name, result)`` of the first to finish."""
+    done: queue.Queue = queue.Queue()
+    for name, waiter in waiters.items():
+        threading.Thread(target=lambda n=name, w=waiter: done.put((n, w())), daemon=True).start()
+    try:
+        return done.get(timeout=HANG_GUARD)
+    except queue.Empty:
+        raise AssertionError(f"{what} did not happen within {HANG_GUARD:.0f}s") from None
+
+
+def _read_until(process: subprocess.Popen, line: str) -> None:
+    """Block on the child's output until it prints ``line``; fail if it ends first."""
+    seen = []
+
+    def read():
+        for out in process.stdout:
+            seen.append(out)
+            if out.strip() == line:
+                return True
+        return False
+    if not _first_of({"output": read}, f"the line {line!r}")[1]:
+        process.wait()
+        raise AssertionError(f"process ended (rc {process.returncode}) before printing {line!r}:\n{''.join(seen)}")
+
+
+def _wait_until_dead(pid: int) -> None:
+    """Return once ``pid`` (not necessarily our child) has exited: its pidfd turns readable."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:  # no pidfd on this kernel: look at /proc until it is gone
+        def gone():
+            while _pid_alive(pid):
+                time.sleep(0.1)
+        _first_of({"exit": gone}, f"the exit of process {pid}")
+        return
+    try:
+        if not select.select([pidfd], [], [], HANG_GUARD)[0]:
+            raise AssertionError(f"process {pid} did not exit within {HANG_GUARD:.0f}s of SIGKILL")
+    finally:
+        os.close(pidfd)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
     os.killpg(process.pid, signal.SIGKILL)  # the process and its children (its own session)
-    process.wait(timeout=30)
+    process.wait(timeout=HANG_GUARD)
     assert process.returncode == -signal.SIGKILL
 
 
@@ -94,7 +137,7 @@ FIT_SCRIPT = textwrap.dedent('''
             return self.head(self.backbone(x))
 
     class MaybeStalling(TensorDataset):
-        """Once last.pt (epoch 1) exists, serve STALL_AFTER more items, then touch a marker and hang."""
+        """Once last.pt (epoch 1) exists, serve STALL_AFTER more items, then say so and hang."""
         served = 0
 
         def __getitem__(self, index):
@@ -102,7 +145,7 @@ FIT_SCRIPT = textwrap.dedent('''
             if stall_after and (out / "last.pt").exists():
                 self.served += 1
                 if self.served > stall_after:
-                    (out.parent / "epoch2-under-way").touch()
+                    print("epoch2-under-way", flush=True)
                     time.sleep(600)
             return super().__getitem__(index)
 
@@ -129,7 +172,7 @@ def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
     straight = run(tmp_path / "straight")
     killed = run(tmp_path / "killed", STALL_AFTER="20")  # epoch 2: one 16-item step done, the next under way
     try:
-        _wait_for(tmp_path / "epoch2-under-way", killed, timeout=180)
+        _read_until(killed, "epoch2-under-way")
     finally:
         if killed.poll() is None:
             _kill_group(killed)
@@ -166,8 +209,8 @@ HANG_CELL = textwrap.dedent('''
         from mlc_utils.core.io import atomic_path
         with atomic_path(ctx.stage_dir / "partial.bin") as tmp:
             tmp.write_bytes(b"half a file" * 1000)
-            with open(os.environ["MLC_TEST_HANG"], "w") as marker:
-                marker.write(str(os.getpid()))
+            with open(os.environ["MLC_TEST_HANG"], "w") as fifo:  # the test is reading: it wakes at once
+                fifo.write(str(os.getpid()))
             time.sleep(600)
 ''')
 
@@ -195,24 +238,32 @@ def test_chain_killed_mid_stage_reruns_from_that_stage(tmp_path, tiny_data):
     nb.cells.append(nbformat.v4.new_code_cell(HANG_CELL))
     nbformat.write(nb, notebook)
     marker = tmp_path / "split-hanging"
+    os.mkfifo(marker)
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; from mlc_utils.run.pipeline import run_study; "
                                "run_study(sys.argv[1], root=Path(sys.argv[2]))", str(params), str(root)],
         env=_env(MLC_TEST_HANG=str(marker)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
+
+    def kernel_pid() -> str:
+        with open(marker) as fifo:  # blocks until the hanging cell opens the FIFO and writes its pid
+            return fifo.read()
+
     kernel = None
     try:
-        _wait_for(marker, child, timeout=240)
-        kernel = int(marker.read_text())
+        first, result = _first_of({"kernel": kernel_pid, "child": child.wait}, "the split stage's hang")
+        if first == "child":
+            with contextlib.suppress(OSError):  # let the reader thread go
+                os.close(os.open(marker, os.O_WRONLY | os.O_NONBLOCK))
+            raise AssertionError(f"run_study ended (rc {result}) before the split stage hung:\n{child.stdout.read()}")
+        kernel = int(result)
     finally:
         if child.poll() is None:
             _kill_group(child)
         if kernel and _pid_alive(kernel):
             os.kill(kernel, signal.SIGKILL)  # the kernel runs in a session of its own: kill it like a crash would
-    deadline = time.time() + 10
-    while kernel and _pid_alive(kernel) and time.time() < deadline:
-        time.sleep(0.1)
-    assert kernel and not _pid_alive(kernel)
+    _wait_until_dead(kernel)
+    assert not _pid_alive(kernel)
 
     run = root / "runs" / "t"
     assert (run / "eda" / "stage.json").is_file()
@@ -235,7 +286,7 @@ def test_chain_killed_mid_stage_reruns_from_that_stage(tmp_path, tiny_data):
 
 # --- output folders that cannot take the run --------------------------------------------------------
 
-def _make_unwritable(folder: Path, how: str) -> None:
+def _make_unwritable(folder: Path, how: str, monkeypatch) -> None:
     if how == "not a folder":
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder.write_text("a file where the output folder should be\n")
@@ -244,37 +295,54 @@ def _make_unwritable(folder: Path, how: str) -> None:
     folder.chmod(0o555)
     try:
         (folder / "probe").write_text("x")
-    except OSError:
-        return
-    # root ignores permission bits: point the folder at one the kernel refuses to create anything in
+    except PermissionError:
+        return  # the kernel refuses: a real read-only folder
     (folder / "probe").unlink()
-    folder.chmod(0o755)
-    folder.rmdir()
-    try:
-        os.mkdir("/sys/kernel/mlc-probe")
-    except OSError:
-        folder.symlink_to("/sys/kernel", target_is_directory=True)
-        return
-    os.rmdir("/sys/kernel/mlc-probe")
-    pytest.skip("running with privileges that can write anywhere: cannot make a read-only folder")
+    # Root ignores permission bits, and what would make a folder refuse root too (a read-only mount,
+    # chattr +i) needs privileges or a system folder. So refuse as the kernel refuses anyone else:
+    # creating any entry under ``folder`` raises EACCES, at the os level. run_study, its own check
+    # (ensure_writable_dir's mkdir and write probe) and the command line all run unchanged above it.
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def refused(path) -> bool:
+        path = Path(os.fsdecode(path)).absolute()
+        return path.parent == folder or folder in path.parents
+
+    def mkdir(path, *args, **kwargs):
+        if refused(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and refused(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
 
 
 @pytest.mark.parametrize("which", ["runs", "reports"])
 @pytest.mark.parametrize("how", ["read-only", "not a folder"])
 def test_unwritable_output_folder_fails_at_once_naming_it(tmp_path, tiny_data, monkeypatch, capsys, which, how):
     root, params = _project(tmp_path, tiny_data)
-    _make_unwritable(root / which, how)
-    started = time.time()
+    _make_unwritable(root / which, how, monkeypatch)
+    started: list[str] = []
+
+    def execute_stage(study, stage, *args, **kwargs):
+        started.append(stage)
+        raise AssertionError(f"stage {stage} started although {root / which} cannot take the run")
+    monkeypatch.setattr(pipeline, "execute_stage", execute_stage)  # "at once": before any stage
     with pytest.raises(PermissionError) as info:
         run_study(str(params), root=root, log=lambda *_: None)
-    assert time.time() - started < 20
     assert f"output folder {root / which / 't'} is not writable" in str(info.value)
+    assert started == []
     if which == "reports":
         assert not (root / "runs" / "t" / "eda").exists(), "no stage may start before every folder is checked"
     # the command line says the same in one line, exit code 2
     monkeypatch.setattr(pipeline, "run_study", functools.partial(pipeline.run_study, root=root))
     assert pipeline.cli(["--params", str(params)]) == 2
     assert f"mlc_utils run: output folder {root / which / 't'} is not writable" in capsys.readouterr().err
+    assert started == []
 
 
 def test_too_little_free_space_fails_before_any_stage(tmp_path, tiny_data, monkeypatch):

@@ -77,8 +77,8 @@ def test_seven_stages_end_to_end(tmp_path, tiny_data):
     assert [r.status for r in again] == ["skipped"] * 7
 
 
-def test_offline_hub_weights_fail_before_any_stage(tmp_path, tiny_data, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_offline_hub_weights_fail_before_any_stage(tmp_path, tiny_data, monkeypatch, empty_hub_cache):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and an empty cache, whatever this machine's holds
     root = tmp_path / "project"
     shutil.copytree(PROJECT / "notebooks", root / "notebooks")
     params = root / "p.yaml"
@@ -90,3 +90,4 @@ def test_offline_hub_weights_fail_before_any_stage(tmp_path, tiny_data, monkeypa
     message = str(info.value)
     assert "swinv2_large_window12to16_192to256" in message and "efficientnet_lite0" in message
     assert not (root / "runs" / "offline" / "eda").exists()  # nothing ran
+    assert empty_hub_cache == [], "no network call may be attempted when the hub is off"

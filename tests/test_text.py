@@ -1,8 +1,6 @@
 """Caption cleaning (each step on and off), the caption dataset and the text model loaders."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -141,15 +139,30 @@ def test_packaged_minilm_loads_offline_and_gives_finite_logits(monkeypatch):
     assert logits.shape == (2, 20) and torch.isfinite(logits).all()
 
 
-def test_hub_name_offline_fails_fast_naming_the_choices(monkeypatch):
+def test_hub_name_offline_fails_at_once_naming_the_choices(empty_hub_cache, monkeypatch):
+    """Not cached and the hub off: refused before any download or connection is tried (so it cannot hang)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    start = time.monotonic()
     with pytest.raises(TextModelUnavailable) as info:
         create_text_model("bert-base-uncased")
-    assert time.monotonic() - start < 10
     message = str(info.value)
     assert "bert-base-uncased" in message and "HF_HUB_OFFLINE" in message
     assert "all-MiniLM-L6-v2" in message and "local folder" in message
+    assert empty_hub_cache == [], "no network call may be attempted when the hub is off"
+
+
+def test_hub_name_resolves_from_the_cache_the_environment_names(empty_hub_cache, tmp_path, monkeypatch):
+    """The cache is probed where HF_HOME points at call time (huggingface_hub read it at import)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TextModelUnavailable, match="not in the local Hugging Face cache"):
+        resolve_model_source("bert-base-uncased")
+    repo = tmp_path / "hf-home" / "hub" / "models--bert-base-uncased"  # the layout huggingface_hub writes
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "config.json").write_text("{}")
+    source = resolve_model_source("bert-base-uncased")
+    assert (source.kind, source.location, source.local_files_only) == ("cache", "bert-base-uncased", True)
+    assert empty_hub_cache == []
 
 
 def test_local_folder_and_bad_folder(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,21 +75,12 @@ def _problem(path, frame, image_id, message):
 
 
 def check_image(path: Path) -> str | None:
-    """None if the file decodes to a full image, else why not (missing, truncated, not an image)."""
-    from PIL import Image, UnidentifiedImageError
-    if not path.is_file():
-        return "missing"
+    """None if the file decodes as training reads it, else why not (:func:`load_image` decides)."""
+    from mlc_utils.data.image_files import ImageReadError, load_image
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                if image.width < 1 or image.height < 1:
-                    return "empty image"
-    except UnidentifiedImageError:
-        return "not an image Pillow can read"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as err:
-        return f"cannot decode ({err})"
+        load_image(path)
+    except ImageReadError as err:
+        return err.reason
     return None
 
 

@@ -1,9 +1,4 @@
-"""Images as model inputs: robust decoding, timm transforms, and the views used for TTA.
-
-Decoding goes by content, not by file name (a PNG named ``.jpg`` reads fine), and every mode
-Pillow knows (greyscale, 16-bit, palette, CMYK, alpha) ends up RGB. A missing, truncated or
-corrupt file raises :class:`ImageReadError` naming the file, so one bad image in 30 000 is found
-by name instead of as a worker crash.
+"""Images as model inputs: decoded files (:mod:`mlc_utils.data.image_files`), timm transforms, TTA views.
 
 Transforms are timm's (``create_transform``): training adds RandAugment (``rand-m9-mstd0.5``,
 as the paper) and random resized crops; evaluation resizes and centre-crops with the backbone's
@@ -20,44 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mlc_utils.data.image_files import load_image
+
 DEFAULT_AUTO_AUGMENT = "rand-m9-mstd0.5"
 # Random-resized-crop scale for training: milder than ImageNet's (0.08, 1) because a tight crop
 # can cut away a labelled object and make its multi-hot target wrong.
 DEFAULT_TRAIN_SCALE = (0.5, 1.0)
-
-
-class ImageReadError(OSError):
-    """An image file is missing, truncated or not an image; the message names the file."""
-
-
-def _to_rgb(image):
-    from PIL import Image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit greyscale: rescale to 8 bit
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() or 1.0
-        image = Image.fromarray(np.clip(array * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def load_image(path: str | Path):
-    """Decode ``path`` fully into an RGB PIL image (EXIF rotation applied)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except UnidentifiedImageError:
-        raise ImageReadError(f"image {path} is not an image Pillow can read (corrupt or wrong format)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"image {path} cannot be decoded ({err}); the file may be truncated") from None
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def cli(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from mlc_utils.data.images import ImageReadError
+    from mlc_utils.data.image_files import ImageReadError
     try:
         result = run(args)
     except (FileNotFoundError, ValueError, ImageReadError, CheckpointMismatchError) as err:

@@ -3,12 +3,17 @@
 Offline, ``from_pretrained`` and timm's hub loader may retry for minutes before failing; this
 answers within ``timeout`` seconds (the probe runs in a daemon thread because DNS lookups ignore
 socket timeouts), so a run can stop at once with the offline choices instead.
+
+The cache is looked up where the environment says *now* (:func:`cache_dir`): huggingface_hub reads
+``HF_HOME``/``HF_HUB_CACHE`` once, at import, so a notebook (or a test) that sets them afterwards
+would otherwise probe one folder and be told about another.
 """
 from __future__ import annotations
 
 import os
 import socket
 import threading
+from pathlib import Path
 from urllib.parse import urlparse
 
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -20,6 +25,24 @@ def offline_flag() -> str | None:
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return var
     return None
+
+
+def cache_dir() -> Path:
+    """The hub cache folder the environment names at this call (huggingface_hub's precedence)."""
+    env = os.environ.get
+    home = env("HF_HOME") or os.path.join(env("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    hub = env("HF_HUB_CACHE") or env("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expanduser(os.path.expandvars(hub)))
+
+
+def cached_file(repo_id: str, filename: str) -> str | None:
+    """``filename`` of hub repo ``repo_id`` in :func:`cache_dir`, if it is there (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir())
+    except Exception:  # noqa: BLE001 - a malformed name, or no huggingface_hub: simply "not cached"
+        return None
+    return found if isinstance(found, str) else None
 
 
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:

@@ -17,7 +17,12 @@ from torch import nn
 
 from mlc_utils.data.caption_tokens import CaptionDataset
 from mlc_utils.data.captions import CaptionCleaner
-from mlc_utils.models.hub import hub_unreachable_reason, offline_flag
+from mlc_utils.models.hub import (
+    cache_dir,
+    cached_file,
+    hub_unreachable_reason,
+    offline_flag,
+)
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
@@ -57,11 +62,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _in_local_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # a malformed name is simply "not cached"
-        return False
+    return cached_file(repo_id, "config.json") is not None
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def load_tokenizer(name: str = DEFAULT_TEXT_MODEL, pretrained: bool = True):
 
 def _load(factory, source: ModelSource, **kwargs):
     try:
-        return factory.from_pretrained(source.location, local_files_only=source.local_files_only, **kwargs)
+        return factory.from_pretrained(source.location, local_files_only=source.local_files_only,
+                                       cache_dir=str(cache_dir()), **kwargs)  # the cache resolve_model_source probed
     except OSError as err:
         raise TextModelUnavailable(f"model_name: could not load {source.name!r} from {source.location} "
                                    f"({err}); {offline_choices()}") from err

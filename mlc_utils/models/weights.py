@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from mlc_utils.models.hub import hub_unreachable_reason
+from mlc_utils.models.hub import cached_file, hub_unreachable_reason
 
 
 class OfflineWeightsError(RuntimeError):
@@ -88,15 +88,12 @@ def offline_choices() -> str:
 
 def _hub_cached_file(arch: str) -> str | None:
     """A weight file of ``arch`` already in the local Hugging Face cache, if any."""
-    try:
-        import timm
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    hub_id = timm.models.get_pretrained_cfg(arch).hf_hub_id if timm.models.get_pretrained_cfg(arch) else None
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        found = try_to_load_from_cache(hub_id, filename) if hub_id else None
-        if isinstance(found, str):
+    import timm
+    cfg = timm.models.get_pretrained_cfg(arch)
+    hub_id = cfg.hf_hub_id if cfg else None
+    for filename in ("model.safetensors", "pytorch_model.bin") if hub_id else ():
+        found = cached_file(hub_id, filename)
+        if found:
             return found
     return None
 
