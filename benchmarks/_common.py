@@ -64,7 +64,6 @@ def set_threads(threads: int | None) -> int:
 
 def machine_line() -> str:
     import platform
-
     import torch
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:

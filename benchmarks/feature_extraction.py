@@ -33,15 +33,7 @@ import tempfile
 import time
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import (
-    HelpFormatter,
-    add_data_argument,
-    load_rows,
-    machine_line,
-    print_table,
-    require_data,
-    set_threads,
-)
+from _common import HelpFormatter, add_data_argument, load_rows, machine_line, print_table, require_data, set_threads
 
 
 def parse_args(argv=None):
@@ -92,8 +84,8 @@ def main(argv=None) -> int:
     from torch.utils.data import DataLoader, TensorDataset
 
     from mlc_utils.evaluation.predict import predict_probs
-    from mlc_utils.models import create_image_model
     from mlc_utils.train.features import FeatureCache, cached_features
+    from mlc_utils.models import create_image_model
 
     ids, _ = load_rows(data, args.n)
     model = create_image_model(args.model, pretrained=pretrained_value(args.pretrained), img_size=args.img_size)

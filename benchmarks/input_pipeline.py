@@ -29,15 +29,7 @@ import math
 import time
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import (
-    HelpFormatter,
-    add_data_argument,
-    load_rows,
-    machine_line,
-    print_table,
-    require_data,
-    set_threads,
-)
+from _common import HelpFormatter, add_data_argument, load_rows, machine_line, print_table, require_data, set_threads
 
 
 def parse_args(argv=None):
@@ -61,13 +53,7 @@ def make_datasets(image_dir, ids, targets, data_config):
     import torch
     from PIL import Image, ImageOps
 
-    from mlc_utils.data.images import (
-        ImageDataset,
-        ImageReadError,
-        _to_rgb,
-        build_transform,
-        load_image,
-    )
+    from mlc_utils.data.images import ImageDataset, ImageReadError, _to_rgb, build_transform, load_image
 
     eval_tf = build_transform(data_config, train=False)
     train_tf = build_transform(data_config, train=True)

@@ -50,16 +50,7 @@ import time
 from pathlib import Path
 
 import _common  # noqa: F401  (puts the repository on sys.path)
-from _common import (
-    HelpFormatter,
-    add_data_argument,
-    load_rows,
-    machine_line,
-    peak_rss_mib,
-    print_table,
-    require_data,
-    rss_mib,
-)
+from _common import HelpFormatter, add_data_argument, load_rows, machine_line, peak_rss_mib, print_table, require_data, rss_mib
 
 VARIANT_LABELS = {
     "fit": "mlc engine.fit",
@@ -202,9 +193,8 @@ def child(args) -> dict:
     model = create_image_model(model_name, num_classes=20, pretrained=pretrained, img_size=args.img_size)
     total_steps = args.warmup + args.steps + 1  # +1: the stamp that ends the last timed step
     dataset, data_note = build_data(args, model, total_steps * args.batch_size)
-    import timm.optim  # noqa: F401          every child's "before" RSS and the peaks compare the loops alone
-
     import mlc_utils.train.loop  # noqa: F401  imported by every variant, so its modules (pandas, sklearn) are in
+    import timm.optim  # noqa: F401          every child's "before" RSS and the peaks compare the loops alone
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     before = rss_mib()
