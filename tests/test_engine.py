@@ -122,6 +122,26 @@ def test_distillation_accumulation_and_step_cap(tmp_path):
     assert read_checkpoint(tmp_path / "last.pt")["global_step"] == 1
 
 
+class NanAfter(TinyNet):
+    """Training logits turn NaN after ``after`` training batches."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        logits = super().forward(x)
+        self.calls += self.training
+        return logits * float("nan") if self.training and self.calls > self.after else logits
+
+
+def test_a_non_finite_loss_stops_training_naming_epoch_and_batch(tmp_path):
+    """One process: the message names no rank (tests/test_ddp.py covers the ranks)."""
+    with pytest.raises(FloatingPointError) as err:
+        fit(NanAfter(after=1), make_data(), None, quiet(epochs=1), tmp_path)
+    assert str(err.value) == "epoch 1, batch 1: loss is nan (lower lr, or set amp_dtype: bfloat16)"
+
+
 class DictData(Dataset):
     def __init__(self, base: TensorDataset):
         self.base = base
