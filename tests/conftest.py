@@ -60,6 +60,18 @@ def make_tiny_dataset(root: Path, n: int = 40, size: int = 32, seed: int = 0, n_
             "targets": LabelSpace(20).encode(train.Labels.tolist()), "test_ids": frame.ImageID.iloc[n:].tolist()}
 
 
+def make_ddp_config(tiny: dict, work: Path, batch_size: int = 8, epochs: int = 2) -> dict:
+    """The run of tests/test_ddp.py on :func:`make_tiny_dataset`'s folder: ``test_vit`` (no BatchNorm),
+    32 px, no augmentation, CPU, 32 train / 8 val images; ``out_dir`` is ``work/one``."""
+    split = work / "split.csv"
+    pd.DataFrame({"ImageID": tiny["ids"], "fold": ["train"] * 32 + ["val"] * 8}).to_csv(split, index=False)
+    return {"model": {"name": "test_vit", "head": "replace", "img_size": 32, "pretrained": False},
+            "data": {"root": str(tiny["root"]), "split": str(split), "augment": False},
+            "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "progress": False,
+                      "scheduler": "none", "device": "cpu"},
+            "out_dir": str(work / "one")}
+
+
 def make_tiny_folder(root: Path, n_train: int = 40, n_test: int = 10, size: int = 32, seed: int = 0) -> Path:
     return make_tiny_dataset(root, n_train, size, seed, n_test)["root"]
 

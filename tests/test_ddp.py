@@ -6,17 +6,30 @@ r, r+2, ... of the epoch's permutation, so the two ranks' batches of 4 together 
 single process's batch of 8 and the averaged gradients agree up to float summation order.
 Tolerance: weights within 1e-4 absolute after 8 AdamW steps (measured ~1e-5); validation
 probabilities and metrics within 1e-5 (the gathered validation set is the whole set, padding dropped).
+
+Teardown: a failure on one rank (a NaN loss, ranks whose weights differ) stops every rank with the
+same message and torchrun exits non-zero; an interrupted ``launch_torchrun`` leaves no process of
+torchrun's tree running, workers that ignore SIGTERM included. The faulty workers are
+``tests/ddp_workers.py``, run by torchrun in place of ``-m mlc_utils.train``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import make_ddp_config
 from mlc_utils.models.checkpoint import read_checkpoint
+from mlc_utils.train import distributed as train
 from mlc_utils.train.distributed import launch_torchrun, run_config
 
 torch.set_num_threads(1)
@@ -25,19 +38,13 @@ torch.set_num_threads(1)
 @pytest.mark.slow
 def test_two_processes_match_one(tiny_images, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU + gloo even on a GPU machine (2 ranks, 1 GPU)
-    d = tiny_images
-    split = tmp_path / "split.csv"
-    pd.DataFrame({"ImageID": d["ids"], "fold": ["train"] * 32 + ["val"] * 8}).to_csv(split, index=False)
-    config = {"model": {"name": "test_vit", "head": "replace", "img_size": 32, "pretrained": False},
-              "data": {"root": str(d["root"]), "split": str(split), "augment": False},
-              "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "scheduler": "none",
-                        "device": "cpu"},
-              "out_dir": str(tmp_path / "one")}
+    config = make_ddp_config(tiny_images, tmp_path)
     one = run_config(config)
 
     lines = []
     two_config = {**config, "train": {**config["train"], "batch_size": 4}}
-    code = launch_torchrun(two_config, 2, tmp_path / "two", echo=lines.append)
+    with _deadline(300):
+        code = launch_torchrun(two_config, 2, tmp_path / "two", echo=lines.append)
     assert code == 0, "\n".join(lines[-40:])
     assert any("epoch 2/2" in line for line in lines), "output was not streamed"
 
@@ -53,3 +60,102 @@ def test_two_processes_match_one(tiny_images, tmp_path, monkeypatch):
         np.testing.assert_allclose(log_two[column], log_one[column], atol=1e-5, err_msg=column)
     np.testing.assert_allclose(np.load(tmp_path / "two" / "val_probs.npy"), one.val_probs, atol=1e-5)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["world_size"] == 2
+
+
+WORKERS = Path(__file__).with_name("ddp_workers.py")
+
+
+def _use_workers(monkeypatch, mode: str) -> None:
+    """``launch_torchrun`` runs ``tests/ddp_workers.py MODE`` where it would run ``-m mlc_utils.train``."""
+    command = train.torchrun_command
+
+    def workers_command(config_path, nproc):
+        args = command(config_path, nproc)
+        at = args.index("mlc_utils.train")
+        assert args[at - 1] == "-m", args
+        return args[:at - 1] + [str(WORKERS), mode] + args[at + 1:]
+    monkeypatch.setattr(train, "torchrun_command", workers_command)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """TimeoutError in this (the main) thread after ``seconds``: a hang fails the test instead of blocking it."""
+    def expire(signum, frame):
+        raise TimeoutError(f"no result within {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank1_fault, message", [
+    ("nan", "FloatingPointError: epoch 1, batch 2: loss is nan on rank 1 (lower lr, or set amp_dtype: bfloat16)"),
+    ("disagree", "RuntimeError: ranks ended with different weights: "),
+])
+def test_a_failure_on_one_rank_stops_every_rank_with_its_message(rank1_fault, message, tiny_images, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    _use_workers(monkeypatch, rank1_fault)
+    config = make_ddp_config(tiny_images, tmp_path, batch_size=4, epochs=1)
+    lines: list[str] = []
+    with _deadline(300):
+        code = launch_torchrun(config, 2, tmp_path / "two", echo=lines.append)
+    assert code != 0
+    stopped = dict(line.split(" stopped: ", 1) for line in lines if " stopped: " in line)  # rank -> message
+    assert sorted(stopped) == ["rank 0/2", "rank 1/2"], "\n".join(lines[-60:])
+    assert len(set(stopped.values())) == 1 and stopped["rank 0/2"].startswith(message), stopped
+    if rank1_fault == "disagree":  # rank 0 wrote the evidence before stopping
+        assert json.loads((tmp_path / "two" / "ranks.json").read_text())["agree"] is False
+
+
+def _running(groups: set[int]) -> list[str]:
+    """Processes of ``groups`` that still run (a zombie waiting for init to reap it holds nothing)."""
+    found = []
+    for group in groups:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            continue
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+                if int(pgrp) == group and state not in ("Z", "X"):
+                    found.append(f"pid {stat.parent.name} (group {group}, state {state})")
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["hang", "stubborn"])
+def test_interrupted_launch_leaves_no_process_running(workers, tiny_images, tmp_path, monkeypatch):
+    """Ctrl-C while the output streams ends torchrun and its workers (each in a session of its own):
+    by SIGTERM when they obey it (well before the grace period ends), else by SIGKILL after it."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    _use_workers(monkeypatch, workers)
+    grace = 60.0 if workers == "hang" else 1.0
+    monkeypatch.setattr(train, "STOP_GRACE_S", grace)
+    groups: set[int] = set()
+    ready: list[str] = []
+    interrupted: list[float] = []
+
+    def echo(line: str) -> None:
+        if "ready rank=" in line:
+            match = re.fullmatch(r"ready rank=\d+ pgid=(\d+) parent_pgid=(\d+)", line)
+            assert match, f"garbled worker line {line!r}"
+            groups.update(map(int, match.groups()))
+            ready.append(line)
+            if len(ready) == 2:  # both workers run: interrupt as a notebook user would
+                interrupted.append(time.monotonic())
+                raise KeyboardInterrupt
+
+    config = make_ddp_config(tiny_images, tmp_path)
+    with _deadline(300), pytest.raises(KeyboardInterrupt):
+        launch_torchrun(config, 2, tmp_path / "run", echo=echo)
+    stopped_after = time.monotonic() - interrupted[0]
+    assert len(groups) == 3, groups  # torchrun's group and one per worker
+    assert _running(groups) == []
+    if workers == "hang":
+        assert stopped_after < grace, f"SIGTERM did not end them: stopped after {stopped_after:.1f} s"

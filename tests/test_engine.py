@@ -14,11 +14,7 @@ from mlc_utils.core.config import ParamError
 from mlc_utils.data.images import image_dataset
 from mlc_utils.evaluation.predict import predict_probs
 from mlc_utils.models import create_image_model
-from mlc_utils.models.checkpoint import (
-    CheckpointMismatchError,
-    load_checkpoint,
-    read_checkpoint,
-)
+from mlc_utils.models.checkpoint import CheckpointMismatchError, load_checkpoint, read_checkpoint
 from mlc_utils.train import features
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import fit
@@ -126,6 +122,26 @@ def test_distillation_accumulation_and_step_cap(tmp_path):
     cfg = quiet(epochs=1, kd_alpha=0.7, kd_temp=3.0, grad_accum=2, max_steps_per_epoch=1, max_grad_norm=1.0)
     fit(tiny_model(), make_data(), make_data(16, 1), cfg, tmp_path, teacher=teacher)
     assert read_checkpoint(tmp_path / "last.pt")["global_step"] == 1
+
+
+class NanAfter(TinyNet):
+    """Training logits turn NaN after ``after`` training batches."""
+
+    def __init__(self, after: int):
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        logits = super().forward(x)
+        self.calls += self.training
+        return logits * float("nan") if self.training and self.calls > self.after else logits
+
+
+def test_a_non_finite_loss_stops_training_naming_epoch_and_batch(tmp_path):
+    """One process: the message names no rank (tests/test_ddp.py covers the ranks)."""
+    with pytest.raises(FloatingPointError) as err:
+        fit(NanAfter(after=1), make_data(), None, quiet(epochs=1), tmp_path)
+    assert str(err.value) == "epoch 1, batch 1: loss is nan (lower lr, or set amp_dtype: bfloat16)"
 
 
 class DictData(Dataset):

@@ -7,6 +7,10 @@ Under torchrun every process builds the same model and data (seeded), joins the 
 DistributedDataParallel and DistributedSampler and writes from rank 0 only. :func:`launch_torchrun`
 runs that command from a notebook and streams its output line by line.
 
+Teardown: on success the ranks meet before they leave the process group; a failure detected on
+one rank (a non-finite loss, ranks whose weights differ) stops every rank with the same message and
+a non-zero exit; an interrupted :func:`launch_torchrun` ends torchrun and all its workers.
+
 Config (JSON)::
 
     {"model": {"name": "efficientnet_lite0", "pretrained": true, "head": "extra_linear",
@@ -20,10 +24,13 @@ Config (JSON)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mlc_utils.core.device import seed_everything
+from mlc_utils.core.device import rank_and_world, seed_everything
+from mlc_utils.core.io import atomic_write_text
 from mlc_utils.data.images import DEFAULT_AUTO_AUGMENT
 from mlc_utils.models.checkpoint import load_checkpoint, state_digest
 from mlc_utils.train.config import TrainConfig
@@ -116,16 +124,19 @@ def run_config(data: dict) -> FitResult:
 
 
 def _record_rank_agreement(model, out_dir: Path) -> None:
-    """Every rank's final-weights digest -> ``out_dir/ranks.json`` (DDP must keep them identical)."""
-    from mlc_utils.core.io import atomic_write_text
-    digests = [state_digest(model)]
-    if dist.is_initialized():
-        digests = [None] * dist.get_world_size()
-        dist.all_gather_object(digests, state_digest(model))
-        if dist.get_rank() != 0:
-            return
-    atomic_write_text(out_dir / "ranks.json", json.dumps(
-        {"world_size": len(digests), "weights_sha1": digests, "agree": len(set(digests)) == 1}, indent=2))
+    """Every rank's final-weights digest -> ``out_dir/ranks.json`` (DDP must keep them identical).
+
+    Every rank holds the gathered digests, so when they differ every rank raises the same error
+    (rank 0 after writing the file) and none is left waiting for a peer that stopped.
+    """
+    digest, (rank, world) = state_digest(model), rank_and_world()
+    digests = [digest]
+    if world > 1:
+        digests = [None] * world
+        dist.all_gather_object(digests, digest)
+    if rank == 0:
+        atomic_write_text(out_dir / "ranks.json", json.dumps(
+            {"world_size": world, "weights_sha1": digests, "agree": len(set(digests)) == 1}, indent=2))
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks ended with different weights: {digests}")
 
@@ -153,16 +164,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = json.loads(Path(args.config).read_text())
     started = _init_distributed(str((data.get("train") or {}).get("device", "auto")))
+    ok = False
     try:
         result = run_config(data)
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if rank_and_world()[0] == 0:
             print(f"best epoch {result.best_epoch + 1}: " +
                   " ".join(f"{k}={v:.4f}" for k, v in result.best_metrics.items()
                            if isinstance(v, float)), flush=True)
+        ok = True
+    except Exception as err:
+        if not started:
+            raise
+        _report_failure(err)
     finally:
         if started:
-            dist.destroy_process_group()
-    return 0
+            _leave_group(ok)
+    return 0 if ok else 1
+
+
+def _report_failure(err: Exception) -> None:
+    """This rank's traceback and one line naming the rank, before the group goes (torchrun stops the
+    other ranks as soon as one exits). One write, so the ranks' reports do not interleave mid-line."""
+    import traceback
+    rank, world = rank_and_world()
+    sys.stderr.write(f"{traceback.format_exc()}rank {rank}/{world} stopped: {type(err).__name__}: {err}\n")
+    sys.stderr.flush()
+
+
+def _leave_group(ok: bool) -> None:
+    """Destroy the process group. On success every rank first meets the others: a rank that left
+    while a peer was still writing died with SIGABRT at exit. On failure nobody waits, since the
+    peer that failed may never come."""
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def torchrun_command(config_path: str | os.PathLike, nproc: int) -> list[str]:
@@ -174,7 +209,8 @@ def launch_torchrun(config: dict[str, Any], nproc: int, out_dir: str | os.PathLi
     """Run training under torchrun with ``nproc`` processes; stream its output; return its exit code.
 
     The config is written to ``out_dir/config.json`` (with ``out_dir`` set), so the run can be
-    repeated from the shell with the same file.
+    repeated from the shell with the same file. Interrupted (or when ``echo`` raises), it ends
+    torchrun and every worker before re-raising, so no orphan keeps a GPU (:func:`_stop`).
     """
     if nproc < 1:
         raise ValueError(f"nproc: must be >= 1 (got {nproc})")
@@ -188,12 +224,84 @@ def launch_torchrun(config: dict[str, Any], nproc: int, out_dir: str | os.PathLi
     env.setdefault("OMP_NUM_THREADS", "1")
     package_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    # its own session and process group, which _stop signals without signalling this (the notebook's) process
     process = subprocess.Popen(torchrun_command(path, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1, env=env)
+                               text=True, bufsize=1, env=env, start_new_session=True)
     assert process.stdout is not None
-    for line in process.stdout:
-        echo(line.rstrip("\n"))
-    return process.wait()
+    try:
+        for line in process.stdout:
+            echo(line.rstrip("\n"))
+        return process.wait()
+    except BaseException:  # KeyboardInterrupt, or echo failed: no worker may live on holding a GPU
+        _stop(process)
+        raise
+    finally:
+        process.stdout.close()
+
+
+STOP_GRACE_S = 15.0  # SIGTERM -> SIGKILL of an interrupted torchrun and its workers
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End torchrun and its workers: SIGTERM to every process group of the tree, SIGKILL to all of
+    them after ``STOP_GRACE_S`` (or a second interrupt), then wait until none of them runs.
+
+    torchrun starts each worker in a session of its own, so signalling torchrun's group alone
+    would orphan the workers when torchrun dies before it has stopped them.
+    """
+    groups = _tree_groups(process.pid)
+    _signal_groups(groups, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if process.poll() is None:  # still our unreaped child: its pid cannot have been reused
+            groups |= _tree_groups(process.pid)
+        _signal_groups(groups, signal.SIGKILL)
+        process.wait()
+        _wait_gone(groups, STOP_GRACE_S)
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, process group, state) of every process, from /proc (empty elsewhere)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # the command name may hold spaces
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        table[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), fields[0])
+    return table
+
+
+def _tree_groups(root: int) -> set[int]:
+    """Process groups of ``root`` (a session leader) and of all its descendants, never our own."""
+    children: dict[int, list[int]] = {}
+    table = _processes()
+    for pid, (parent, _, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    groups, todo = {root}, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        if pid in table:
+            groups.add(table[pid][1])
+    return groups - {os.getpgrp()}
+
+
+def _signal_groups(groups: set[int], sig: signal.Signals) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def _wait_gone(groups: set[int], timeout: float) -> None:
+    """Until no process of ``groups`` runs (a zombie left for init to reap holds no memory or GPU)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+            group in groups and state not in "ZX" for _, group, state in _processes().values()):
+        time.sleep(0.02)
 
 
 if __name__ == "__main__":

@@ -311,6 +311,22 @@ class _Trainer:
         if self.ema is not None:
             self.ema.update(self.model, step=self.global_step)
 
+    def finite_loss(self, loss: torch.Tensor, epoch: int, index: int) -> float:
+        """This rank's loss as a float; every rank raises the same FloatingPointError when any rank's is
+        not finite: a rank raising alone would leave its peers blocked in DDP's gradient all-reduce.
+        Costs one all-reduce of a number per rank each batch, where reading the loss syncs anyway."""
+        values = torch.zeros(self.world, dtype=loss.dtype, device=loss.device)
+        values[self.rank] = loss.detach()
+        if self.world > 1:
+            dist.all_reduce(values)  # a sum: every other rank adds 0 to this rank's slot
+        values = values.tolist()
+        bad = [(rank, value) for rank, value in enumerate(values) if not math.isfinite(value)]
+        if bad:
+            where = ", ".join(f"{value} on rank {rank}" for rank, value in bad) if self.world > 1 else bad[0][1]
+            raise FloatingPointError(f"epoch {epoch + 1}, batch {index}: loss is {where} "
+                                     "(lower lr, or set amp_dtype: bfloat16)")
+        return values[self.rank]
+
     def train_epoch(self, epoch: int) -> float:
         cfg = self.cfg
         model = self.phase(epoch)
@@ -329,11 +345,8 @@ class _Trainer:
             sync = model.no_sync() if (self.world > 1 and not step_now) else contextlib.nullcontext()
             with sync:
                 loss = self.loss(model, to_device(inputs, self.device), to_device(target, self.device).float())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch + 1}, batch {index}: loss is {loss.item()} "
-                                             "(lower lr, or set amp_dtype: bfloat16)")
+                losses.append(self.finite_loss(loss, epoch, index))
                 self.scaler.scale(loss / cfg.grad_accum).backward()
-            losses.append(loss.item())
             if step_now:
                 self.optimizer_step()
                 steps += 1
