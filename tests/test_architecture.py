@@ -48,6 +48,7 @@ def test_training_choices_are_the_registries_names():
     from mlc_utils.train import loop, losses
     from mlc_utils.train.config import choices
     assert set(choices("optimizer")) == set(loop.OPTIMIZERS)
-    assert set(choices("scheduler")) == set(loop.SCHEDULES)
+    assert set(choices("scheduler")) == set(loop.SCHEDULES) == set(loop.STEP_SCHEDULES)
+    assert set(choices("schedule_unit")) == set(loop.SCHEDULE_UNITS)
     assert set(choices("amp_dtype")) == set(loop.AMP_DTYPES)
     assert set(choices("loss")) == set(losses.LOSSES)

@@ -159,3 +159,26 @@ def test_interrupted_launch_leaves_no_process_running(workers, tiny_images, tmp_
     assert _running(groups) == []
     if workers == "hang":
         assert stopped_after < grace, f"SIGTERM did not end them: stopped after {stopped_after:.1f} s"
+
+
+def test_torchrun_command_single_node_is_standalone():
+    from mlc_utils.train.distributed import torchrun_command
+    cmd = torchrun_command("cfg.json", 2)
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+                       "-m", "mlc_utils.train", "--config", "cfg.json"]
+
+
+def test_torchrun_command_several_nodes_meet_at_a_rendezvous():
+    from mlc_utils.train.distributed import torchrun_command
+    cmd = torchrun_command("runs/r/image/m/config.json", 4, nnodes=2, node_rank=1,
+                           rdzv_endpoint="node001:29500", rdzv_id="4242")
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--nnodes=2", "--node_rank=1", "--rdzv_backend=c10d",
+                       "--rdzv_endpoint=node001:29500", "--rdzv_id=4242", "--nproc_per_node=4",
+                       "-m", "mlc_utils.train", "--config", "runs/r/image/m/config.json"]
+    assert "--node_rank=0" not in torchrun_command("c.json", 1, nnodes=2, rdzv_endpoint="h:1", rdzv_id="j")
+    with pytest.raises(ValueError, match="rdzv_endpoint: must be HOST:PORT"):
+        torchrun_command("c.json", 4, nnodes=2, rdzv_id="j")
+    with pytest.raises(ValueError, match="rdzv_id: must name the job"):
+        torchrun_command("c.json", 4, nnodes=2, rdzv_endpoint="h:29500")
+    with pytest.raises(ValueError, match="node_rank: must be in 0..1"):
+        torchrun_command("c.json", 4, nnodes=2, node_rank=2, rdzv_endpoint="h:29500", rdzv_id="j")

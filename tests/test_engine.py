@@ -167,7 +167,7 @@ def test_dict_inputs_train_and_mixup_refuses_them(tmp_path):
     ("epochs", -1, "epochs: must be >= 0"),
     ("threshold", 1.5, r"threshold: must be in \(0, 1\)"),
     ("loss", "hinge", "loss: must be one of"),
-    ("optimizer", "lbfgs", r"optimizer: must be one of \['adamw', 'sgd'\]"),
+    ("optimizer", "lbfgs", r"optimizer: must be one of \['adamw', 'sgd', 'timm_adamw'\]"),
     ("scheduler", "poly", "scheduler: must be one of"),
     ("batch_size", 0, "batch_size: must be >= 1"),
     ("label_smoothing", 1.0, "label_smoothing"),

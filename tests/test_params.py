@@ -59,3 +59,52 @@ def test_parse_override():
     assert parse_override("data_dir=../x") == ("data_dir", "../x")
     with pytest.raises(ParamError, match="expected KEY=VALUE"):
         parse_override("epochs")
+
+
+@pytest.mark.parametrize("name", ["comp5329-gpu.yaml", "comp5329-gpu-timm.yaml"])
+def test_gpu_profiles_pass_preflight_but_for_the_offline_weights(name, monkeypatch):
+    """Offline, the only problems are the hub weights, each with the offline choices."""
+    from mlc_utils.models import weights as weights_module
+    from mlc_utils.study.preflight import preflight
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(weights_module, "_hub_cached_file", lambda arch: None)
+    params = load_params(PARAMS_DIR / name)
+    problems = preflight(params, params.stages)
+    assert [p.split(":")[0] for p in problems] == ["image.models[swin-large-224].pretrained",
+                                                   "image.models[swinv2-large-256].pretrained",
+                                                   "text.model_name"] or \
+        [p.split(":")[0] for p in problems] == ["image.models[swin-large-224].pretrained",
+                                                "image.models[swinv2-large-256].pretrained"]  # BERT cached
+    assert all("offline choices" in p for p in problems)
+
+
+def test_gpu_profile_is_the_papers_run():
+    """The appendix's numbers: 20 epochs, lr 1e-5, StepLR step 8 gamma 0.5 per epoch, mixup 0.4, seed 3407,
+    Swin-L 224 (global batch 32) and Swin-V2-L 256 (global batch 8) on 2 GPUs."""
+    from mlc_utils.study.image import image_train_config
+
+    class Ctx:  # what image_train_config reads
+        params = load_params(PARAMS_DIR / "comp5329-gpu.yaml")
+    by_label = {m.label: m for m in Ctx.params.image.models}
+    for label, arch, size, batch in [("swin-large-224", "swin_large_patch4_window7_224", 224, 32),
+                                     ("swinv2-large-256", "swinv2_large_window12to16_192to256", 256, 8)]:
+        spec = by_label[label]
+        cfg = image_train_config(Ctx, spec)
+        assert spec.name.split(".")[0] == arch and spec.img_size == size and spec.head == "extra_linear"
+        assert cfg.batch_size * Ctx.params.image.gpus == batch
+        assert (cfg.epochs, cfg.lr, cfg.scheduler, cfg.schedule_unit, cfg.step_size, cfg.gamma) == \
+            (20, 1e-5, "step", "epoch", 8, 0.5)
+        assert (cfg.mixup, cfg.mixup_alpha, cfg.seed, cfg.freeze_epochs, cfg.label_smoothing) == \
+            (True, 0.4, 3407, 0, 0.0)
+
+
+@pytest.mark.parametrize("launcher,gpus,processes", [("auto", 0, 0), ("auto", 1, 0), ("auto", 2, 2),
+                                                     ("torchrun", 0, 1), ("torchrun", 1, 1), ("torchrun", 4, 4)])
+def test_image_launcher_sends_one_gpu_through_torchrun_on_request(launcher, gpus, processes):
+    params = load_params(PARAMS_DIR / "demo.yaml", {"image.launcher": launcher, "image.gpus": gpus})
+    assert params.image.torchrun_processes() == processes
+
+
+def test_image_launcher_typo_names_the_parameter():
+    with pytest.raises(ParamError, match="image.launcher"):
+        load_params(PARAMS_DIR / "demo.yaml", {"image.launcher": "slurm"})

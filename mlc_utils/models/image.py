@@ -87,9 +87,33 @@ class ImageModel(nn.Module):
     def head_parameters(self) -> Iterator[nn.Parameter]:
         return self.head.parameters()
 
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's decay-free tables (position embeddings ...), for timm's optimizer factory."""
+        own = getattr(self.backbone, "no_weight_decay", None)
+        return {f"backbone.{name}" for name in (own() if own is not None else ())}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """The backbone's layer groups (timm layer-wise lr decay); the head, unmatched, is the top layer."""
+        own = getattr(self.backbone, "group_matcher", None)
+        if own is None:
+            raise AttributeError(f"group_matcher: timm model {self.spec.get('arch', '?')!r} defines none, "
+                                 "so layer_decay cannot group its layers")
+        return prefix_matcher(own(coarse=coarse), "backbone.")
+
     @property
     def data_config(self) -> dict:
         return dict(self.spec["data"])
+
+
+def prefix_matcher(matcher: dict, prefix: str) -> dict:
+    """A timm ``group_matcher`` dict with every regex moved under ``prefix`` (the wrapped module's name)."""
+    escaped = prefix.replace(".", r"\.")
+
+    def move(pattern):  # a regex, or timm's list of (regex, rank) pairs
+        if isinstance(pattern, str):
+            return "^" + escaped + "(?:" + pattern.removeprefix("^") + ")"  # '^a|b': b under prefix too
+        return [(move(regex), rank) for regex, rank in pattern]
+    return {key: move(value) for key, value in matcher.items()}
 
 
 CROP_MODES = ("center", "squash")  # timm's evaluation crop modes this project offers

@@ -172,6 +172,13 @@ class TextClassifier(nn.Module):
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """BERT-style layers for timm's layer-wise lr decay: embeddings, then each encoder layer."""
+        if not hasattr(getattr(self.encoder, "encoder", None), "layer"):
+            raise AttributeError(f"group_matcher: the caption encoder {type(self.encoder).__name__} has no "
+                                 "encoder.layer list, so layer_decay cannot group its layers")
+        return {"stem": r"^encoder\.embeddings", "blocks": r"^encoder\.encoder\.layer\.(\d+)"}
+
 
 def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) -> tuple[nn.Module, str]:
     from transformers import AutoConfig, AutoModel, BertConfig, BertModel

@@ -1,7 +1,7 @@
 """The image stage (03_image): train or reuse each backbone of ``image.models`` as a member.
 
 ``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains the
-whole model, through torchrun when ``image.gpus > 1``.
+whole model, through torchrun when ``image.gpus > 1`` or ``image.launcher: torchrun``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: t
     """Train (or reuse) one image model of ``image.models`` and predict validation and test rows.
 
     ``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains
-    the whole model, through torchrun when ``image.gpus > 1``. Validation and test probabilities
+    the whole model, through torchrun when ``image.gpus > 1`` (or ``launcher: torchrun``). Validation and test probabilities
     average the TTA views (``image.tta``; ``center`` only when the model's ``tta`` is off).
     """
     cfg = image_train_config(ctx, spec)
@@ -34,7 +34,8 @@ def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: t
     out_dir = Path(out_dir or ctx.stage_dir / spec.label)
     # the label names the result but does not change it: left out of the key so equal runs are shared
     config = {"spec": {k: v for k, v in asdict(spec).items() if k != "label"}, "train": asdict(cfg),
-              "views": views, "gpus": stage.gpus}
+              "views": views, "gpus": stage.gpus,
+              **({"launcher": stage.launcher} if stage.launcher != "auto" else {})}
     return reuse_or_train(ctx, out_dir, config, lambda: _train_image(ctx, spec, cfg, views, out_dir, log), log,
                           alternates, kind="image")
 
@@ -59,7 +60,7 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log) -> Member:
         test_probs = predict_head(model, root, test_ids, views, cache)
         info = {"feature_cache": {"hits": cache.hits, "misses": cache.misses, "computed_images": cache.computed}}
     else:
-        if ctx.params.image.gpus > 1:
+        if ctx.params.image.torchrun_processes():
             model = _fit_torchrun(ctx, spec, cfg, views, out_dir, log)
         else:
             from mlc_utils.data.images import image_dataset
@@ -90,7 +91,8 @@ def _teacher(spec):
 
 
 def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log):
-    """Several GPUs: the same training through ``torchrun -m mlc_utils.train`` (output streamed here)."""
+    """The same training through ``torchrun -m mlc_utils.train`` (output streamed here); its
+    ``config.json`` in ``out_dir`` reruns it from the shell, on this node or several (README)."""
     from mlc_utils.models.checkpoint import load_checkpoint
     from mlc_utils.train.distributed import launch_torchrun
     config = {
@@ -101,7 +103,7 @@ def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log):
                  "num_classes": ctx.params.num_classes, "auto_augment": spec.auto_augment or None},
         "train": asdict(cfg), "out_dir": str(out_dir), "teacher": spec.teacher or None,
     }
-    code = launch_torchrun(config, ctx.params.image.gpus, out_dir, echo=log)
+    code = launch_torchrun(config, ctx.params.image.torchrun_processes(), out_dir, echo=log)
     if code != 0:
         raise RuntimeError(f"{spec.label}: torchrun exited with status {code}; its log is above and in {out_dir}")
     return load_checkpoint(out_dir / "best.pt")[0]

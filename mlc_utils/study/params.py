@@ -68,17 +68,29 @@ class ImageModelSpec:
             self.label = self.name
 
 
+# image.launcher -> how many torchrun processes fine-tuning uses for image.gpus (0: in-process)
+LAUNCHERS = {"auto": lambda gpus: gpus if gpus > 1 else 0, "torchrun": lambda gpus: max(gpus, 1)}
+
+
 @dataclass
 class ImageStageParams:
     models: list[ImageModelSpec] = field(default_factory=list)
     train: TrainSettings = field(default_factory=TrainSettings)  # shared by all models
     tta: list[str] = field(default_factory=lambda: ["center", "hflip"])
     gpus: int = 0                                # >1: launch through torchrun with this many processes
+    # auto: torchrun when gpus > 1, else in the notebook's process. torchrun: always, with max(gpus, 1)
+    # processes, so one GPU trains through torchrun, NCCL and DDP exactly as several do
+    launcher: Literal["auto", "torchrun"] = "auto"
     cache_dir: str = "cache"                     # feature cache (shared between runs)
     n_examples: int = 6
 
+    def torchrun_processes(self) -> int:
+        """Processes fine-tuning starts through torchrun; 0 trains in the notebook's process."""
+        return LAUNCHERS[self.launcher](self.gpus)
+
     def check(self):
         require(self.gpus >= 0, f"gpus: must be >= 0 (got {self.gpus})")
+        require(self.launcher in LAUNCHERS, f"launcher: must be one of {sorted(LAUNCHERS)} (got {self.launcher!r})")
         require(self.n_examples >= 0, f"n_examples: must be >= 0 (got {self.n_examples})")
         labels = [m.label for m in self.models]
         require(len(set(labels)) == len(labels), f"models: labels must be unique (got {labels})")

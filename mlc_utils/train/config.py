@@ -16,28 +16,39 @@ from typing import Any, Literal, Mapping
 from mlc_utils.core.config import from_dict
 
 # the fields whose values name an entry of one of the training loop's registries
-CHOICES = ("optimizer", "scheduler", "loss", "amp_dtype")
+CHOICES = ("optimizer", "scheduler", "schedule_unit", "loss", "amp_dtype")
 
 
 @dataclass
 class TrainConfig:
     """Everything :func:`fit` needs; defaults follow the paper where it states them.
 
-    Paper: AdamW, StepLR, mixup alpha 0.4, seed 3407, freeze epochs, label smoothing, KD, TTA.
-    The values of lr, epochs, batch size and step schedule are this project's (the paper does
-    not give them). ``batch_size`` is per process.
+    Paper: StepLR, mixup alpha 0.4, seed 3407, freeze epochs, label smoothing, KD, TTA. The
+    defaults of lr, epochs, batch size and step schedule are this project's (CPU-sized); the
+    paper's run (20 epochs, lr 1e-5, step 8, gamma 0.5) is ``params/comp5329-gpu.yaml``.
+    ``batch_size`` is per process.
     """
     epochs: int = 10
     batch_size: int = 32
     eval_batch_size: int | None = None          # default: 2 x batch_size
     lr: float = 1e-4
     weight_decay: float = 1e-2
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    # adamw / sgd: one group, every parameter decayed (the paper's). timm_adamw: timm's optimizer
+    # factory, no decay on norms, biases and the model's no_weight_decay() tables (position / relative
+    # position), and layer_decay when set: how large transformers are fine-tuned (BEiT, Swin, timm).
+    optimizer: Literal["adamw", "sgd", "timm_adamw"] = "adamw"
     momentum: float = 0.9                       # sgd only
+    layer_decay: float | None = None            # timm_adamw: lr x layer_decay^(layers above); None = off
     scheduler: Literal["step", "cosine", "none"] = "step"
+    # epoch: a LambdaLR stepped once per epoch (the paper's StepLR). step: timm's scheduler stepped
+    # at every optimizer update (warmup_steps from warmup_lr, then cosine to min_lr, or step decays).
+    schedule_unit: Literal["epoch", "step"] = "epoch"
     step_size: int = 3                          # epochs between StepLR decays
     gamma: float = 0.1                          # StepLR decay factor
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0                      # schedule_unit epoch only
+    warmup_steps: int = 0                       # schedule_unit step only: linear warmup updates
+    warmup_lr: float = 0.0                      # schedule_unit step: the lr warmup starts from
+    min_lr: float = 0.0                         # schedule_unit step, cosine: the lr it ends at
     seed: int = 3407
     freeze_epochs: int = 0                      # epochs with backbone_parameters() frozen
     after_freeze_lr: float | None = None        # learning rate once unfrozen (default: lr)
@@ -67,7 +78,7 @@ class TrainConfig:
         def need(ok: bool, message: str):
             if not ok:
                 raise ValueError(message)
-        for name in ("epochs", "freeze_epochs", "warmup_epochs", "num_workers"):
+        for name in ("epochs", "freeze_epochs", "warmup_epochs", "warmup_steps", "num_workers"):
             need(getattr(self, name) >= 0, f"{name}: must be >= 0 (got {getattr(self, name)})")
         for name in ("batch_size", "grad_accum", "step_size"):
             need(getattr(self, name) >= 1, f"{name}: must be >= 1 (got {getattr(self, name)})")
@@ -84,6 +95,19 @@ class TrainConfig:
         need(self.kd_temp > 0, f"kd_temp: must be > 0 (got {self.kd_temp})")
         need(0.0 < self.ema_decay < 1.0, f"ema_decay: must be in (0, 1) (got {self.ema_decay})")
         need(0.0 < self.gamma <= 1.0, f"gamma: must be in (0, 1] (got {self.gamma})")
+        for name in ("warmup_lr", "min_lr"):
+            need(getattr(self, name) >= 0, f"{name}: must be >= 0 (got {getattr(self, name)})")
+        need(self.layer_decay is None or 0.0 < self.layer_decay <= 1.0,
+             f"layer_decay: must be in (0, 1] or null (got {self.layer_decay})")
+        need(self.layer_decay is None or self.optimizer in TIMM_OPTIMIZERS,
+             f"layer_decay: needs optimizer: {' or '.join(TIMM_OPTIMIZERS)} (timm's parameter groups; "
+             f"got optimizer: {self.optimizer!r})")
+        need(self.schedule_unit == "step" or not self.warmup_steps,
+             f"warmup_steps: counts optimizer updates, so it needs schedule_unit: step "
+             f"(got schedule_unit: {self.schedule_unit!r}; use warmup_epochs)")
+        need(self.schedule_unit == "epoch" or not self.warmup_epochs,
+             "warmup_epochs: counts epochs, so it needs schedule_unit: epoch (with schedule_unit: step "
+             f"give warmup_steps; got warmup_epochs: {self.warmup_epochs})")
         need(self.max_grad_norm >= 0, f"max_grad_norm: must be >= 0 (got {self.max_grad_norm})")
         need(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
              f"max_steps_per_epoch: must be >= 1 or null (got {self.max_steps_per_epoch})")
@@ -100,6 +124,9 @@ class TrainConfig:
         return from_dict(cls, mapping or {}, where)
 
 
+
+# optimizers built by timm's factory (parameter groups: decay-free 1-d and no_weight_decay(), layer_decay)
+TIMM_OPTIMIZERS = ("timm_adamw",)
 
 # fields that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = frozenset({"epochs", "resume", "num_workers", "device", "progress", "eval_batch_size",

@@ -142,8 +142,13 @@ def _record_rank_agreement(model, out_dir: Path) -> None:
 
 
 def _init_distributed(device: str = "auto") -> bool:
-    """Join torchrun's process group: NCCL when training on GPUs, gloo on CPUs."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    """Join torchrun's process group: NCCL when training on GPUs, gloo on CPUs.
+
+    One process started by torchrun joins a group of one too, so a one-GPU run goes through NCCL
+    and the collectives exactly as a multi-GPU run does (TORCHELASTIC_RUN_ID is set by torchrun).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_initialized() or (world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ):
         return False
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not on_gpu:
@@ -200,9 +205,33 @@ def _leave_group(ok: bool) -> None:
     dist.destroy_process_group()
 
 
-def torchrun_command(config_path: str | os.PathLike, nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc_per_node={nproc}", "-m", "mlc_utils.train", "--config", str(config_path)]
+def torchrun_command(config_path: str | os.PathLike, nproc: int, *, nnodes: int = 1,
+                     rdzv_endpoint: str | None = None, rdzv_id: str | None = None,
+                     node_rank: int | None = None, rdzv_backend: str = "c10d") -> list[str]:
+    """The torchrun command line of one node.
+
+    One node: ``--standalone``. Several (``nnodes > 1``): every node runs the same command with the
+    same ``rdzv_endpoint`` (HOST:PORT of one of them) and ``rdzv_id`` (e.g. ``$SLURM_JOB_ID``);
+    c10d rendezvous assigns ranks, ``node_rank`` pins them when given (``$SLURM_NODEID``).
+    """
+    for name, value in (("nproc", nproc), ("nnodes", nnodes)):
+        if value < 1:
+            raise ValueError(f"{name}: must be >= 1 (got {value})")
+    tail = [f"--nproc_per_node={nproc}", "-m", "mlc_utils.train", "--config", str(config_path)]
+    head = [sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1 and rdzv_endpoint is None:
+        return head + ["--standalone", "--nnodes=1"] + tail
+    host, _, port = (rdzv_endpoint or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"rdzv_endpoint: must be HOST:PORT of the rendezvous node, reachable from every node "
+                         f"(got {rdzv_endpoint!r})")
+    if not rdzv_id:
+        raise ValueError("rdzv_id: must name the job, the same on every node (e.g. $SLURM_JOB_ID)")
+    if node_rank is not None and not 0 <= node_rank < nnodes:
+        raise ValueError(f"node_rank: must be in 0..{nnodes - 1} (got {node_rank})")
+    rank = [] if node_rank is None else [f"--node_rank={node_rank}"]
+    return head + [f"--nnodes={nnodes}", *rank, f"--rdzv_backend={rdzv_backend}",
+                   f"--rdzv_endpoint={rdzv_endpoint}", f"--rdzv_id={rdzv_id}"] + tail
 
 
 def launch_torchrun(config: dict[str, Any], nproc: int, out_dir: str | os.PathLike, echo=print) -> int:

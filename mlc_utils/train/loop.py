@@ -3,9 +3,11 @@
 Design. :func:`fit` takes any ``nn.Module`` that maps a batch of inputs (a tensor or a dict of
 tensors) to ``(B, C)`` logits, and datasets of ``(inputs, multi-hot target)``. It does only the
 multi-label specifics by hand (binary label smoothing, distillation, metric gathering, exact
-resumption) and leaves everything else to torch and timm: ``torch.optim`` (a registry), a
+resumption) and leaves everything else to torch and timm: ``torch.optim`` or timm's optimizer
+factory (``timm_adamw``: decay-free norms, biases and position tables, layer decay; a registry), a
 ``LambdaLR`` per-epoch schedule (step/cosine/none, warmup, and the learning-rate change after the
-frozen-backbone epochs as one factor), ``torch.autocast`` + ``GradScaler``, timm ``Mixup``
+frozen-backbone epochs as one factor; the default) or timm's schedulers stepped at every update
+(``schedule_unit: step``), ``torch.autocast`` + ``GradScaler``, timm ``Mixup``
 (multi-label mode) and ``ModelEmaV3``, ``DistributedDataParallel`` + ``DistributedSampler``.
 The same code runs on one CPU and on N GPUs under torchrun: when a process group is initialised
 the model is wrapped in DDP and every rank sees its shard; validation probabilities are gathered
@@ -63,10 +65,28 @@ from mlc_utils.train.losses import (
 # ---------------------------------------------------------------------------------------------
 # configuration
 
+def _timm_optimizer(model: nn.Module, cfg, opt: str) -> torch.optim.Optimizer:
+    """timm's factory: no decay on 1-d parameters and ``no_weight_decay()``; ``layer_decay`` groups."""
+    from timm.optim import create_optimizer_v2
+    if cfg.layer_decay is not None and not hasattr(model, "group_matcher"):
+        raise ValueError(f"layer_decay: {type(model).__name__} has no group_matcher() to rank its layers; "
+                         "set layer_decay: null for this model")
+    try:
+        return create_optimizer_v2(model, opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                   layer_decay=cfg.layer_decay)
+    except AttributeError as err:  # a wrapper whose backbone has no group_matcher
+        if cfg.layer_decay is None:
+            raise
+        raise ValueError(f"layer_decay: {err}; set layer_decay: null for this model") from err
+
+
+# optimizer from (model, cfg); adamw and sgd put every parameter in one decayed group
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                               weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0),
+    "adamw": lambda model, cfg: torch.optim.AdamW(list(model.parameters()), lr=cfg.lr,
+                                                  weight_decay=cfg.weight_decay),
+    "sgd": lambda model, cfg: torch.optim.SGD(list(model.parameters()), lr=cfg.lr, momentum=cfg.momentum,
+                                              weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0),
+    "timm_adamw": lambda model, cfg: _timm_optimizer(model, cfg, "adamw"),
 }
 
 # learning-rate multiplier of the schedule at a 0-based epoch
@@ -75,6 +95,73 @@ SCHEDULES: dict[str, Callable[[Any, int], float]] = {
     "cosine": lambda cfg, epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, cfg.epochs))),
     "none": lambda cfg, epoch: 1.0,
 }
+
+# timm's per-update scheduler for each SCHEDULES name, from (optimizer, cfg, total updates)
+STEP_SCHEDULES: dict[str, Callable[..., Any]] = {
+    "cosine": lambda opt, cfg, total: _timm_scheduler("CosineLRScheduler", opt, cfg, warmup_prefix=True,
+                                                      t_initial=max(1, total - cfg.warmup_steps),
+                                                      lr_min=cfg.min_lr, cycle_limit=1),
+    "step": lambda opt, cfg, total: _timm_scheduler("StepLRScheduler", opt, cfg, decay_rate=cfg.gamma,
+                                                    decay_t=cfg.step_size * max(1, total // max(1, cfg.epochs))),
+    "none": lambda opt, cfg, total: _timm_scheduler("StepLRScheduler", opt, cfg, decay_rate=1.0,
+                                                    decay_t=total + 1),
+}
+
+
+def _timm_scheduler(name: str, optimizer, cfg, **kwargs):
+    import timm.scheduler
+    return getattr(timm.scheduler, name)(optimizer, warmup_t=cfg.warmup_steps, warmup_lr_init=cfg.warmup_lr,
+                                         t_in_epochs=False, **kwargs)
+
+
+class _EpochSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """``SCHEDULES`` x warmup x the after-freeze factor, stepped once per epoch; timm's ``lr_scale``
+    (layer decay) per parameter group."""
+
+    def __init__(self, optimizer, cfg: TrainConfig, updates_per_epoch: int):
+        scales = [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+        super().__init__(optimizer, [lambda e, s=s: s * _lr_factor(cfg, e) for s in scales])
+
+    def step_update(self, num_updates: int, epoch: int) -> None:
+        """Per-update hook: nothing changes within an epoch."""
+
+
+class _StepSchedule:
+    """timm's scheduler (``STEP_SCHEDULES``) set before every optimizer update, as timm's train.py does;
+    the rate depends on the update count alone, so resuming at ``global_step`` continues it exactly."""
+
+    def __init__(self, optimizer, cfg: TrainConfig, updates_per_epoch: int):
+        self.optimizer, self.cfg = optimizer, cfg
+        self.timm = STEP_SCHEDULES[cfg.scheduler](optimizer, cfg, updates_per_epoch * cfg.epochs)
+
+    def step_update(self, num_updates: int, epoch: int) -> None:
+        self.timm.step_update(num_updates)
+        factor = _freeze_factor(self.cfg, epoch)
+        if factor != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= factor
+
+    def step(self) -> None:
+        """End of an epoch: nothing (the rate moves per update)."""
+
+    def state_dict(self) -> dict:
+        return self.timm.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.timm.load_state_dict(state)
+
+
+# when the learning rate moves: once per epoch or at every optimizer update
+SCHEDULE_UNITS: dict[str, Callable[..., Any]] = {"epoch": _EpochSchedule, "step": _StepSchedule}
+
+
+def updates_per_epoch(cfg: TrainConfig, n_train: int, world: int = 1) -> int:
+    """Optimizer updates one epoch makes on each rank (DistributedSampler pads to equal shards)."""
+    batches = math.ceil(math.ceil(n_train / world) / cfg.batch_size)
+    if cfg.max_steps_per_epoch is not None:
+        batches = min(batches, cfg.max_steps_per_epoch * cfg.grad_accum)
+    return math.ceil(batches / cfg.grad_accum)
+
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -120,9 +207,14 @@ def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
     factor = SCHEDULES[cfg.scheduler](cfg, epoch)
     if epoch < cfg.warmup_epochs:
         factor *= (epoch + 1) / (cfg.warmup_epochs + 1)
+    return factor * _freeze_factor(cfg, epoch)
+
+
+def _freeze_factor(cfg: TrainConfig, epoch: int) -> float:
+    """``after_freeze_lr / lr`` once the frozen-backbone epochs are over (1 before, or when unset)."""
     if cfg.freeze_epochs and epoch >= cfg.freeze_epochs and cfg.after_freeze_lr:
-        factor *= cfg.after_freeze_lr / cfg.lr
-    return factor
+        return cfg.after_freeze_lr / cfg.lr
+    return 1.0
 
 
 def _set_frozen(model: nn.Module, frozen: bool) -> bool:
@@ -195,8 +287,10 @@ class _Trainer:
         pos_weight = pos_weight_from_targets(dataset_targets(train_set)) if cfg.loss in NEEDS_POS_WEIGHT else None
         self.criterion = build_loss(cfg.loss, pos_weight, focal_gamma=cfg.focal_gamma,
                                     focal_alpha=cfg.focal_alpha).to(self.device)
-        self.optimizer = OPTIMIZERS[cfg.optimizer]([p for p in model.parameters()], cfg)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: _lr_factor(cfg, e))
+        self.optimizer = OPTIMIZERS[cfg.optimizer](model, cfg)
+        self.scheduler = SCHEDULE_UNITS[cfg.schedule_unit](self.optimizer, cfg,
+                                                           updates_per_epoch(cfg, len(train_set), self.world))
+        self.epoch = 0
         fp16 = cfg.amp and self.device.type == "cuda" and cfg.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.ema = None
@@ -232,7 +326,7 @@ class _Trainer:
         ckpt = read_checkpoint(path)
         check_identity(ckpt["spec"], self.model, path)
         changed = [f.name for f in fields(self.cfg) if f.name not in RESUMABLE_CHANGES
-                   and ckpt["params"].get(f.name) != getattr(self.cfg, f.name)]
+                   and ckpt["params"].get(f.name, f.default) != getattr(self.cfg, f.name)]
         if changed:
             detail = "; ".join(f"{k}: {ckpt['params'].get(k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
             raise ValueError(f"resume: {path} was trained with other parameters ({detail}); "
@@ -267,8 +361,14 @@ class _Trainer:
                    "best": next((h for h in self.history if h["epoch"] == self.best_epoch), {}),
                    "last": self.history[-1] if self.history else {}, "epochs_run": len(self.history),
                    "threshold": self.cfg.threshold, "world_size": self.world, "params": asdict(self.cfg),
-                   "spec": model_identity(self.model)}
+                   "spec": model_identity(self.model), "peak_gpu_mib": self.peak_gpu_mib()}
         atomic_write_text(self.out_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
+
+    def peak_gpu_mib(self) -> float | None:
+        """This process's peak allocated GPU memory so far (what a larger model or batch must fit in)."""
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
 
     # -- one epoch ---------------------------------------------------------------------------
     def phase(self, epoch: int) -> nn.Module:
@@ -278,7 +378,7 @@ class _Trainer:
             _set_frozen(self.model, frozen)
             self.frozen = frozen
             self.wrapped = self.model
-            if self.world > 1:
+            if dist.is_available() and dist.is_initialized():  # torchrun, also with one process
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         return self.wrapped
@@ -304,6 +404,7 @@ class _Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
                                            self.cfg.max_grad_norm)
+        self.scheduler.step_update(self.global_step, self.epoch)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -382,8 +483,8 @@ class _Trainer:
             self.resume()
         for epoch in range(self.start_epoch, cfg.epochs):
             seed_everything(cfg.seed + 1000 * epoch + self.rank)
-            tic = time.time()
-            lr = self.optimizer.param_groups[0]["lr"]
+            tic, self.epoch = time.time(), epoch
+            lr = max(g["lr"] for g in self.optimizer.param_groups)
             train_loss = self.train_epoch(epoch)
             self.scheduler.step()
             metrics, probs = self.validate(epoch)
