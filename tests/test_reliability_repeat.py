@@ -36,7 +36,7 @@ SPLIT_SCRIPT = textwrap.dedent('''
     import sys
     from mlc_utils.data.csvio import read_train_csv
     from mlc_utils.data.labels import LabelSpace
-    from mlc_utils import split as S
+    from mlc_utils.data import split as S
     data, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     train = read_train_csv(data + "/train.csv")
     y = LabelSpace(20).encode(list(train.Labels))
