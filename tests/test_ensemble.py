@@ -140,3 +140,50 @@ def test_submission_format(tmp_path):
 
     direct = write_submission(["x.jpg"], np.array([[0.1, 0.1, 0.2]]), 0.5, tmp_path / "one.csv")
     assert direct.read_text().splitlines() == ["ImageID,Labels", "x.jpg,2"]
+
+
+def test_out_of_fold_takes_each_row_from_the_fold_that_held_it_and_averages_test():
+    from mlc_utils.evaluation.ensemble import out_of_fold
+    a = member("f0", np.full((2, 3), 0.1), np.full((3, 3), 0.2), val_ids=["3.jpg", "1.jpg"])
+    b = member("f1", np.full((2, 3), 0.9), np.full((3, 3), 0.6), val_ids=["2.jpg", "4.jpg"])
+    oof = out_of_fold("m", [a, b], VAL_IDS, kind="text")
+    assert oof.val_ids == VAL_IDS and oof.kind == "text" and oof.info["oof"] and oof.info["folds"] == 2
+    assert np.allclose(oof.val_probs[:, 0], [0.1, 0.9, 0.1, 0.9])
+    assert np.allclose(oof.test_probs, 0.4) and oof.test_ids == TEST_IDS
+    with pytest.raises(ValueError, match="more than one fold"):
+        out_of_fold("m", [a, a], VAL_IDS)
+    with pytest.raises(ValueError, match="no out-of-fold probabilities"):
+        out_of_fold("m", [a], VAL_IDS)
+
+
+def test_cross_fitted_threshold_is_tuned_without_the_scored_rows():
+    from mlc_utils.evaluation.ensemble import cross_fitted_f1, cross_fitted_threshold_f1
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 4)) < 0.3).astype(float)
+    probs = np.clip(0.35 * y + 0.5 * rng.random(y.shape), 0, 1)
+    groups = np.arange(200) % 4
+    in_sample = metrics.tune_global_threshold(y, probs)[1]
+    honest = cross_fitted_threshold_f1(y, probs, groups)
+    assert 0.0 < honest <= in_sample + 1e-12
+    seen = []
+
+    def fit_predict(fit, score):
+        seen.append((set(fit), set(score)))
+        return probs[score], 0.5
+    assert cross_fitted_f1(y, groups, fit_predict) == pytest.approx(metrics.sample_f1(y, probs, 0.5))
+    assert len(seen) == 4 and all(not (f & s) and len(f | s) == 200 for f, s in seen)
+    with pytest.raises(ValueError, match="groups: need at least two groups"):
+        cross_fitted_f1(y, np.zeros(200), fit_predict)
+
+
+def test_cross_fitted_ensemble_refits_weights_per_fold():
+    from mlc_utils.evaluation.ensemble import cross_fitted_ensemble_f1
+    rng = np.random.default_rng(1)
+    ids = [f"{i}.jpg" for i in range(120)]
+    y = (rng.random((120, 3)) < 0.4).astype(float)
+    good = member("good", np.clip(0.6 * y + 0.3 * rng.random(y.shape), 0, 1), val_ids=ids)
+    noise = member("noise", rng.random(y.shape), val_ids=ids)
+    groups = np.arange(120) % 3
+    honest = cross_fitted_ensemble_f1([good, noise], ids, y, groups, weights="optimized")
+    tuned = build_ensemble([good, noise], ids, y, weights="optimized").val_f1
+    assert 0.5 < honest <= tuned + 1e-12

@@ -53,3 +53,44 @@ def test_save_load_and_checks(tmp_path):
         S.load_split(tmp_path / "none.csv")
     with pytest.raises(ValueError, match="val_fraction"):
         S.stratified_split(np.ones((5, 2)), 1.0)
+
+
+def test_stratified_folds_cover_every_row_once_balanced_and_seeded():
+    y = imbalanced_labels(300)
+    np.random.seed(1)
+    before = np.random.get_state()[1].copy()
+    fold = S.stratified_folds(y, 5, seed=5)
+    assert (np.random.get_state()[1] == before).all()
+    assert fold.shape == (300,) and sorted(np.unique(fold)) == [0, 1, 2, 3, 4]
+    assert np.bincount(fold).min() >= 50  # sizes near 300 / 5
+    assert (S.stratified_folds(y, 5, seed=5) == fold).all()
+    assert not (S.stratified_folds(y, 5, seed=6) == fold).all()
+    # class frequencies per fold closer to the whole than a random fold assignment's
+    random_fold = np.random.default_rng(5).permutation(300) % 5
+
+    def gap(f):
+        return np.mean([S.stratification_error(y, np.flatnonzero(f != k), np.flatnonzero(f == k)) for k in range(5)])
+    assert gap(fold) < gap(random_fold)
+
+
+@pytest.mark.parametrize("k", [1, 0, 2.5, True])
+def test_stratified_folds_rejects_bad_counts(k):
+    with pytest.raises(ValueError, match="n_splits"):
+        S.stratified_folds(imbalanced_labels(50), k)
+
+
+def test_cv_fold_column_round_trips_and_holdout_files_still_read(tmp_path):
+    ids = [f"{i}.jpg" for i in range(10)]
+    holdout = S.save_split(S.split_frame(ids, np.arange(8), np.arange(8, 10)), tmp_path / "holdout.csv")
+    assert holdout.read_text().splitlines()[0] == "ImageID,fold"  # unchanged format without folds
+    assert S.cv_fold_ids(S.load_split(holdout, ids), ids) is None
+    cv = np.arange(10) % 3
+    path = S.save_split(S.split_frame(ids, np.arange(8), np.arange(8, 10), cv), tmp_path / "split.csv")
+    back = S.load_split(path, ids)
+    assert list(S.cv_fold_ids(back, ids[::-1])) == list(cv[::-1])
+    assert list(S.fold_indices(back, ids)[1]) == [8, 9]
+    path.write_text(path.read_text().replace(",2\n", ",7\n"))
+    with pytest.raises(ValueError, match="cv_fold must number the folds 0..K-1"):
+        S.load_split(path, ids)
+    with pytest.raises(ValueError, match="cv_fold: 3 fold ids for 10 rows"):
+        S.split_frame(ids, np.arange(8), np.arange(8, 10), np.arange(3))

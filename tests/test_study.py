@@ -9,10 +9,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from mlc_utils.data.csvio import read_test_csv
+from mlc_utils.data.csvio import read_test_csv, read_train_csv
+from mlc_utils.data.labels import LabelSpace
 from mlc_utils.run.pipeline import run_study
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -91,3 +93,62 @@ def test_offline_hub_weights_fail_before_any_stage(tmp_path, tiny_data, monkeypa
     assert "swinv2_large_window12to16_192to256" in message and "efficientnet_lite0" in message
     assert not (root / "runs" / "offline" / "eda").exists()  # nothing ran
     assert empty_hub_cache == [], "no network call may be attempted when the hub is off"
+
+
+TINY_FOLDS = """
+run: tiny-folds
+data_dir: {data}
+seed: 3407
+stages: [split, image, text, fusion, ensemble]
+split: {{val_fraction: 0.3, folds: 3}}
+image:
+  cache_dir: {cache}
+  models:
+    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen, img_size: 32,
+        train: {{epochs: 3, batch_size: 8, progress: false}}}}
+text:
+  pretrained: false
+  max_length: 16
+  train: {{batch_size: 8, epochs: 2, progress: false}}
+fusion: {{heads: [concat], train: {{epochs: 3, progress: false}}}}
+ensemble: {{weights: optimized}}
+"""
+
+
+def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data):
+    root = tmp_path / "project"
+    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    params = root / "folds.yaml"
+    params.write_text(TINY_FOLDS.format(data=tiny_data, cache=tmp_path / "cache"))
+    logs = []
+    results = run_study(str(params), root=root, log=logs.append)
+    assert [r.status for r in results] == ["ran"] * 5, "\n".join(logs + [r.error for r in results])
+
+    run = root / "runs" / "tiny-folds"
+    split = pd.read_csv(run / "split" / "split.csv")
+    assert list(split.columns) == ["ImageID", "fold", "cv_fold"] and sorted(split.cv_fold.unique()) == [0, 1, 2]
+    labelled = list(read_train_csv(tiny_data / "train.csv", LabelSpace(20)).ImageID)
+    for name in ("image/eff-frozen", "text/caption", "fusion/concat"):
+        folds = [json.loads((run / name / f"fold{k}" / "member.json").read_text()) for k in range(3)]
+        assert len({f["key"] for f in folds}) == 3, name
+        meta = json.loads((run / name / "member.json").read_text())
+        assert meta["info"]["oof"] and meta["info"]["folds"] == 3, name
+        with np.load(run / name / "val_probs.npz") as saved:  # every labelled row, scored out-of-fold
+            assert sorted(saved["ids"].astype(str)) == sorted(labelled), name
+    ensemble = json.loads((run / "ensemble" / "member.json").read_text())
+    assert 0.0 <= ensemble["info"]["cross_fitted_f1"] <= 1.0 and ensemble["info"]["tuned_in_sample"]
+    table1 = json.loads((run / "ensemble" / "summary.json").read_text())["tables"][
+        "Table 1 (sample-F1 by model and threshold)"]
+    assert {"scores", "F1 cross-fitted"} <= set(table1["columns"])
+    scores = dict(zip([r[0] for r in table1["data"]], [r[table1["columns"].index("scores")] for r in table1["data"]]))
+    assert scores["eff-frozen"] == "out-of-fold" and scores["ensemble"] == "out-of-fold, weights tuned on them"
+    submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
+    assert list(submission.ImageID) == list(read_test_csv(tiny_data / "test.csv").ImageID)
+
+    # a changed fusion head retrains only the head's folds; the sub-models' folds are untouched
+    def fold_key(name):
+        return json.loads((run / name / "fold0" / "member.json").read_text())["key"]
+    before = fold_key("fusion/concat"), fold_key("text/caption")
+    again = run_study(str(params), root=root, log=logs.append, overrides=["fusion.train.epochs=2"])
+    assert [r.status for r in again] == ["skipped"] * 3 + ["ran"] * 2, "\n".join(logs)
+    assert fold_key("fusion/concat") != before[0] and fold_key("text/caption") == before[1]

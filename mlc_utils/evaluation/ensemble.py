@@ -12,6 +12,7 @@ same validation rows, so that score is optimistic; the test rows never influence
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -172,6 +173,94 @@ class Member:
         return pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame()
 
 
+def out_of_fold(name: str, folds: Sequence[Member], ids: Sequence[str], **details) -> Member:
+    """One member from cross-validation fold members: each of ``ids`` takes the validation (out-of-fold)
+    probabilities of the one fold that holds it; test probabilities are the mean over the folds.
+
+    Refused when a row is held by no fold or by several (a stacking input must come from a model
+    that never trained on its row). ``info`` records ``oof: True`` and the number of folds.
+    """
+    folds = list(folds)
+    if not folds:
+        raise ValueError("folds: need at least one fold member")
+    ids = [str(i) for i in ids]
+    owner = pd.Series(np.concatenate([np.full(len(m.val_ids), k) for k, m in enumerate(folds)]),
+                      index=[str(i) for m in folds for i in m.val_ids])
+    if owner.index.has_duplicates:
+        raise ValueError(f"folds: rows scored by more than one fold, e.g. {owner.index[owner.index.duplicated()][:5].tolist()}")
+    missing = [i for i in ids if i not in owner.index]
+    if missing or len(owner) != len(ids):
+        raise ValueError(f"folds: {len(missing)} of the ids have no out-of-fold probabilities (e.g. {missing[:5]}) "
+                         f"and {len(owner) - len(ids) + len(missing)} fold rows are not among the ids")
+    probs = np.empty((len(ids), folds[0].val_probs.shape[1]))
+    where = owner.loc[ids].to_numpy()
+    for k, m in enumerate(folds):
+        rows = np.flatnonzero(where == k)
+        probs[rows] = m.probs_for([ids[r] for r in rows], "val")
+    test_ids, test_probs = _fuse_test(folds, np.full(len(folds), 1.0 / len(folds)), None)
+    info = {**folds[0].info, **details.pop("info", {}), "oof": True, "folds": len(folds)}
+    return Member(name, val_ids=ids, val_probs=probs, test_ids=test_ids, test_probs=test_probs, info=info,
+                  seconds=float(sum(m.seconds for m in folds)), reused=all(m.reused for m in folds), **details)
+
+
+def subset(member: Member, ids: Sequence[str]) -> Member:
+    """``member`` with only the validation rows ``ids`` (to fit on some folds and score the others)."""
+    ids = [str(i) for i in ids]
+    index = pd.Index(member.val_ids)
+    if index.has_duplicates:
+        raise ValueError(f"{member.name}: validation ImageIDs repeat, e.g. {index[index.duplicated()][:5].tolist()}")
+    positions = index.get_indexer(ids)
+    if (positions < 0).any():
+        raise ValueError(f"{member.name}: no validation probabilities for {int((positions < 0).sum())} of the rows "
+                         f"(e.g. {[i for i, p in zip(ids, positions) if p < 0][:5]})")
+    return dataclasses.replace(member, val_ids=ids, val_probs=member.val_probs[positions])
+
+
+def cross_fitted_f1(y: np.ndarray, groups: np.ndarray,
+                    fit_predict: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float | np.ndarray]]) -> float:
+    """Sample-F1 where every row's decision comes from a rule fitted without it.
+
+    For each group g, ``fit_predict(fit_rows, score_rows)`` tunes on the other groups' rows (weights,
+    threshold...) and returns (probabilities of ``score_rows``, threshold); the decisions of all groups
+    are then scored together. This is the honest counterpart of a threshold tuned on the rows it scores.
+    """
+    y, groups = np.asarray(y), np.asarray(groups)
+    if groups.shape != (len(y),):
+        raise ValueError(f"groups: {groups.shape} for {len(y)} rows; need one group per row")
+    if len(np.unique(groups)) < 2:
+        raise ValueError("groups: need at least two groups to fit on some and score the others")
+    decisions = np.zeros(y.shape, dtype=np.int8)
+    for g in np.unique(groups):
+        score_rows, fit_rows = np.flatnonzero(groups == g), np.flatnonzero(groups != g)
+        probs, threshold = fit_predict(fit_rows, score_rows)
+        decisions[score_rows] = metrics.binarize(probs, threshold)
+    return metrics.sample_f1(y, decisions, 0.5)
+
+
+def cross_fitted_threshold_f1(y: np.ndarray, probs: np.ndarray, groups: np.ndarray, rule: str = "global") -> float:
+    """Sample-F1 of ``probs`` with each group's threshold (``rule`` of :data:`THRESHOLD_RULES`) tuned on the others."""
+    probs = np.asarray(probs)
+    tune = _threshold_rule(rule)
+    return cross_fitted_f1(y, groups, lambda fit, score: (probs[score], tune(y[fit], probs[fit])[0]))
+
+
+def cross_fitted_ensemble_f1(members: Sequence[Member], val_ids: Sequence[str], y_val: np.ndarray,
+                             groups: np.ndarray, **build_options) -> float:
+    """The ensemble's sample-F1 with its weights and threshold (``build_options`` of :func:`build_ensemble`)
+    fitted, for each group, on the other groups' rows only."""
+    val_ids = [str(i) for i in val_ids]
+    y_val = np.asarray(y_val, dtype=np.float64)
+    build_options = {k: v for k, v in build_options.items() if k != "test_ids"}
+
+    def fit_predict(fit_rows, score_rows):
+        fit_ids, score_ids = [val_ids[r] for r in fit_rows], [val_ids[r] for r in score_rows]
+        result = build_ensemble([subset(m, fit_ids) for m in members], fit_ids, y_val[fit_rows], **build_options)
+        w = np.array([result.weights[m.name] for m in members])
+        fused = np.tensordot(w, np.stack([subset(m, score_ids).val_probs for m in members]), axes=1)
+        return fused, result.threshold
+    return cross_fitted_f1(y_val, groups, fit_predict)
+
+
 # ---------------------------------------------------------------------------------------------
 # weightings: (validation probs per member, y_val, member scores) -> nonnegative weights summing to 1
 # ---------------------------------------------------------------------------------------------
@@ -297,9 +386,7 @@ def build_ensemble(members: Sequence[Member], val_ids: Sequence[str], y_val: np.
     fused_val = np.tensordot(w, np.stack(val_probs), axes=1)
 
     if isinstance(threshold, str):
-        if threshold not in THRESHOLD_RULES:
-            raise ValueError(f"threshold: must be one of {sorted(THRESHOLD_RULES)} or a number, got {threshold!r}")
-        chosen, val_f1 = THRESHOLD_RULES[threshold](y_val, fused_val)
+        chosen, val_f1 = _threshold_rule(threshold)(y_val, fused_val)
     else:
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold: a fixed threshold must be in (0, 1), got {threshold}")
@@ -311,6 +398,12 @@ def build_ensemble(members: Sequence[Member], val_ids: Sequence[str], y_val: np.
         val_f1_at_05=metrics.sample_f1(y_val, fused_val, 0.5), val_ids=val_ids, val_probs=fused_val,
         test_ids=test_ids_out, test_probs=fused_test,
         weighting=weights if isinstance(weights, str) else "given")
+
+
+def _threshold_rule(threshold: str) -> Callable:
+    if threshold not in THRESHOLD_RULES:
+        raise ValueError(f"threshold: must be one of {sorted(THRESHOLD_RULES)} or a number, got {threshold!r}")
+    return THRESHOLD_RULES[threshold]
 
 
 def _resolve_weights(weights, names, val_probs, y_val, scores) -> np.ndarray:

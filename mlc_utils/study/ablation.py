@@ -73,7 +73,7 @@ def run_ablation(ctx, log=print) -> tuple[pd.DataFrame, list[Member]]:
             member = _repredict(ctx, members[0], spec, log)   # TTA changes prediction only: no retraining
         else:
             member = train_image(ctx, spec, ctx.stage_dir / spec.label, log,
-                                 alternates=(ctx.dir_of("image") / base_label,))
+                                 alternates=(ctx.dir_of("image") / base_label,), cross_validate=False)
         members.append(member)
         t, tuned = metrics.tune_global_threshold(y_val, member.val_probs)
         what = "baseline" if switch == "baseline" else SWITCHES[switch][0]

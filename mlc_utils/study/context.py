@@ -120,6 +120,45 @@ class StageContext:
         train_df, val_df = self.folds()
         return train_df, val_df, self.labels.encode(list(train_df.Labels)), self.labels.encode(list(val_df.Labels))
 
+    # --- cross-validation (split.folds >= 2) ---------------------------------------------------
+    @cached_property
+    def cv_fold(self):
+        """The cross-validation fold of each labelled row (data order); None when the split is a holdout only."""
+        from mlc_utils.data.split import cv_fold_ids
+        return cv_fold_ids(self.split, self.data.train.ImageID)
+
+    @property
+    def cross_validated(self) -> bool:
+        return self.cv_fold is not None
+
+    def cv_labelled_folds(self) -> list[tuple]:
+        """Per cross-validation fold k: (train_frame, val_frame, y_train, y_val), val = the rows of fold k."""
+        import numpy as np
+        if self.cv_fold is None:
+            raise ValueError("split.folds: the saved split has no cross-validation folds; set split.folds >= 2 "
+                             "and re-run the split stage")
+        train = self.data.train
+        out = []
+        for k in range(int(self.cv_fold.max()) + 1):
+            train_df = train.iloc[np.flatnonzero(self.cv_fold != k)].reset_index(drop=True)
+            val_df = train.iloc[np.flatnonzero(self.cv_fold == k)].reset_index(drop=True)
+            out.append((train_df, val_df, self.labels.encode(list(train_df.Labels)),
+                        self.labels.encode(list(val_df.Labels))))
+        return out
+
+    def scored_rows(self):
+        """(frame, y) of the rows members are scored on: the holdout's validation rows, or, when the
+        study cross-validates, every labelled row (each scored out-of-fold)."""
+        if not self.cross_validated:
+            _, val_df, _, y_val = self.labelled_folds()
+            return val_df, y_val
+        return self.data.train, self.labels.encode(list(self.data.train.Labels))
+
+    @property
+    def scored_folds(self):
+        """The cross-validation fold of each of :meth:`scored_rows` (None for a holdout)."""
+        return self.cv_fold
+
     # --- what the run's index page shows -------------------------------------------------------
     def headline(self, **values) -> None:
         self.summary["headline"].update(values)

@@ -28,7 +28,7 @@ def run_ensemble(ctx, log=print):
     """Weighted average of the chosen members, validation-tuned threshold, the test submission."""
     from mlc_utils.evaluation.ensemble import build_ensemble
     ensemble_params = ctx.params.ensemble
-    _, val_df, _, y_val = ctx.labelled_folds()
+    val_df, y_val = ctx.scored_rows()
     candidates = study_members(ctx)
     if ensemble_params.members:
         known = {m.name: m for m in candidates}
@@ -38,12 +38,20 @@ def run_ensemble(ctx, log=print):
         chosen = [known[name] for name in ensemble_params.members]
     else:
         chosen = candidates
-    result = build_ensemble(chosen, list(val_df.ImageID), y_val, weights=ensemble_params.weights,
-                            threshold="class" if ensemble_params.per_class_thresholds else "global",
-                            test_ids=list(ctx.data.test.ImageID))
+    options = {"weights": ensemble_params.weights,
+               "threshold": "class" if ensemble_params.per_class_thresholds else "global"}
+    result = build_ensemble(chosen, list(val_df.ImageID), y_val, test_ids=list(ctx.data.test.ImageID), **options)
     submission = result.write_submission(ctx.run_dir / "submission.csv")
+    info = {"weights": result.weights}
+    if ctx.cross_validated:  # weights and threshold tuned on the out-of-fold rows; the honest score refits them per fold
+        from mlc_utils.evaluation.ensemble import cross_fitted_ensemble_f1
+        honest = cross_fitted_ensemble_f1(chosen, list(val_df.ImageID), y_val, ctx.scored_folds, **options)
+        info.update(oof=True, tuned_in_sample=True, cross_fitted_f1=honest)
+        ctx.headline(ensemble_cross_fitted_f1=honest)
+        log(f"ensemble: {result.val_f1:.4f} with weights and threshold tuned on the out-of-fold rows, "
+            f"{honest:.4f} with them fitted on the other folds")
     member = Member("ensemble", "ensemble", ctx.stage_dir, result.val_ids, result.val_probs, result.test_ids,
-                    result.test_probs, info={"weights": result.weights})
+                    result.test_probs, info=info)
     save_member(member, digest([[m.key for m in chosen], result.weights]))
     log(f"submission: {submission} ({len(result.test_ids)} rows)")
     return result, candidates, member, submission

@@ -9,7 +9,12 @@ import pandas as pd
 
 from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import member_model, reuse_or_train, save_member
+from mlc_utils.study.members import (
+    cross_fit_member,
+    member_model,
+    reuse_or_train,
+    save_member,
+)
 
 
 def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict[str, list[str]]) -> dict:
@@ -71,35 +76,74 @@ def fusion_config(ctx, head: str):
 
 
 def train_fusion_heads(ctx, image: Member, text: Member, log=print) -> list[Member]:
-    """The paper's heads (concat, bilinear) on the two sub-models' outputs, trained on the train rows."""
+    """The paper's heads (concat, bilinear) on the two sub-models' outputs, trained on the train rows.
+
+    With ``split.folds`` each head is stacked: trained per fold on the sub-models' out-of-fold logits
+    of the other folds' rows, so it never learns from outputs of a model that trained on their rows.
+    """
     fusion_params = ctx.params.fusion
     if fusion_params.mode == "end_to_end":
         return [train_fusion_end_to_end(ctx, image, text, head, log) for head in fusion_params.heads]
+    if ctx.cross_validated:
+        return [_stacked_head(ctx, image, text, head, log) for head in fusion_params.heads]
     train_df, val_df, y_train, y_val = ctx.labelled_folds()
     ids = {"train": list(train_df.ImageID), "val": list(val_df.ImageID), "test": list(ctx.data.test.ImageID)}
     members = []
     for head in fusion_params.heads:
         cfg = fusion_config(ctx, head)
         out_dir = ctx.stage_dir / head
-        config = {"head": head, "input": fusion_params.fusion_input, "image": image.name, "text": text.name,
-                  "image_key": image.key, "text_key": text.key, "train": asdict(cfg)}
 
         def run(head=head, cfg=cfg, out_dir=out_dir):
-            from mlc_utils.evaluation.predict import predict_probs
-            from mlc_utils.models.fusion import ArrayPairDataset, PrecomputedFusion
-            from mlc_utils.train.loop import fit
             image_inputs = sub_model_outputs(ctx, image, fusion_params.fusion_input, ids)
             text_inputs = sub_model_outputs(ctx, text, fusion_params.fusion_input, ids)
-            sets = {s: ArrayPairDataset(image_inputs[s], text_inputs[s], y, ctx.params.num_classes)
-                    for s, y in (("train", y_train), ("val", y_val), ("test", None))}
-            model = PrecomputedFusion(head, image_inputs["train"].shape[1], text_inputs["train"].shape[1], ctx.params.num_classes)
-            log(f"fusion:{head} on {fusion_params.fusion_input} ({image_inputs['train'].shape[1]} + {text_inputs['train'].shape[1]} inputs)")
-            fit(model, sets["train"], sets["val"], cfg, out_dir)
-            probs = {s: predict_probs(model, sets[s], batch_size=512) for s in ("val", "test")}
-            return Member(f"fusion:{head}", "fusion", out_dir, ids["val"], probs["val"], ids["test"], probs["test"],
-                          info={"image": image.name, "text": text.name, "input": fusion_params.fusion_input})
-        members.append(reuse_or_train(ctx, out_dir, config, run, log, kind="fusion"))
+            return _fit_head(ctx, head, cfg, image_inputs, text_inputs, ids, {"train": y_train, "val": y_val},
+                             out_dir, log, image, text)
+        members.append(reuse_or_train(ctx, out_dir, _head_config(ctx, head, cfg, image, text), run, log, kind="fusion"))
     return members
+
+
+def _head_config(ctx, head: str, cfg, image: Member, text: Member) -> dict:
+    return {"head": head, "input": ctx.params.fusion.fusion_input, "image": image.name, "text": text.name,
+            "image_key": image.key, "text_key": text.key, "train": asdict(cfg)}
+
+
+def _fit_head(ctx, head: str, cfg, image_inputs: dict, text_inputs: dict, ids: dict, targets: dict,
+              out_dir: Path, log, image: Member, text: Member) -> Member:
+    """One fusion head trained on the ``train`` inputs, predicting the ``val`` and ``test`` rows."""
+    from mlc_utils.evaluation.predict import predict_probs
+    from mlc_utils.models.fusion import ArrayPairDataset, PrecomputedFusion
+    from mlc_utils.train.loop import fit
+    fusion_input = ctx.params.fusion.fusion_input
+    sets = {s: ArrayPairDataset(image_inputs[s], text_inputs[s], targets.get(s), ctx.params.num_classes)
+            for s in ("train", "val", "test")}
+    model = PrecomputedFusion(head, image_inputs["train"].shape[1], text_inputs["train"].shape[1], ctx.params.num_classes)
+    log(f"fusion:{head} on {fusion_input} ({image_inputs['train'].shape[1]} + {text_inputs['train'].shape[1]} inputs)")
+    fit(model, sets["train"], sets["val"], cfg, out_dir)
+    probs = {s: predict_probs(model, sets[s], batch_size=512) for s in ("val", "test")}
+    return Member(f"fusion:{head}", "fusion", out_dir, ids["val"], probs["val"], ids["test"], probs["test"],
+                  info={"image": image.name, "text": text.name, "input": fusion_input})
+
+
+def oof_logits(member: Member, ids, split: str) -> np.ndarray:
+    """A member's probabilities of ``ids`` (some of its validation rows, or its test rows) as logits
+    (float32): the stacking heads' inputs."""
+    from mlc_utils.evaluation.ensemble import subset
+    p = member.probs_for(ids, "test") if split == "test" else subset(member, ids).val_probs
+    p = np.clip(p, 1e-6, 1.0 - 1e-6)
+    return (np.log(p) - np.log1p(-p)).astype(np.float32)
+
+
+def _stacked_head(ctx, image: Member, text: Member, head: str, log) -> Member:
+    cfg = fusion_config(ctx, head)
+    test_ids = list(ctx.data.test.ImageID)
+
+    def fit_fold(rows, fold_dir):
+        train_df, val_df, y_train, y_val = rows
+        ids = {"train": list(train_df.ImageID), "val": list(val_df.ImageID), "test": test_ids}
+        inputs = [{s: oof_logits(m, ids[s], "test" if s == "test" else "val") for s in ids} for m in (image, text)]
+        return _fit_head(ctx, head, cfg, *inputs, ids, {"train": y_train, "val": y_val}, fold_dir, log, image, text)
+    return cross_fit_member(ctx, f"fusion:{head}", "fusion", ctx.stage_dir / head,
+                            {**_head_config(ctx, head, cfg, image, text), "stacked": "out-of-fold"}, fit_fold, log)
 
 
 
@@ -139,13 +183,21 @@ def train_fusion_end_to_end(ctx, image: Member, text: Member, head: str, log=pri
 def late_fusion_member(ctx, image: Member, text: Member) -> tuple[Member, object]:
     """The baseline: a weighted average of the two models' probabilities, weight tuned on validation."""
     from mlc_utils.evaluation.ensemble import tune_late_fusion
-    _, val_df, _, y_val = ctx.labelled_folds()
+    val_df, y_val = ctx.scored_rows()
     val_ids = list(val_df.ImageID)
     p_img, p_txt = image.probs_for(val_ids, "val"), text.probs_for(val_ids, "val")
     result = tune_late_fusion(y_val, p_img, p_txt)
     test_ids = list(ctx.data.test.ImageID)
+    info = {"image_weight": result.weight, "threshold": result.threshold}
+    if ctx.cross_validated:  # weight and threshold tuned on the out-of-fold rows they score; and the honest score
+        from mlc_utils.evaluation.ensemble import cross_fitted_f1
+
+        def fit_predict(fit, score):
+            tuned = tune_late_fusion(y_val[fit], p_img[fit], p_txt[fit])
+            return tuned.apply(p_img[score], p_txt[score]), tuned.threshold
+        info.update(oof=True, tuned_in_sample=True, cross_fitted_f1=cross_fitted_f1(y_val, ctx.scored_folds, fit_predict))
     member = Member("late fusion", "late_fusion", ctx.stage_dir / "late_fusion", val_ids, result.apply(p_img, p_txt),
                     test_ids, result.apply(image.probs_for(test_ids, "test"), text.probs_for(test_ids, "test")),
-                    info={"image_weight": result.weight, "threshold": result.threshold})
+                    info=info)
     save_member(member, digest([image.key, text.key, result.weight]))
     return member, result

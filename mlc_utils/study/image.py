@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import load_member, reuse_or_train
+from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
 from mlc_utils.train.config import merge_settings
 
 
@@ -21,12 +21,15 @@ def image_train_config(ctx, spec):
                           ctx.params.image.train, spec.train)
 
 
-def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: tuple[Path, ...] = ()) -> Member:
+def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: tuple[Path, ...] = (),
+                cross_validate: bool | None = None) -> Member:
     """Train (or reuse) one image model of ``image.models`` and predict validation and test rows.
 
     ``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains
     the whole model, through torchrun when ``image.gpus > 1`` (or ``launcher: torchrun``). Validation and test probabilities
     average the TTA views (``image.tta``; ``center`` only when the model's ``tta`` is off).
+    ``cross_validate`` (default: whether the split has ``split.folds``) trains one model per fold
+    and returns the out-of-fold member; False trains on the holdout (the ablation does).
     """
     cfg = image_train_config(ctx, spec)
     stage = ctx.params.image
@@ -36,16 +39,21 @@ def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: t
     config = {"spec": {k: v for k, v in asdict(spec).items() if k != "label"}, "train": asdict(cfg),
               "views": views, "gpus": stage.gpus,
               **({"launcher": stage.launcher} if stage.launcher != "auto" else {})}
-    return reuse_or_train(ctx, out_dir, config, lambda: _train_image(ctx, spec, cfg, views, out_dir, log), log,
+    if ctx.cross_validated if cross_validate is None else cross_validate:
+        return cross_fit_member(ctx, spec.label, "image", out_dir, config,
+                                lambda rows, fold_dir: _train_image(ctx, spec, cfg, views, fold_dir, log, rows), log)
+    return reuse_or_train(ctx, out_dir, config,
+                          lambda: _train_image(ctx, spec, cfg, views, out_dir, log, ctx.labelled_folds()), log,
                           alternates, kind="image")
 
 
 
-def _train_image(ctx, spec, cfg, views, out_dir: Path, log) -> Member:
+def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Member:
+    """One model trained on ``rows`` = (train_frame, val_frame, y_train, y_val)."""
     from mlc_utils.evaluation.predict import predict_images
     from mlc_utils.models import create_image_model
     root = ctx.params.data_path(ctx.root)
-    train_df, val_df, y_train, y_val = ctx.labelled_folds()
+    train_df, val_df, y_train, y_val = rows
     test_ids = list(ctx.data.test.ImageID)
     model = create_image_model(spec.name, ctx.params.num_classes, spec.head, spec.pretrained, spec.img_size,
                                spec.drop_rate, tta_views=views, crop_mode=spec.crop_mode,

@@ -36,12 +36,13 @@ MEMBER_CODE = {
 }
 
 
-def member_key(ctx, config: dict, kind: str) -> str:
+def member_key(ctx, config: dict, kind: str, rows: dict | None = None) -> str:
     """What a member's result depends on: its configuration, the code that trains a member of this
-    ``kind``, the split file, the data CSVs and (for members that read images) the image files."""
+    ``kind``, the split file (or, for one cross-validation fold, the ImageIDs of its ``rows``), the
+    data CSVs and (for members that read images) the image files."""
     root = ctx.params.data_path(ctx.root)
-    return digest({"config": config, "code": source_digest(MEMBER_CODE[kind]),
-                   "split": sha256_file(ctx.dir_of("split") / "split.csv"),
+    split = sha256_file(ctx.dir_of("split") / "split.csv") if rows is None else digest(rows)
+    return digest({"config": config, "code": source_digest(MEMBER_CODE[kind]), "split": split,
                    "data": data_fingerprint(root, images=kind != "text"), "num_classes": ctx.params.num_classes})
 
 
@@ -71,13 +72,14 @@ def load_member(out_dir: Path, key: str | None = None) -> Member | None:
 
 
 def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member], log=print,
-                   alternates: tuple[Path, ...] = (), *, kind: str) -> Member:
+                   alternates: tuple[Path, ...] = (), *, kind: str, rows: dict | None = None) -> Member:
     """Load the member saved under the same key (in ``out_dir`` or an ``alternates`` folder), else train it.
 
-    ``kind`` (a key of :data:`MEMBER_CODE`) says which code and data the member is made from.
+    ``kind`` (a key of :data:`MEMBER_CODE`) says which code and data the member is made from;
+    ``rows`` (``{"train": ids, "val": ids}``) keys a cross-validation fold by its rows instead of the split file.
     """
     import shutil
-    key = member_key(ctx, config, kind)
+    key = member_key(ctx, config, kind, rows)
     saved = load_member(out_dir, key)
     if saved is not None:
         log(f"{saved.name}: unchanged configuration, code, split and data; reusing {out_dir}")
@@ -104,8 +106,26 @@ def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member]
     return save_member(member, key)
 
 
+def cross_fit_member(ctx, name: str, kind: str, out_dir: Path, config: dict,
+                     fit_fold: Callable[[tuple, Path], Member], log=print) -> Member:
+    """The member ``name`` trained once per cross-validation fold, as one out-of-fold member.
 
-
+    Fold k trains on the other folds' rows (``fit_fold((train_df, val_df, y_train, y_val), fold_dir)``)
+    and is saved in ``out_dir/fold<k>`` under a key of its own rows, so an interrupted or repeated run
+    reuses every fold it already has. The member in ``out_dir`` holds each labelled row's probabilities
+    from the fold model that did not train on it, and test probabilities averaged over the fold models.
+    """
+    from mlc_utils.evaluation.ensemble import out_of_fold
+    out_dir = Path(out_dir)
+    folds = []
+    for k, rows in enumerate(ctx.cv_labelled_folds()):
+        fold_dir = out_dir / f"fold{k}"
+        ids = {"train": list(rows[0].ImageID), "val": list(rows[1].ImageID)}
+        log(f"{name}: fold {k + 1}, {len(ids['train'])} train / {len(ids['val'])} out-of-fold rows")
+        folds.append(reuse_or_train(ctx, fold_dir, config, lambda rows=rows, fold_dir=fold_dir: fit_fold(rows, fold_dir),
+                                    log, kind=kind, rows=ids))
+    member = out_of_fold(name, folds, list(ctx.data.train.ImageID), kind=kind, out_dir=out_dir)
+    return save_member(member, digest([m.key for m in folds]))
 
 
 def member_model(member: Member):

@@ -36,9 +36,15 @@ class EdaParams:
 class SplitParams:
     val_fraction: float = 0.2
     method: Literal["iterative", "random"] = "iterative"  # iterative = scikit-multilearn stratification
+    # 0: the holdout above trains and scores every model. K >= 2: K iterative-stratified folds over all
+    # labelled rows; every member is trained once per fold and scored out-of-fold, and fusion heads,
+    # weights and thresholds learn from out-of-fold outputs only
+    folds: int = 0
 
     def check(self):
         require(0.0 < self.val_fraction < 1.0, f"val_fraction: must be in (0, 1) (got {self.val_fraction})")
+        require(self.folds == 0 or self.folds >= 2,
+                f"folds: 0 (holdout only) or the number of cross-validation folds, >= 2 (got {self.folds})")
 
 
 @dataclass
@@ -206,6 +212,16 @@ class StudyParams:
             require(stage in STAGE_NAMES, f"stages[{i}]: {stage!r} is not one of {' | '.join(map(repr, STAGE_NAMES))}"
                                           + (f" (did you mean {close[0]!r}?)" if close else ""))
         self.text.training()  # the caption stage's training fields, checked before any work
+        if self.split.folds:
+            require(not self.image.torchrun_processes(),
+                    f"image.gpus/image.launcher: training through torchrun (gpus {self.image.gpus}, launcher "
+                    f"{self.image.launcher!r}) uses the holdout split only; use image.gpus: 0 or 1 and launcher: "
+                    f"auto with split.folds: {self.split.folds}")
+            require(self.fusion.mode == "frozen", f"fusion.mode: end_to_end is not cross-validated; use frozen "
+                                                  f"with split.folds: {self.split.folds}")
+            require(self.fusion.fusion_input == "logits",
+                    f"fusion.fusion_input: the heads read out-of-fold outputs, which are logits; 'features' "
+                    f"needs split.folds: 0 (got split.folds: {self.split.folds})")
 
     def data_path(self, root: str | os.PathLike | None = None) -> Path:
         """``data_dir`` resolved against ``root`` (the project folder) when relative."""

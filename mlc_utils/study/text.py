@@ -9,7 +9,7 @@ import pandas as pd
 
 from mlc_utils.core.config import to_dict
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import load_member, reuse_or_train
+from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
 
 
 def text_member_name(ctx) -> str:
@@ -18,21 +18,27 @@ def text_member_name(ctx) -> str:
 
 
 def train_text(ctx, log=print) -> Member:
-    """Fine-tune the caption model of ``text`` (or reuse it) and predict validation and test rows."""
+    """Fine-tune the caption model of ``text`` (or reuse it) and predict validation and test rows;
+    with ``split.folds``, one model per fold and the out-of-fold member."""
     text_params = ctx.params.text
     cfg = text_params.training(seed=ctx.params.seed, threshold=ctx.params.threshold)
     out_dir = ctx.stage_dir / "caption"
     config = {"text": to_dict(text_params), "train": asdict(cfg)}
-    return reuse_or_train(ctx, out_dir, config, lambda: _train_text(ctx, text_params, cfg, out_dir, log), log,
+    if ctx.cross_validated:
+        return cross_fit_member(ctx, text_member_name(ctx), "text", out_dir, config,
+                                lambda rows, fold_dir: _train_text(ctx, text_params, cfg, fold_dir, log, rows), log)
+    return reuse_or_train(ctx, out_dir, config,
+                          lambda: _train_text(ctx, text_params, cfg, out_dir, log, ctx.labelled_folds()), log,
                           kind="text")
 
 
-def _train_text(ctx, text_params, cfg, out_dir: Path, log) -> Member:
+def _train_text(ctx, text_params, cfg, out_dir: Path, log, rows: tuple) -> Member:
+    """One caption model trained on ``rows`` = (train_frame, val_frame, y_train, y_val)."""
     from mlc_utils.data.caption_tokens import trim_padding_collate
     from mlc_utils.evaluation.predict import predict_probs
     from mlc_utils.models.text import caption_dataset_for, create_caption_model
     from mlc_utils.train.loop import fit
-    train_df, val_df, y_train, y_val = ctx.labelled_folds()
+    train_df, val_df, y_train, y_val = rows
     test = ctx.data.test
     model = create_caption_model(text_params.model_name, ctx.params.num_classes, text_params.pooling,
                                  text_params.pretrained, text_params.dropout, text_params.max_length,
@@ -52,7 +58,7 @@ def _train_text(ctx, text_params, cfg, out_dir: Path, log) -> Member:
 
 def caption_examples(ctx, member: Member, n: int = 8) -> pd.DataFrame:
     """Validation captions, raw and as the model reads them, with true and predicted labels."""
-    _, val_df, _, _ = ctx.labelled_folds()
+    val_df, _ = ctx.scored_rows()
     cleaner = ctx.params.text.cleaning
     pick = np.random.default_rng(ctx.params.seed).choice(len(val_df), size=min(n, len(val_df)), replace=False)
     predicted = ctx.labels.decode(member.val_probs[pick], ctx.params.threshold, at_least_one=True)
