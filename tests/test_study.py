@@ -5,6 +5,7 @@ notebook or library step breaks, this fails with the notebook's path and the cel
 """
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -67,8 +68,20 @@ def test_seven_stages_end_to_end(tmp_path, tiny_data):
     assert baseline["key"] == image["key"]
 
     index = (root / "reports" / "tiny" / "index.html").read_text()
-    for table in ("Table 1 (sample-F1 by model and threshold)", "Table 2 (best per input)", "Table 3 (ablation)"):
+    for table in ('id="table-1"', 'id="table-2"', 'id="table-3"', "Per-class F1 of", "6. Error analysis"):
         assert table in index, table
+    # the summary of findings quotes Table 2's numbers: this run's best model per input at 0.5 and tuned
+    summary = json.loads((run / "ensemble" / "summary.json").read_text())
+    table2 = pd.DataFrame(**{k: summary["tables"]["Table 2 (best per input)"][k] for k in ("columns", "data")})
+    text = " ".join(html.unescape(index).split())
+    for row in table2.to_dict("records"):
+        sentence = f"{row['input']}: {row['best model']} ({row['sample_f1@0.5']:.4f} at 0.5, " \
+                   f"{row['sample_f1 tuned']:.4f} at its tuned threshold)"
+        assert sentence in text, sentence
+    threshold = summary["headline"]["threshold"]
+    assert f"a threshold of {threshold:.2f}" in text
+    assert (root / "reports" / "tiny" / "index.pdf").is_file() or not shutil.which("chromium")
+    assert 'href="tiny/index.html"' in (root / "reports" / "index.html").read_text()
     for stem in ("01_eda", "02_split", "03_image", "04_text", "05_fusion", "06_ablation", "07_ensemble"):
         assert f'href="{stem}.html"' in index and (root / "reports" / "tiny" / f"{stem}.html").is_file()
     assert "def " not in (root / "reports" / "tiny" / "07_ensemble.html").read_text().split("<body", 1)[1][:2000]
