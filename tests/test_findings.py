@@ -156,3 +156,15 @@ def test_each_stage_closes_with_its_own_numbers(summaries):
     assert "mixup set to off: 0.6900 (-0.0300)" in fd.stage_findings("ablation", summaries["ablation"])
     assert "a threshold of 0.35" in fd.stage_findings("ensemble", summaries["ensemble"])
     assert fd.stage_findings("text", {}) == "_Nothing recorded._"
+
+
+def test_method_comes_from_the_params_used():
+    from mlc_utils.study.params import load_params
+    params = load_params(str(fd.__file__).replace("mlc_utils/study/findings.py", "params/demo.yaml"))
+    frame = fd.method_frame(params).set_index("model")
+    assert frame.loc["lite1-frozen", "architecture"] == "efficientnet_lite1"
+    assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen"
+    assert "epochs 40" in frame.loc["lite1-frozen", "training"] and "epochs 4" in frame.loc["lite0-finetune", "training"]
+    assert frame.loc["lite0-scratch", "weights"] == "random init"
+    note = fd.method_note(params)
+    assert "center, hflip" in note and "by score weights" in note and "Seed 3407" in note and "20%" in note

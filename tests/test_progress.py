@@ -25,3 +25,38 @@ def test_stage_output_streams_line_by_line_with_time_left():
 def test_kernels_use_ipc_transport():
     manager = ipc_kernel_manager()(kernel_name="python3")
     assert manager.transport == "ipc"
+
+
+def test_progress_lines_do_not_restart_the_models_clock():
+    now = [0.0]
+    lines = []
+    progress = StageProgress("image", lines.append, clock=lambda: now[0])
+    progress.write("lite0: training\n")
+    now[0] = 50.0
+    progress.write("epoch 1/2 (batches): 5/10 (50%), 50 s elapsed, about 50 s left, loss=0.5000\n")
+    now[0] = 100.0
+    progress.write("epoch 1/2 train_loss=0.5\n")
+    assert lines[1].startswith("[image] epoch 1/2 (batches): 5/10") and "epochs" not in lines[1]
+    assert lines[2].endswith("[1/2 epochs, about 100 s left for this model]")
+
+
+def test_long_loops_print_a_line_every_interval_with_time_left(monkeypatch):
+    from mlc_utils.core.progress import line_progress, progress
+    now = [0.0]
+    out = []
+
+    def clock():
+        now[0] += 10.0
+        return now[0]
+    bar = line_progress(range(6), "features lite0 center (batches)", every=25.0, clock=clock,
+                        out=lambda line, flush: out.append(line))
+    bar.set_postfix(loss="0.5000")
+    assert list(bar) == list(range(6))
+    assert out[0] == "features lite0 center (batches): 3/6 (50%), 30 s elapsed, about 30 s left, loss=0.5000"
+    assert out[-1].startswith("features lite0 center (batches): 6/6 (100%)")
+    monkeypatch.setenv("MLC_PROGRESS", "lines")
+    assert type(progress(range(3), "x")).__name__ == "LineProgress"
+    disabled = progress(range(3), "x", disable=True)
+    assert list(disabled) == [0, 1, 2] and hasattr(disabled, "set_postfix")  # tqdm(disable=True), as before
+    monkeypatch.delenv("MLC_PROGRESS")
+    assert type(progress(range(3), "x")).__name__ != "LineProgress"

@@ -1,4 +1,4 @@
-"""The whole study, all seven stages, through papermill on a tiny data folder with tiny models.
+"""The whole study, all eight stages (the opt-in explore stage too), through papermill on a tiny data folder with tiny models.
 
 This is the chain `make run` executes, at a size that runs in about a minute: if any stage's
 notebook or library step breaks, this fails with the notebook's path and the cell's error.
@@ -23,7 +23,7 @@ TINY_STUDY = """
 run: tiny
 data_dir: {data}
 seed: 3407
-stages: [eda, split, image, text, fusion, ablation, ensemble]
+stages: [eda, split, image, text, fusion, ablation, ensemble, explore]
 eda: {{n_examples: 2, image_size_sample: 20}}
 split: {{val_fraction: 0.3}}
 image:
@@ -44,14 +44,14 @@ ensemble: {{weights: optimized}}
 """
 
 
-def test_seven_stages_end_to_end(tmp_path, tiny_data):
+def test_all_stages_end_to_end(tmp_path, tiny_data):
     root = tmp_path / "project"
     shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     params = root / "tiny.yaml"
     params.write_text(TINY_STUDY.format(data=tiny_data, cache=tmp_path / "cache"))
     logs = []
     results = run_study(str(params), root=root, log=logs.append)
-    assert [r.status for r in results] == ["ran"] * 7, "\n".join(logs + [r.error for r in results])
+    assert [r.status for r in results] == ["ran"] * 8, "\n".join(logs + [r.error for r in results])
 
     run = root / "runs" / "tiny"
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
@@ -82,12 +82,12 @@ def test_seven_stages_end_to_end(tmp_path, tiny_data):
     assert f"a threshold of {threshold:.2f}" in text
     assert (root / "reports" / "tiny" / "index.pdf").is_file() or not shutil.which("chromium")
     assert 'href="tiny/index.html"' in (root / "reports" / "index.html").read_text()
-    for stem in ("01_eda", "02_split", "03_image", "04_text", "05_fusion", "06_ablation", "07_ensemble"):
+    for stem in ("01_eda", "02_split", "03_image", "04_text", "05_fusion", "06_ablation", "07_ensemble", "08_explore"):
         assert f'href="{stem}.html"' in index and (root / "reports" / "tiny" / f"{stem}.html").is_file()
     assert "def " not in (root / "reports" / "tiny" / "07_ensemble.html").read_text().split("<body", 1)[1][:2000]
 
     again = run_study(str(params), root=root, log=logs.append)
-    assert [r.status for r in again] == ["skipped"] * 7
+    assert [r.status for r in again] == ["skipped"] * 8
 
 
 def test_offline_hub_weights_fail_before_any_stage(tmp_path, tiny_data, monkeypatch):

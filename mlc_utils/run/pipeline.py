@@ -111,15 +111,18 @@ def invalidate_members(stage_dir: Path) -> list[Path]:
 
 class StageProgress:
     """A file-like sink for the kernel's streamed stdout (papermill's ``stdout_file``): each line goes
-    to the terminal (``log``) as the cell prints it, prefixed with the stage; an ``epoch k/N`` line
-    gets the time left for that model, from the time its epochs have taken so far."""
+    to the terminal (``log``) as the cell prints it, prefixed with the stage. The training loop's
+    ``epoch k/N train_loss=...`` lines get the time left for that model, from the time its epochs
+    have taken so far (counted from the last line that was neither an epoch's nor a progress line,
+    such as the one that announces the model)."""
 
-    EPOCH = re.compile(r"\bepoch (\d+)/(\d+)\b")
+    EPOCH = re.compile(r"^epoch (\d+)/(\d+) train_loss")
+    PROGRESS = re.compile(r"\): \d+(/\d+)? ")   # core.progress lines: "desc (batches): k/N (p%), ..."
 
     def __init__(self, stage: str, log=print, clock=time.time):
         self.stage, self.log, self.clock = stage, log, clock
         self.buffer = ""
-        self.started = clock()    # when the current model began (its first epoch line resets nothing)
+        self.started = clock()
 
     def write(self, text: str) -> int:
         self.buffer += text
@@ -138,12 +141,11 @@ class StageProgress:
         match = self.EPOCH.search(line)
         if match:
             done, total = int(match.group(1)), int(match.group(2))
-            per_epoch = (now - self.started) / max(done, 1)
-            left = per_epoch * (total - done)
+            left = (now - self.started) / max(done, 1) * (total - done)
             line = f"{line}  [{done}/{total} epochs, about {_duration(left)} left for this model]"
             if done >= total:
                 self.started = now
-        else:
+        elif not self.PROGRESS.search(line):
             self.started = now
         self.log(f"[{self.stage}] {line}")
 
@@ -194,6 +196,7 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     # What the cells print (the epochs, the members trained or reused) streams to the terminal
     # line by line instead (StageProgress), and the executed notebook is saved as each cell ends.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("MLC_PROGRESS", "lines")  # long loops print a line every 30 s (core.progress)
     try:
         pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
                             kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),

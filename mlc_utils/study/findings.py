@@ -392,3 +392,15 @@ def stage_findings(stage: str, summary: dict) -> str:
     elif stage == "ensemble":
         lines += [line for line in findings({"ensemble": summary})]
     return "\n".join(f"- {line}" for line in lines) if lines else "_Nothing recorded._"
+
+
+def method_note(params) -> str:
+    """The settings the method table leaves out: evaluation views, the ensemble, the seed."""
+    ensemble = params.ensemble
+    members = ", ".join(ensemble.members) if ensemble.members else "every saved model"
+    return (f"Image models are evaluated on the views {', '.join(params.image.tta) or 'center'} (averaged); "
+            f"the ensemble weighs {members} by {ensemble.weights} weights and applies "
+            f"{'one threshold per class' if ensemble.per_class_thresholds else 'one threshold'} tuned on validation. "
+            f"Seed {params.seed}." + (f" The split keeps {params.split.val_fraction:.0%} of the labelled images for "
+                                      f"validation ({getattr(params.split, 'method', '')})."
+                                      if isinstance(getattr(params.split, "val_fraction", None), float) else ""))
