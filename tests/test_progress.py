@@ -22,9 +22,9 @@ def test_stage_output_streams_line_by_line_with_time_left():
     assert lines[-1].endswith("[4/4 epochs, about 0 s left for this model]")
 
 
-def test_kernels_use_ipc_transport():
-    manager = ipc_kernel_manager()(kernel_name="python3")
-    assert manager.transport == "ipc"
+def test_kernels_use_ipc_transport_in_their_own_folder(tmp_path):
+    manager = ipc_kernel_manager(tmp_path)(kernel_name="python3")
+    assert manager.transport == "ipc" and manager.ip == str(tmp_path / "kernel")
 
 
 def test_progress_lines_do_not_restart_the_models_clock():

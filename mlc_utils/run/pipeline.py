@@ -18,7 +18,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -155,15 +157,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def ipc_kernel_manager():
-    """The kernel manager papermill starts the stage kernels with: IPC sockets (files in Jupyter's
-    runtime folder) rather than TCP on localhost, so ipykernel has no unencrypted TCP transport
-    to warn about ("Kernel is running over TCP without encryption", once per stage)."""
+def ipc_kernel_manager(socket_dir: str | os.PathLike):
+    """The kernel manager papermill starts a stage's kernel with: IPC sockets (files in
+    ``socket_dir``, one fresh folder per stage) rather than TCP on localhost, so ipykernel has no
+    unencrypted TCP transport to warn about ("Kernel is running over TCP without encryption",
+    once per stage), and no two kernels (stages, runs, test sessions) share a socket path."""
     from jupyter_client.manager import AsyncKernelManager
+    socket_prefix = str(Path(socket_dir) / "kernel")
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", socket_prefix)
             super().__init__(**kwargs)
 
     return IPCKernelManager
@@ -197,15 +202,18 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     # line by line instead (StageProgress), and the executed notebook is saved as each cell ends.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("MLC_PROGRESS", "lines")  # long loops print a line every 30 s (core.progress)
+    socket_dir = tempfile.mkdtemp(prefix="mlc-kernel-")
     try:
         pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
                             kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
                             progress_bar=False, log_output=False, stdout_file=StageProgress(stage, log),
-                            request_save_on_cell_execute=True, kernel_manager_class=ipc_kernel_manager())
+                            request_save_on_cell_execute=True, kernel_manager_class=ipc_kernel_manager(socket_dir))
     except pm.PapermillExecutionError as err:
         error = f"{out}: cell {err.exec_count} raised {err.ename}: {err.evalue}"
     except Exception as err:  # kernel died, notebook missing ...
         error = f"{out}: {type(err).__name__}: {err}"
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
     seconds = time.time() - started
     from mlc_utils.run.report import render_notebook
     if out.is_file():
