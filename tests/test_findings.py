@@ -139,6 +139,14 @@ def test_error_analysis_counts_missed_labels_and_shows_examples():
     examples = fd.error_examples(frame, y, p, None, 0.5, classes=[2], per_class=5)
     assert examples.ImageID.tolist() == ["0.jpg", "2.jpg"] and examples.caption.iloc[0] == "x y"
     assert examples.truth.tolist() == ["0 2", "1 2"] and examples.predicted.tolist() == ["0", "1"]
+    added = fd.error_examples(frame, y, p, None, 0.5, classes=[1], kind="added")
+    assert added.ImageID.tolist() == ["1.jpg"] and added.error.tolist() == ["added"] and added.label.tolist() == [1]
+    text = fd.error_summary(missed)
+    assert text.startswith("The submitted model misses 3 of the 7 true labels of the validation images: most often "
+                           "label 2 (c) (2 of 2), label 0 (a) (1 of 3).")
+    assert "It adds 2 labels that are not there, most often label 2 (c) (1x), label 1 (b) (1x)." in text
+    none_missed = missed.assign(missed=0)
+    assert "misses 0 of the 7 true labels of the validation images." in fd.error_summary(none_missed)
 
 
 def test_each_stage_closes_with_its_own_numbers(summaries):

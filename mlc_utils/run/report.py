@@ -97,7 +97,7 @@ FIGURES = [
                                                 "(chosen on validation: in-sample)."),
     ("results", "ablation", "ablation", "Ablation: change in sample-F1 at 0.5 when one switch is flipped."),
     ("per_class", "image", "per_class_f1", "Image models: validation F1 per class at threshold 0.5."),
-    ("errors", "ensemble", "error_examples", "Validation images whose label the submitted model missed, with "
+    ("errors", "ensemble", "error_examples", "Validation images the submitted model got wrong (a label missed or added), with "
                                              "caption, truth and prediction."),
 ]
 
@@ -154,7 +154,7 @@ def write_index(study, results) -> Path:
                                      ("ensemble", "ensemble", "ensemble members", 4)):
         frame = fd.recorded_table(summaries, stage, name)
         if frame is not None and not frame.empty:
-            extra[key] = _markup(frame, digits)
+            extra[key] = _markup(frame.head(8) if key == "missed" else frame, digits)
     written = time.strftime("%Y-%m-%d %H:%M:%S")
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(INDEX_TEMPLATE.parent), autoescape=True)
     page = environment.get_template(INDEX_TEMPLATE.name).render(
@@ -162,6 +162,7 @@ def write_index(study, results) -> Path:
         written=written, findings=fd.findings(summaries), conclusion=fd.conclusion(summaries),
         eda=summaries.get("eda", {}).get("headline", {}), split=summaries.get("split", {}).get("headline", {}),
         method_table=_markup(fd.method_frame(params)), method_note=fd.method_note(params),
+        error_summary=fd.error_summary(fd.recorded_table(summaries, "ensemble", "missed labels")),
         tables=tables, extra=extra, figures=_figures(study, shown),
         stages_table=_markup(stages, escape=False), citation=fd.CITATION,
         best_model=summaries.get("ensemble", {}).get("headline", {}).get("per_class_model", ""),

@@ -310,21 +310,44 @@ def missed_labels(y_val, probs, threshold: float = 0.5, names=None) -> pd.DataFr
     return frame.sort_values(["missed", "false positives"], ascending=False, kind="stable").reset_index(drop=True)
 
 
-def error_examples(val_df: pd.DataFrame, y_val, probs, labels, threshold: float = 0.5,
-                   classes=(), per_class: int = 2) -> pd.DataFrame:
-    """A few validation rows where each of ``classes`` was missed: id, caption, truth, prediction."""
+def error_examples(val_df: pd.DataFrame, y_val, probs, labels=None, threshold: float = 0.5,
+                   classes=(), per_class: int = 2, kind: str = "missed") -> pd.DataFrame:
+    """A few validation rows where each of ``classes`` was missed (``kind="missed"``: a false
+    negative) or added wrongly (``kind="added"``: a false positive): id, caption, truth, prediction."""
     import numpy as np
+    if kind not in ("missed", "added"):
+        raise ValueError(f"kind: 'missed' or 'added' (got {kind!r})")
     y = np.asarray(y_val) > 0.5
     pred = np.asarray(probs) >= threshold
     rows = []
     for c in classes:
-        for i in np.flatnonzero(y[:, c] & ~pred[:, c])[:per_class]:
-            rows.append({"missed": int(c), "ImageID": val_df.ImageID.iloc[i],
+        wrong = y[:, c] & ~pred[:, c] if kind == "missed" else ~y[:, c] & pred[:, c]
+        for i in np.flatnonzero(wrong)[:per_class]:
+            rows.append({"label": int(c), "error": kind, "ImageID": val_df.ImageID.iloc[i],
                          "caption": " ".join(str(val_df.Caption.iloc[i]).split()),
                          "truth": " ".join(map(str, np.flatnonzero(y[i]))),
                          "predicted": " ".join(map(str, np.flatnonzero(pred[i]))) or "(none)",
-                         f"score of {int(c)}": float(np.asarray(probs)[i, c])})
+                         "score of the label": float(np.asarray(probs)[i, c])})
     return pd.DataFrame(rows)
+
+
+def error_summary(missed: pd.DataFrame) -> str:
+    """One or two sentences from :func:`missed_labels`: how many labels are missed and added, and which."""
+    if missed is None or missed.empty:
+        return "No validation image carries a label, so there are no errors to count."
+    total, fn, fp = int(missed["support"].sum()), int(missed["missed"].sum()), int(missed["false positives"].sum())
+
+    def name(row) -> str:
+        return f"{row['class']} ({row['name']})" if "name" in row and row.get("name") else str(row["class"])
+    text = f"The submitted model misses {fn} of the {total} true labels of the validation images"
+    worst = missed[missed["missed"] > 0].head(3)
+    text += (": most often " + ", ".join(f"label {name(r)} ({r['missed']} of {r['support']})"
+                                         for r in worst.to_dict("records")) + ".") if len(worst) else "."
+    added = missed[missed["false positives"] > 0].sort_values("false positives", ascending=False, kind="stable")
+    text += f" It adds {fp} labels that are not there" + (
+        ", most often " + ", ".join(f"label {name(r)} ({r['false positives']}x)" for r in added.head(3).to_dict("records"))
+        + "." if len(added) else ".")
+    return text
 
 
 def plot_error_examples(image_dir, examples: pd.DataFrame, cols: int = 4):
@@ -342,7 +365,7 @@ def plot_error_examples(image_dir, examples: pd.DataFrame, cols: int = 4):
     for ax, record in zip(axes.ravel(), examples.to_dict("records")):
         with Image.open(f"{image_dir}/{record['ImageID']}") as image:
             ax.imshow(image.convert("RGB"))
-        ax.set_title(f"{record['ImageID']} missed {record['missed']}\ntruth: {record['truth']}  "
+        ax.set_title(f"{record['ImageID']}: {record['error']} {record['label']}\ntruth: {record['truth']}  "
                      f"pred: {record['predicted']}\n{textwrap.fill(record['caption'], 38)}", fontsize=7)
     fig.tight_layout()
     return fig
