@@ -202,6 +202,7 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     # line by line instead (StageProgress), and the executed notebook is saved as each cell ends.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("MLC_PROGRESS", "lines")  # long loops print a line every 30 s (core.progress)
+    os.environ.setdefault("MLC_WIDGETS", "0")  # no browser drives ipywidgets here (08_explore shows static views)
     socket_dir = tempfile.mkdtemp(prefix="mlc-kernel-")
     try:
         pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
