@@ -13,8 +13,8 @@ import math
 
 import pandas as pd
 
-CITATION = ("J. Lin, Z. Huang and L. Yang. Multi-Label Classification. COMP5329 Deep Learning, "
-            "assignment 2 report, The University of Sydney.")
+CITATION = ("J. Lin, Z. Huang and L. Yang. Multi-Label Classification. Course report, COMP5329 Deep Learning, "
+            "The University of Sydney.")
 PAPER = "paper (Lin et al.)"
 THIS_RUN = "this run"
 
