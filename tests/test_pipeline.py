@@ -23,7 +23,7 @@ def test_chain_reports_and_skips(tmp_path, tiny_data):
     for name in ("index.html", "01_eda.html", "01_eda.full.html", "02_split.html", "provenance.json"):
         assert (report / name).is_file(), name
     index = (report / "index.html").read_text()
-    assert "01_eda.html" in index and "02_split.html" in index and "train_rows" in index
+    assert "01_eda.html" in index and "02_split.html" in index and "train rows: " in index
     assert "data:image/png;base64" in index
     split = (root / "runs" / "t" / "split" / "split.csv").read_text().splitlines()
     assert split[0] == "ImageID,fold" and len(split) == 41

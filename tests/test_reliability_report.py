@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -24,6 +25,8 @@ import pytest
 from conftest import PROJECT, make_tiny_folder
 
 from mlc_utils.run.pipeline import run_study
+from mlc_utils.run.report import FIGURES, pdf_pages
+from mlc_utils.study import findings
 from mlc_utils.study.params import load_params, params_as_dict
 
 pytestmark = pytest.mark.slow
@@ -133,26 +136,26 @@ def test_index_has_every_table_and_figure_and_no_broken_link(study):
     index = report / "index.html"
     page = Page(index.read_text(encoding="utf-8"))
 
-    stages = page.table("stage", "status", "time (s)", "report", "headline")
+    stages = page.table("stage", "status", "time", "report", "headline")
     assert [row[:2] for row in stages["rows"]] == [["eda", "ran"], ["split", "ran"]]
-    assert all(row[2].isdigit() for row in stages["rows"])  # the time column is filled
-    assert "train_rows: 40" in stages["rows"][0][4] and "method: iterative" in stages["rows"][1][4]
+    assert all(re.fullmatch(r"\d+ s|\d+ min", row[2]) for row in stages["rows"])  # times for reading
+    assert "train rows: 40" in stages["rows"][0][4] and "method: iterative" in stages["rows"][1][4]
     assert page.table("package", "version")["rows"] and page.table("data file", "sha256")["rows"]
 
-    # figures: the first three of each stage's summary, embedded as PNG data URIs
-    expected = [(stage, name) for stage in ("eda", "split")
-                for name in json.loads((run / stage / "summary.json").read_text())["figures"][:3]]
-    assert len(expected) == 4
-    assert [img.get("alt") for img in page.images] == [name for _, name in expected]
-    assert page.captions == [f"{stage}: {name}" for stage, name in expected]
-    for img in page.images:
+    # figures: those of the report's list that the stages drew, numbered in reading order, as PNG data URIs
+    expected = [(stage, f"{stem}.png", caption) for _, stage, stem, caption in FIGURES
+                if stage in ("eda", "split") and (run / stage / f"{stem}.png").is_file()]
+    assert len(expected) == 6
+    assert [img.get("alt") for img in page.images] == [name for _, name, _ in expected]
+    assert page.captions == [f"Figure {i}: {caption} ({stage})" for i, (stage, _, caption) in enumerate(expected, 1)]
+    for img, (stage, name, _) in zip(page.images, expected):
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix), img.get("alt")
         raw = base64.b64decode(img["src"][len(prefix):], validate=True)
         assert raw.startswith(PNG_SIGNATURE)
         with Image.open(io.BytesIO(raw)) as figure:
             figure.verify()
-        assert raw == (run / ("eda" if img["alt"] != "split_frequencies.png" else "split") / img["alt"]).read_bytes()
+        assert raw == (run / stage / name).read_bytes()
 
     # links: every stage has its report and its notebook, and every relative link resolves
     assert sorted(page.links) == ["../../runs/t/01_eda.ipynb", "../../runs/t/02_split.ipynb", "01_eda.full.html",
@@ -162,6 +165,56 @@ def test_index_has_every_table_and_figure_and_no_broken_link(study):
         sub = Page((report / name).read_text(encoding="utf-8"))
         assert _broken_links(sub, report / name) == [], name
         assert all(img["src"].startswith("data:image/png;base64,") for img in sub.images if "src" in img), name
+
+
+def test_report_reads_as_the_study_with_the_papers_tables(study):
+    """The sections of the course report, Tables 1-3 with the paper's numbers, findings from the numbers."""
+    text = (study["report"] / "index.html").read_text(encoding="utf-8")
+    page = Page(text)
+    for section in ("summary", "data", "split", "method", "results", "table-1", "table-2", "table-3", "per-class",
+                    "errors", "conclusion", "stages", "provenance", "references"):
+        assert section in page.ids, section
+    assert "<h1>Multi-label classification of images and captions</h1>" in text
+    assert "run <b>t</b>" in text and str(study["data"]) in text and str(study["params"]) in text
+    assert findings.CITATION in text.replace("&#39;", "'")
+
+    table1 = page.table("input", "source", "model", "F1@0.4", "F1@0.5", "F1@0.6")
+    paper1 = {row[2]: row[3:6] for row in table1["rows"] if row[1] == findings.PAPER}
+    assert paper1["CNN-EfficientNet"] == ["", "0.8362", ""]
+    assert paper1["DeiT-S"] == ["0.8602", "0.8606", "0.8453"]
+    assert paper1["Swin-L"] == ["0.8973", "0.9007", "0.8960"]
+    assert paper1["Swin-V2-L"] == ["0.9071", "0.9079", "0.9058"]
+    assert paper1["BERT"] == ["0.8708", "0.8679", "0.8637"]
+    assert paper1["Swin-L + BERT (Bilinear)"] == ["0.9003", "0.8997", "0.8975"]
+    assert paper1["Swin-L + BERT (Concatenate)"] == ["0.8991", "0.8999", "0.8965"]
+    assert paper1["Swin-V2-L + BERT (Bilinear)"] == ["0.9017", "0.9017", "0.8994"]
+    assert paper1["Swin-V2-L + BERT (Concatenate)"] == ["0.9006", "0.9027", "0.9009"]
+    assert "F1 at tuned threshold (in-sample)" in table1["header"]
+    table2 = page.table("input", "source", "best model", "F1@0.5 (out-of-sample)", "F1 at tuned threshold (in-sample)")
+    assert {row[0]: row[2:] for row in table2["rows"] if row[1] == findings.PAPER} == {
+        "image": ["Swin-V2-L", "", "0.9079"], "caption": ["BERT", "", "0.8708"],
+        "image+caption": ["Swin-V2-L + BERT (Concatenate)", "", "0.9027"]}
+    table3 = page.table("source", "variant", "switch", "setting")
+    assert [row[5] for row in table3["rows"] if row[0] == findings.PAPER] == ["0.9079", "0.8856"]
+
+    # the summary's sentences carry this run's numbers (eda and split ran here)
+    split = json.loads((study["root"] / "runs" / "t" / "split" / "summary.json").read_text())["headline"]
+    assert f"The iterative split keeps {split['val']} images for validation and trains on {split['train']}." \
+        in " ".join(text.split())
+
+    # every run of the project, linked from reports/index.html
+    runs = Page((study["report"].parent / "index.html").read_text(encoding="utf-8"))
+    listed = runs.table("run", "written", "data", "params file", "headline scores")
+    assert [row[0] for row in listed["rows"]] == ["t"] and listed["rows"][0][3] == str(study["params"])
+    assert runs.links == ["t/index.html"] and _broken_links(runs, study["report"].parent / "index.html") == []
+
+
+def test_report_is_printed_to_pdf(study):
+    pdf = study["report"] / "index.pdf"
+    if CHROMIUM is None:
+        assert not pdf.exists()
+        pytest.skip("chromium is not installed: the run printed no PDF (and said so)")
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf_pages(pdf) >= 1
 
 
 def test_index_renders_in_headless_chromium(study, tmp_path):

@@ -1,10 +1,11 @@
-"""The whole study, all seven stages, through papermill on a tiny data folder with tiny models.
+"""The whole study, all eight stages (the opt-in explore stage too), through papermill on a tiny data folder with tiny models.
 
 This is the chain `make run` executes, at a size that runs in about a minute: if any stage's
 notebook or library step breaks, this fails with the notebook's path and the cell's error.
 """
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +25,7 @@ TINY_STUDY = """
 run: tiny
 data_dir: {data}
 seed: 3407
-stages: [eda, split, image, text, fusion, ablation, ensemble]
+stages: [eda, split, image, text, fusion, ablation, ensemble, explore]
 eda: {{n_examples: 2, image_size_sample: 20}}
 split: {{val_fraction: 0.3}}
 image:
@@ -45,14 +46,14 @@ ensemble: {{weights: optimized}}
 """
 
 
-def test_seven_stages_end_to_end(tmp_path, tiny_data):
+def test_all_stages_end_to_end(tmp_path, tiny_data):
     root = tmp_path / "project"
     shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     params = root / "tiny.yaml"
     params.write_text(TINY_STUDY.format(data=tiny_data, cache=tmp_path / "cache"))
     logs = []
     results = run_study(str(params), root=root, log=logs.append)
-    assert [r.status for r in results] == ["ran"] * 7, "\n".join(logs + [r.error for r in results])
+    assert [r.status for r in results] == ["ran"] * 8, "\n".join(logs + [r.error for r in results])
 
     run = root / "runs" / "tiny"
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
@@ -69,14 +70,26 @@ def test_seven_stages_end_to_end(tmp_path, tiny_data):
     assert baseline["key"] == image["key"]
 
     index = (root / "reports" / "tiny" / "index.html").read_text()
-    for table in ("Table 1 (sample-F1 by model and threshold)", "Table 2 (best per input)", "Table 3 (ablation)"):
+    for table in ('id="table-1"', 'id="table-2"', 'id="table-3"', "Per-class F1 of", "6. Error analysis"):
         assert table in index, table
-    for stem in ("01_eda", "02_split", "03_image", "04_text", "05_fusion", "06_ablation", "07_ensemble"):
+    # the summary of findings quotes Table 2's numbers: this run's best model per input at 0.5 and tuned
+    summary = json.loads((run / "ensemble" / "summary.json").read_text())
+    table2 = pd.DataFrame(**{k: summary["tables"]["Table 2 (best per input)"][k] for k in ("columns", "data")})
+    text = " ".join(html.unescape(index).split())
+    for row in table2.to_dict("records"):
+        sentence = f"{row['input']}: {row['best model']} ({row['sample_f1@0.5']:.4f} at 0.5, " \
+                   f"{row['sample_f1 tuned']:.4f} at its tuned threshold)"
+        assert sentence in text, sentence
+    threshold = summary["headline"]["threshold"]
+    assert f"a threshold of {threshold:.2f}" in text
+    assert (root / "reports" / "tiny" / "index.pdf").is_file() or not shutil.which("chromium")
+    assert 'href="tiny/index.html"' in (root / "reports" / "index.html").read_text()
+    for stem in ("01_eda", "02_split", "03_image", "04_text", "05_fusion", "06_ablation", "07_ensemble", "08_explore"):
         assert f'href="{stem}.html"' in index and (root / "reports" / "tiny" / f"{stem}.html").is_file()
     assert "def " not in (root / "reports" / "tiny" / "07_ensemble.html").read_text().split("<body", 1)[1][:2000]
 
     again = run_study(str(params), root=root, log=logs.append)
-    assert [r.status for r in again] == ["skipped"] * 7
+    assert [r.status for r in again] == ["skipped"] * 8
 
 
 def test_offline_hub_weights_fail_before_any_stage(tmp_path, tiny_data, monkeypatch, empty_hub_cache):

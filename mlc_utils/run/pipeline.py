@@ -17,7 +17,10 @@ import argparse
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -108,6 +111,69 @@ def invalidate_members(stage_dir: Path) -> list[Path]:
     return records
 
 
+class StageProgress:
+    """A file-like sink for the kernel's streamed stdout (papermill's ``stdout_file``): each line goes
+    to the terminal (``log``) as the cell prints it, prefixed with the stage. The training loop's
+    ``epoch k/N train_loss=...`` lines get the time left for that model, from the time its epochs
+    have taken so far (counted from the last line that was neither an epoch's nor a progress line,
+    such as the one that announces the model)."""
+
+    EPOCH = re.compile(r"^epoch (\d+)/(\d+) train_loss")
+    PROGRESS = re.compile(r"\): \d+(/\d+)? ")   # core.progress lines: "desc (batches): k/N (p%), ..."
+
+    def __init__(self, stage: str, log=print, clock=time.time):
+        self.stage, self.log, self.clock = stage, log, clock
+        self.buffer = ""
+        self.started = clock()
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            self.line(line.rstrip("\r"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def line(self, line: str) -> None:
+        if not line.strip():
+            return
+        now = self.clock()
+        match = self.EPOCH.search(line)
+        if match:
+            done, total = int(match.group(1)), int(match.group(2))
+            left = (now - self.started) / max(done, 1) * (total - done)
+            line = f"{line}  [{done}/{total} epochs, about {_duration(left)} left for this model]"
+            if done >= total:
+                self.started = now
+        elif not self.PROGRESS.search(line):
+            self.started = now
+        self.log(f"[{self.stage}] {line}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def ipc_kernel_manager(socket_dir: str | os.PathLike):
+    """The kernel manager papermill starts a stage's kernel with: IPC sockets (files in
+    ``socket_dir``, one fresh folder per stage) rather than TCP on localhost, so ipykernel has no
+    unencrypted TCP transport to warn about ("Kernel is running over TCP without encryption",
+    once per stage), and no two kernels (stages, runs, test sessions) share a socket path."""
+    from jupyter_client.manager import AsyncKernelManager
+    socket_prefix = str(Path(socket_dir) / "kernel")
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            kwargs.setdefault("ip", socket_prefix)
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
+
+
 def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool = False) -> StageResult:
     """Run one notebook with papermill; render its HTML whether it passed or failed.
 
@@ -131,16 +197,24 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     }
     started = time.time()
     error = ""
-    # progress bars are for people at a notebook; in an executed report they are pages of noise
+    # progress bars are for people at a notebook; in an executed report they are pages of noise.
+    # What the cells print (the epochs, the members trained or reused) streams to the terminal
+    # line by line instead (StageProgress), and the executed notebook is saved as each cell ends.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("MLC_PROGRESS", "lines")  # long loops print a line every 30 s (core.progress)
+    os.environ.setdefault("MLC_WIDGETS", "0")  # no browser drives ipywidgets here (08_explore shows static views)
+    socket_dir = tempfile.mkdtemp(prefix="mlc-kernel-")
     try:
         pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
                             kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
-                            progress_bar=False, log_output=False, request_save_on_cell_execute=True)
+                            progress_bar=False, log_output=False, stdout_file=StageProgress(stage, log),
+                            request_save_on_cell_execute=True, kernel_manager_class=ipc_kernel_manager(socket_dir))
     except pm.PapermillExecutionError as err:
         error = f"{out}: cell {err.exec_count} raised {err.ename}: {err.evalue}"
     except Exception as err:  # kernel died, notebook missing ...
         error = f"{out}: {type(err).__name__}: {err}"
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
     seconds = time.time() - started
     from mlc_utils.run.report import render_notebook
     if out.is_file():
@@ -212,9 +286,12 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
                if s not in chosen and (study.paths.manifest(s) or {}).get("status") == "ok"}
     order = {s: i for i, s in enumerate(params.stages)}
     shown = sorted(results + list(earlier.values()), key=lambda r: order[r.stage])
-    from mlc_utils.run.report import write_index
+    from mlc_utils.run.report import write_index, write_pdf
     index = write_index(study, shown)
     log(f"report: {index}")
+    pdf = write_pdf(index, log)
+    if pdf is not None:
+        log(f"report: {pdf}")
     return results
 
 

@@ -9,6 +9,9 @@ import html
 import json
 import os
 import platform
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from mlc_utils.core.io import atomic_write_text
 
 TEMPLATE = Path(__file__).parent / "templates" / "offline.html.j2"
 INDEX_TEMPLATE = Path(__file__).parent / "templates" / "index.html.j2"
+RUNS_TEMPLATE = Path(__file__).parent / "templates" / "runs.html.j2"
 
 
 def render_notebook(notebook: Path, report_dir: Path) -> tuple[Path, Path]:
@@ -59,13 +63,10 @@ def _summary_frame(table: dict):
     return pd.DataFrame(table.get("data", []), columns=table.get("columns", []))
 
 
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def _stage_row(study, result, report_dir: Path) -> dict:
     """One row of the index's stage table: status, time, links to the reports and the headline."""
     from mlc_utils.study.context import load_summary
+    from mlc_utils.study.findings import fmt_seconds, format_headline
     executed = Path(study.paths.notebook_out(result.stage))
     links = []
     if (report_dir / f"{executed.stem}.html").is_file():
@@ -73,56 +74,174 @@ def _stage_row(study, result, report_dir: Path) -> dict:
     if executed.is_file():  # the executed .ipynb itself, to open in JupyterLab
         links.append(f'<a href="{html.escape(os.path.relpath(executed, report_dir))}">.ipynb</a>')
     summary = load_summary(study.paths.stage_dir(result.stage))
-    headline = html.escape("; ".join(f"{k}: {_fmt(v)}" for k, v in summary.get("headline", {}).items()))
+    headline = html.escape(format_headline(summary.get("headline", {})))
     if result.error:
         headline = f'<span class="failed">{html.escape(result.error)}</span>'
     manifest = study.paths.manifest(result.stage) or {}
-    seconds = manifest.get("seconds", "") if result.status in ("skipped", "earlier run") \
-        else (f"{result.seconds:.0f}" if result.seconds else "")
+    seconds = manifest.get("seconds") if result.status in ("skipped", "earlier run") else result.seconds
     return {"stage": result.stage, "status": f'<span class="{result.status.split()[0]}">{result.status}</span>',
-            "time (s)": seconds, "report": " ".join(links), "headline": headline}
+            "time": fmt_seconds(seconds) if seconds else "", "report": " ".join(links), "headline": headline}
+
+
+#: the figures the report shows, in its order: (section, stage, file stem, caption)
+FIGURES = [
+    ("data", "eda", "label_frequency", "Label frequency in the labelled images (the paper's Figure 6)."),
+    ("data", "eda", "labels_per_image", "How many labels an image carries."),
+    ("data", "eda", "cooccurrence", "Label co-occurrence: the share of images with label i that also carry label j."),
+    ("data", "eda", "caption_lengths", "Caption length in words, labelled and test rows."),
+    ("data", "eda", "examples", "Example images with their captions and labels."),
+    ("split", "split", "split_frequencies", "Label shares in the training and validation folds, against a random split."),
+    ("method", "image", "epoch_curves", "Image models: training loss and validation sample-F1 by epoch."),
+    ("method", "text", "epoch_curves", "Caption model: training loss and validation sample-F1 by epoch."),
+    ("results", "fusion", "late_fusion_weight", "Late fusion: validation sample-F1 by the weight on the image model "
+                                                "(chosen on validation: in-sample)."),
+    ("results", "ablation", "ablation", "Ablation: change in sample-F1 at 0.5 when one switch is flipped."),
+    ("per_class", "image", "per_class_f1", "Image models: validation F1 per class at threshold 0.5."),
+    ("errors", "ensemble", "error_examples", "Validation images the submitted model got wrong (a label missed or added), with "
+                                             "caption, truth and prediction."),
+]
+
+
+def _figures(study, chosen) -> dict:
+    """Each section's figures, numbered in reading order, embedded as PNG data URIs."""
+    sections: dict = {}
+    number = 0
+    for section, stage, stem, caption in FIGURES:
+        path = study.paths.stage_dir(stage) / f"{stem}.png"
+        if stage not in chosen or not path.is_file():
+            continue
+        number += 1
+        sections.setdefault(section, []).append(
+            {"number": number, "stage": stage, "name": path.name, "caption": caption,
+             "data": base64.b64encode(path.read_bytes()).decode()})
+    return sections
+
+
+def _markup(frame, digits: int = 4, escape: bool = True):
+    return markupsafe.Markup(_frame_html(frame, digits, escape))
 
 
 def write_index(study, results) -> Path:
-    """``reports/<run>/index.html`` from the stage summaries; written after every run, failed or not."""
+    """``reports/<run>/index.html``, the study as a report, from the stage summaries; written after
+    every run, failed or not. ``reports/index.html`` (every run) is rewritten with it."""
     import jinja2
     import pandas as pd
 
     from mlc_utils.core.fingerprint import data_fingerprint
+    from mlc_utils.study import findings as fd
     from mlc_utils.study.context import load_summary
     from mlc_utils.study.params import params_as_dict
     params = study.params
     report_dir = study.paths.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
-    tables, figures = [], []
-    for result in results:
-        summary = load_summary(study.paths.stage_dir(result.stage))
-        tables += [{"stage": result.stage, "name": name, "html": _frame_html(_summary_frame(table))}
-                   for name, table in summary.get("tables", {}).items() if table.get("in_index")]
-        for name in summary.get("figures", [])[:3]:
-            path = study.paths.stage_dir(result.stage) / name
-            if path.is_file():
-                figures.append({"stage": result.stage, "name": name,
-                                "data": base64.b64encode(path.read_bytes()).decode()})
+    shown = [r.stage for r in results if r.status in ("ran", "skipped", "earlier run")]
+    summaries = {stage: load_summary(study.paths.stage_dir(stage)) for stage in shown}
     try:
         fingerprint = data_fingerprint(params.data_path(study.root))
     except OSError:
         fingerprint = {}
     stages = pd.DataFrame([_stage_row(study, result, report_dir) for result in results],
-                          columns=["stage", "status", "time (s)", "report", "headline"])
+                          columns=["stage", "status", "time", "report", "headline"])
+    tables = {}
+    for key, stage, name, build in (("table1", "ensemble", fd.TABLE1, fd.table1_with_paper),
+                                    ("table2", "ensemble", fd.TABLE2, fd.table2_with_paper),
+                                    ("table3", "ablation", fd.TABLE3, fd.table3_with_paper)):
+        tables[key] = _markup(build(fd.recorded_table(summaries, stage, name)))
+    extra = {}
+    for key, stage, name, digits in (("per_class", "ensemble", "per-class F1 (best model)", 4),
+                                     ("missed", "ensemble", "missed labels", 4),
+                                     ("examples", "ensemble", "error examples", 4),
+                                     ("ensemble", "ensemble", "ensemble members", 4)):
+        frame = fd.recorded_table(summaries, stage, name)
+        if frame is not None and not frame.empty:
+            extra[key] = _markup(frame.head(8) if key == "missed" else frame, digits)
+    written = time.strftime("%Y-%m-%d %H:%M:%S")
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(INDEX_TEMPLATE.parent), autoescape=True)
     page = environment.get_template(INDEX_TEMPLATE.name).render(
-        run=params.run, data_dir=str(params.data_path(study.root).resolve()),
-        written=time.strftime("%Y-%m-%d %H:%M:%S"),
-        stages_table=markupsafe.Markup(_frame_html(stages, escape=False)),
-        tables=[{**t, "html": markupsafe.Markup(t["html"])} for t in sorted(tables, key=lambda t: t["name"])],
-        figures=figures,
-        versions_table=markupsafe.Markup(_frame_html(pd.DataFrame(list(_versions().items()),
-                                                                  columns=["package", "version"]))),
-        data_table=markupsafe.Markup(_frame_html(pd.DataFrame(list(fingerprint.items()),
-                                                              columns=["data file", "sha256"]))),
+        run=params.run, data_dir=str(params.data_path(study.root).resolve()), params_file=params.source or "defaults",
+        written=written, findings=fd.findings(summaries), conclusion=fd.conclusion(summaries),
+        eda=summaries.get("eda", {}).get("headline", {}), split=summaries.get("split", {}).get("headline", {}),
+        method_table=_markup(fd.method_frame(params)), method_note=fd.method_note(params),
+        error_summary=fd.error_summary(fd.recorded_table(summaries, "ensemble", "missed labels")),
+        tables=tables, extra=extra, figures=_figures(study, shown),
+        stages_table=_markup(stages, escape=False), citation=fd.CITATION,
+        best_model=summaries.get("ensemble", {}).get("headline", {}).get("per_class_model", ""),
+        versions_table=_markup(pd.DataFrame(list(_versions().items()), columns=["package", "version"])),
+        data_table=_markup(pd.DataFrame(list(fingerprint.items()), columns=["data file", "sha256"])),
         params_yaml=yaml.safe_dump(params_as_dict(params), sort_keys=False))
+    headline = {}
+    for stage in ("image", "text", "fusion", "ensemble"):
+        for key, value in summaries.get(stage, {}).get("headline", {}).items():
+            if isinstance(value, float) and "seconds" not in key:
+                headline[f"{stage} {key}"] = value
     atomic_write_text(report_dir / "provenance.json", json.dumps(
-        {"versions": _versions(), "data": fingerprint, "params": params_as_dict(params),
-         "params_file": params.source}, indent=1))
-    return atomic_write_text(report_dir / "index.html", page)
+        {"run": params.run, "written": written, "data_dir": str(params.data_path(study.root).resolve()),
+         "versions": _versions(), "data": fingerprint, "params": params_as_dict(params),
+         "params_file": params.source, "headline": headline,
+         "stages": {r.stage: r.status for r in results}}, indent=1))
+    index = atomic_write_text(report_dir / "index.html", page)
+    write_runs_index(report_dir.parent)
+    return index
+
+
+def write_runs_index(reports: Path) -> Path:
+    """``reports/index.html``: every run with its date, data, params file and headline scores."""
+    import jinja2
+    import pandas as pd
+
+    from mlc_utils.study.findings import fmt_value
+    rows = []
+    for path in sorted(reports.glob("*/provenance.json")):
+        try:
+            prov = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        link = f'<a href="{html.escape(path.parent.name)}/index.html">{html.escape(path.parent.name)}</a>'
+        scores = "; ".join(f"{k}: {fmt_value(k, v)}" for k, v in (prov.get("headline") or {}).items())
+        rows.append({"run": link, "written": prov.get("written", ""), "data": html.escape(prov.get("data_dir", "")),
+                     "params file": html.escape(str(prov.get("params_file") or "")),
+                     "headline scores": html.escape(scores)})
+    frame = pd.DataFrame(rows, columns=["run", "written", "data", "params file", "headline scores"])
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(INDEX_TEMPLATE.parent), autoescape=True)
+    page = environment.get_template(RUNS_TEMPLATE.name).render(runs_table=_markup(frame, escape=False),
+                                                              written=time.strftime("%Y-%m-%d %H:%M:%S"))
+    return atomic_write_text(reports / "index.html", page)
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def write_pdf(index: Path, log=print, timeout: float = 180) -> Path | None:
+    """``index.pdf`` beside ``index.html``, printed by headless Chromium; None (and a message) without it."""
+    chromium = find_chromium()
+    pdf = index.with_suffix(".pdf")
+    if chromium is None:
+        log(f"report: no PDF ({pdf.name}): chromium is not installed (`make browser` installs it)")
+        return None
+    with tempfile.TemporaryDirectory(prefix="mlc-chromium-") as profile:
+        tmp = pdf.with_name(f".{pdf.name}.tmp")
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--no-pdf-header-footer",
+                   f"--print-to-pdf={tmp}", index.resolve().as_uri()]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            log(f"report: no PDF: chromium failed ({type(err).__name__}: {err})")
+            return None
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            log(f"report: no PDF: chromium exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+            return None
+        os.replace(tmp, pdf)
+    return pdf
+
+
+def pdf_pages(path: Path) -> int:
+    """The number of pages of a PDF (its page objects), without a PDF library."""
+    import re
+    return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", Path(path).read_bytes()))

@@ -18,7 +18,7 @@ import yaml
 
 from mlc_utils.core.config import ParamError, from_dict, require, to_dict  # noqa: F401  (ParamError is re-exported)
 from mlc_utils.data.captions import CaptionCleaner
-from mlc_utils.study.stages import STAGE_NAMES
+from mlc_utils.study.stages import DEFAULT_STAGES, STAGE_NAMES
 from mlc_utils.train.config import TrainConfig, TrainSettings
 
 
@@ -180,7 +180,7 @@ class StudyParams:
     class_names: list[str] = field(default_factory=list)
     seed: int = 3407
     threshold: float = 0.5
-    stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     eda: EdaParams = field(default_factory=EdaParams)
     split: SplitParams = field(default_factory=SplitParams)
     image: ImageStageParams = field(default_factory=ImageStageParams)
@@ -301,7 +301,7 @@ def stage_fingerprint(params: StudyParams, stage: str) -> dict:
     """What a stage's result depends on among the parameters: the common keys and its own section."""
     data = params_as_dict(params)
     common = {k: v for k, v in data.items() if k not in STAGE_NAMES and k != "stages"}
-    return {"common": common, stage: data[stage]}
+    return {"common": common, stage: data.get(stage, {})}  # a stage without a section (explore)
 
 
 def replace(params: StudyParams, **changes) -> StudyParams:

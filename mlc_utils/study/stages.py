@@ -14,6 +14,7 @@ class Stage:
     notebook: str                 # in notebooks/, executed into runs/<run>/
     reads: tuple[str, ...] = ()   # stages whose artifacts it reads (they must have run first)
     title: str = ""
+    optional: bool = False        # run only when a params file lists it in ``stages``
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
@@ -24,5 +25,9 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("fusion", "05_fusion.ipynb", ("split", "image", "text"), "Image and caption fusion"),
     Stage("ablation", "06_ablation.ipynb", ("split", "image"), "Ablation"),
     Stage("ensemble", "07_ensemble.ipynb", ("split", "image", "text", "fusion"), "Ensemble and submission"),
+    # browsing the mistakes adds nothing to the results: opt-in (``stages: [..., explore]``)
+    Stage("explore", "08_explore.ipynb", ("split", "image", "text", "fusion", "ensemble"), "Explore the mistakes",
+          optional=True),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
+DEFAULT_STAGES: tuple[str, ...] = tuple(name for name, stage in STAGES.items() if not stage.optional)

@@ -97,7 +97,7 @@ def compute_features(model, root: str | os.PathLike, image_ids: Sequence[str], v
                      batch_size: int = 64, device: str = "auto", num_workers: int = 0,
                      progress: bool = True) -> np.ndarray:
     """``model.embed`` over the images in one evaluation view, as float32 ``(n, D)``."""
-    from tqdm.auto import tqdm
+    from mlc_utils.core.progress import progress as progress_bar
     device = resolve_device(device)
     dataset = image_dataset(root, image_ids, None, model.spec["data"], train=False, view=view,
                             num_classes=model.spec["num_classes"])
@@ -105,7 +105,8 @@ def compute_features(model, root: str | os.PathLike, image_ids: Sequence[str], v
                         pin_memory=device.type == "cuda")
     model = model.to(device).eval()
     out = []
-    for images, _ in tqdm(loader, desc=f"features {model.spec['arch']} {view}", leave=False, disable=not progress):
+    for images, _ in progress_bar(loader, f"features {model.spec['arch']} {view} (batches)", leave=False,
+                                  disable=not progress):
         # channels_last input: convnets run ~1.5-1.8x faster on the CPU, transformers the same
         # (benchmarks/feature_extraction.py); values equal up to float rounding, the model is untouched
         images = images.to(device).contiguous(memory_format=torch.channels_last)

@@ -245,9 +245,9 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def _progress(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                disable=not cfg.progress or rank_and_world()[0] != 0)
+    from mlc_utils.core.progress import progress
+    return progress(iterable, f"{desc} (batches)", total, leave=False, dynamic_ncols=True,
+                    disable=not cfg.progress or rank_and_world()[0] != 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""Progress for long loops (the feature pass, the batches of an epoch).
+
+At a notebook a person gets tqdm's bar. Under ``run`` (the pipeline sets ``MLC_PROGRESS=lines``) a
+bar would be pages of noise in the executed report and would never reach the terminal, so the loop
+prints one line at most every ``MLC_PROGRESS_EVERY`` seconds (default 30) instead: the count, the
+elapsed time and an estimate of the time left. The pipeline streams those lines to the terminal.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(float(seconds), 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+class LineProgress:
+    """Iterate ``iterable``; every ``every`` seconds (and once at the end, if it lasted that long)
+    print ``desc: k/N (p%), elapsed, about T left``. ``set_postfix`` and ``close`` as tqdm's."""
+
+    def __init__(self, iterable: Iterable, desc: str, total: int | None = None, every: float = 30.0,
+                 clock=time.monotonic, out=print):
+        if total is None:
+            try:
+                total = len(iterable)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        self.iterable, self.desc, self.total, self.every, self.clock, self.out = \
+            iterable, desc, total, every, clock, out
+        self.done, self.postfix, self.closed = 0, "", False
+        self.start = self.last = clock()
+
+    def __iter__(self) -> Iterator:
+        for item in self.iterable:
+            yield item
+            self.done += 1
+            now = self.clock()
+            if now - self.last >= self.every:
+                self.last = now
+                self._print(now)
+        self.close()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            now = self.clock()
+            if now - self.start >= self.every:
+                self._print(now)
+
+    def _print(self, now: float) -> None:
+        line = _line(self.desc, self.done, self.total, now - self.start)
+        self.out(f"{line}, {self.postfix}" if self.postfix else line, flush=True)
+
+
+def line_progress(iterable: Iterable, desc: str, total: int | None = None, every: float = 30.0,
+                  clock=time.monotonic, out=print) -> LineProgress:
+    return LineProgress(iterable, desc, total, every, clock, out)
+
+
+def _line(desc: str, done: int, total: int | None, elapsed: float) -> str:
+    if not total:
+        return f"{desc}: {done} done, {_duration(elapsed)} elapsed"
+    left = elapsed / max(done, 1) * (total - done)
+    return f"{desc}: {done}/{total} ({done / total:.0%}), {_duration(elapsed)} elapsed, about {_duration(left)} left"
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None, disable: bool = False, **tqdm_options):
+    """tqdm's bar at a notebook or terminal; periodic lines under ``run`` (``MLC_PROGRESS=lines``)."""
+    if os.environ.get("MLC_PROGRESS") == "lines" and not disable:
+        return line_progress(iterable, desc, total, every=float(os.environ.get("MLC_PROGRESS_EVERY", "30")))
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, total=total, disable=disable, **tqdm_options)

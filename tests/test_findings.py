@@ -1,0 +1,178 @@
+"""The report's text is written from the numbers: change a number in the recorded tables and the
+sentence changes; the paper's Tables 1-3 sit beside this run's with the paper's own figures."""
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlc_utils.study import findings as fd
+
+
+def _table(frame: pd.DataFrame) -> dict:
+    return {"columns": list(frame.columns), "data": frame.values.tolist(), "in_index": True}
+
+
+@pytest.fixture
+def summaries() -> dict:
+    """What the seven stages record (summary.json), with round numbers to find in the text."""
+    table1 = pd.DataFrame([
+        {"model": "vit", "input": "image", "F1@0.40": 0.71, "F1@0.50": 0.72, "F1@0.60": 0.70,
+         "F1 tuned global": 0.74, "tuned threshold": 0.45, "F1 tuned per class": 0.76},
+        {"model": "caption", "input": "text", "F1@0.40": 0.61, "F1@0.50": 0.62, "F1@0.60": 0.60,
+         "F1 tuned global": 0.63, "tuned threshold": 0.4, "F1 tuned per class": 0.65},
+        {"model": "concat", "input": "fusion", "F1@0.40": 0.69, "F1@0.50": 0.70, "F1@0.60": 0.68,
+         "F1 tuned global": 0.71, "tuned threshold": 0.5, "F1 tuned per class": 0.73},
+    ])
+    table2 = pd.DataFrame([
+        {"input": "image", "best model": "vit", "sample_f1@0.5": 0.72, "sample_f1 tuned": 0.74},
+        {"input": "caption", "best model": "caption", "sample_f1@0.5": 0.62, "sample_f1 tuned": 0.63},
+        {"input": "image+caption", "best model": "concat", "sample_f1@0.5": 0.70, "sample_f1 tuned": 0.71},
+    ])
+    table3 = pd.DataFrame([
+        {"variant": "vit-baseline", "switch": "baseline", "setting": "mixup on; tta on", "sample_f1@0.5": 0.72,
+         "sample_f1 tuned": 0.74, "seconds": 10.0, "delta vs baseline": 0.0},
+        {"variant": "vit-mixup", "switch": "mixup", "setting": "off", "sample_f1@0.5": 0.69,
+         "sample_f1 tuned": 0.70, "seconds": 10.0, "delta vs baseline": -0.03},
+        {"variant": "vit-tta", "switch": "tta", "setting": "off", "sample_f1@0.5": 0.725,
+         "sample_f1 tuned": 0.74, "seconds": 1.0, "delta vs baseline": 0.005},
+    ])
+    return {
+        "eda": {"headline": {"train_rows": 40, "test_rows": 10, "most_common": "label 1 on 50.0% of images",
+                             "absent_labels": "12"}},
+        "split": {"headline": {"train": 28, "val": 12, "method": "iterative"}},
+        "ablation": {"headline": {}, "tables": {fd.TABLE3: _table(table3)}},
+        "ensemble": {"headline": {"ensemble_val_f1": 0.7311, "threshold": 0.35, "test_rows": 10},
+                     "tables": {fd.TABLE1: _table(table1), fd.TABLE2: _table(table2)}},
+    }
+
+
+def _text(lines) -> str:
+    return " ".join(lines)
+
+
+def test_findings_name_the_best_model_per_input_and_fusions_loss(summaries):
+    text = _text(fd.findings(summaries))
+    assert "40 labelled and 10 test images" in text and "The iterative split keeps 12 images" in text
+    assert "image: vit (0.7200 at 0.5, 0.7400 at its tuned threshold)" in text
+    assert "caption: caption (0.6200 at 0.5" in text and "image+caption: concat (0.7000 at 0.5" in text
+    assert "(concat, 0.7000) lost 0.0200 against the best single-input model (vit, 0.7200)" in text
+    assert "mixup set to off: 0.6900 (-0.0300)" in text and "tta set to off: 0.7250 (+0.0050)" in text
+    assert "a threshold of 0.35" in text and "scores 0.7311 (in-sample)" in text
+
+
+def test_a_changed_number_changes_the_sentence(summaries):
+    changed = copy.deepcopy(summaries)
+    rows = changed["ensemble"]["tables"][fd.TABLE2]["data"]
+    rows[2][2] = 0.75  # the fusion now beats the image model at 0.5
+    changed["ensemble"]["headline"]["threshold"] = 0.55
+    before, after = _text(fd.findings(summaries)), _text(fd.findings(changed))
+    assert "lost 0.0200" in before and "lost" not in after.split("Combining")[1].split(";")[0]
+    assert "(concat, 0.7500) gained 0.0300 against the best single-input model (vit, 0.7200)" in after
+    assert "a threshold of 0.55" in after and "a threshold of 0.35" not in after
+    assert "does not beat" in _text(fd.conclusion(summaries))
+    assert "beats the best single-input model here (+0.0300), which disagrees" in _text(fd.conclusion(changed))
+
+
+def test_every_number_in_the_findings_is_in_the_tables_or_headlines(summaries):
+    """No sentence invents a score: each 4-place number is a recorded one, a difference of two, or the paper's."""
+    recorded = set()
+    for stage in summaries.values():
+        recorded |= {round(v, 4) for v in stage.get("headline", {}).values() if isinstance(v, float)}
+        for table in stage.get("tables", {}).values():
+            recorded |= {round(v, 4) for row in table["data"] for v in row if isinstance(v, float)}
+    paper = {round(v, 4) for _, _, *scores in fd.PAPER_TABLE1 for v in scores if v is not None}
+    paper |= {round(fd.PAPER_TABLE2["image"][1] - fd.PAPER_TABLE2["image+caption"][1], 4),
+              round(fd.PAPER_TABLE3[0][2] - fd.PAPER_TABLE3[1][2], 4)}
+    diffs = {round(abs(a - b), 4) for a in recorded for b in recorded}
+    for number in re.findall(r"\d\.\d{4}", _text(fd.findings(summaries))):
+        assert float(number) in recorded | paper | diffs, number
+
+
+def test_tables_carry_the_papers_numbers_beside_ours(summaries):
+    t1 = fd.table1_with_paper(fd.recorded_table(summaries, "ensemble", fd.TABLE1))
+    paper = t1[t1.source == fd.PAPER].set_index("model")
+    assert paper.loc["CNN-EfficientNet", "F1@0.5"] == 0.8362 and pd.isna(paper.loc["CNN-EfficientNet", "F1@0.4"])
+    assert list(paper.loc["DeiT-S", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8602, 0.8606, 0.8453]
+    assert list(paper.loc["Swin-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8973, 0.9007, 0.8960]
+    assert list(paper.loc["Swin-V2-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.9071, 0.9079, 0.9058]
+    assert list(paper.loc["BERT", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8708, 0.8679, 0.8637]
+    assert paper.loc["Swin-V2-L + BERT (Concatenate)", "F1@0.5"] == 0.9027
+    assert paper.loc["Swin-L + BERT (Bilinear)", "F1@0.4"] == 0.9003
+    # ours first within each input, in the paper's order of inputs; kinds become the paper's input names
+    assert list(t1["input"].drop_duplicates()) == ["image", "caption", "image+caption"]
+    assert t1[t1.source == fd.THIS_RUN].set_index("model").loc["concat", "input"] == "image+caption"
+    assert "F1 at tuned threshold (in-sample)" in t1.columns
+
+    t2 = fd.table2_with_paper(fd.recorded_table(summaries, "ensemble", fd.TABLE2)).set_index(["input", "source"])
+    assert t2.loc[("caption", fd.PAPER), "F1 at tuned threshold (in-sample)"] == 0.8708
+    assert t2.loc[("image+caption", fd.PAPER), "best model"] == "Swin-V2-L + BERT (Concatenate)"
+    assert t2.loc[("image", fd.THIS_RUN), "F1@0.5 (out-of-sample)"] == 0.72
+    t3 = fd.table3_with_paper(fd.recorded_table(summaries, "ablation", fd.TABLE3))
+    assert t3[t3.source == fd.PAPER]["F1 at tuned threshold (in-sample)"].tolist() == [0.9079, 0.8856]
+
+
+def test_missing_stages_give_fewer_findings_not_errors():
+    assert fd.findings({}) == []
+    assert "did not reach the ensemble" in fd.conclusion({})[0]
+    assert len(fd.table1_with_paper(None)) == len(fd.PAPER_TABLE1)
+
+
+@pytest.mark.parametrize("key, value, shown", [("seconds", 32.7, "33 s"), ("vit seconds", 1500.0, "25 min"),
+                                               ("best_val_sample_f1", 0.812345, "0.8123"), ("train_rows", 40, "40"),
+                                               ("seconds", 4 * 3600 + 600, "4 h 10 min")])
+def test_headlines_round_for_reading(key, value, shown):
+    assert fd.fmt_value(key, value) == shown
+    assert fd.format_headline({key: value}) == f"{key.replace('_', ' ')}: {shown}"
+
+
+def test_error_analysis_counts_missed_labels_and_shows_examples():
+    y = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 1], [1, 1, 0]], dtype=float)
+    p = np.array([[0.9, 0.1, 0.2], [0.3, 0.6, 0.1], [0.2, 0.8, 0.1], [0.8, 0.7, 0.9]])
+    missed = fd.missed_labels(y, p, 0.5, ["a", "b", "c"])
+    assert missed[["class", "support", "missed", "false positives"]].values.tolist() == \
+        [[2, 2, 2, 1], [0, 3, 1, 0], [1, 2, 0, 1]]
+    frame = pd.DataFrame({"ImageID": ["0.jpg", "1.jpg", "2.jpg", "3.jpg"], "Caption": ["x  y", "z", "w", "v"]})
+    examples = fd.error_examples(frame, y, p, None, 0.5, classes=[2], per_class=5)
+    assert examples.ImageID.tolist() == ["0.jpg", "2.jpg"] and examples.caption.iloc[0] == "x y"
+    assert examples.truth.tolist() == ["0 2", "1 2"] and examples.predicted.tolist() == ["0", "1"]
+    added = fd.error_examples(frame, y, p, None, 0.5, classes=[1], kind="added")
+    assert added.ImageID.tolist() == ["1.jpg"] and added.error.tolist() == ["added"] and added.label.tolist() == [1]
+    text = fd.error_summary(missed)
+    assert text.startswith("The submitted model misses 3 of the 7 true labels of the validation images: most often "
+                           "label 2 (c) (2 of 2), label 0 (a) (1 of 3).")
+    assert "It adds 2 labels that are not there, most often label 2 (c) (1x), label 1 (b) (1x)." in text
+    none_missed = missed.assign(missed=0)
+    assert "misses 0 of the 7 true labels of the validation images." in fd.error_summary(none_missed)
+
+
+def test_each_stage_closes_with_its_own_numbers(summaries):
+    image = {"headline": {"best_model": "vit", "vit seconds": 150.0, "eff seconds": 12.2},
+             "tables": {"image models by threshold": summaries["ensemble"]["tables"][fd.TABLE1]}}
+    text = fd.stage_findings("image", image)
+    assert "Best at threshold 0.5: **vit** with 0.7200 (0.7400 at its tuned threshold 0.45, in-sample)" in text
+    assert "Then concat 0.7000, caption 0.6200." in text and "Time: vit 2 min, eff 12 s." in text
+    split = fd.stage_findings("split", {"headline": {"method": "iterative", "train": 28, "val": 12,
+                                                     "freq_gap_stratified": 0.0036, "freq_gap_random": 0.0429}})
+    assert "trains on 28 images and validates on 12" in split and "0.0036 on average, against 0.0429" in split
+    fusion = fd.stage_findings("fusion", {"headline": {"best_fusion": "late", "best_single_f1": 0.5,
+                                                       "gain_over_best_single": -0.0125}})
+    assert "late, loses 0.0125 against the better single model (0.5000)" in fusion
+    assert "mixup set to off: 0.6900 (-0.0300)" in fd.stage_findings("ablation", summaries["ablation"])
+    assert "a threshold of 0.35" in fd.stage_findings("ensemble", summaries["ensemble"])
+    assert fd.stage_findings("text", {}) == "_Nothing recorded._"
+
+
+def test_method_comes_from_the_params_used():
+    from mlc_utils.study.params import load_params
+    params = load_params(str(fd.__file__).replace("mlc_utils/study/findings.py", "params/demo.yaml"))
+    frame = fd.method_frame(params).set_index("model")
+    assert frame.loc["lite1-frozen", "architecture"] == "efficientnet_lite1"
+    assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen"
+    assert "epochs 40" in frame.loc["lite1-frozen", "training"] and "epochs 4" in frame.loc["lite0-finetune", "training"]
+    assert frame.loc["lite0-scratch", "weights"] == "random init"
+    note = fd.method_note(params)
+    assert "center, hflip" in note and "by score weights" in note and "Seed 3407" in note and "20%" in note
