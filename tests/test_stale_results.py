@@ -87,6 +87,27 @@ def test_member_is_retrained_when_its_code_or_an_image_changes(tiny_data, tmp_pa
         "a replaced image retrains the image member, not the caption member that never reads it"
 
 
+def test_a_member_does_not_depend_on_what_was_trained_before_it(tiny_data, tmp_path):
+    """Its initial weights come from the study's seed, not from the random state other work left."""
+    params = load_params(None, {"run": "t", "data_dir": str(tiny_data), "stages": ["split"]})
+    ctx = StageContext("image", params, tmp_path)
+    ctx.dir_of("split").mkdir(parents=True)
+    (ctx.dir_of("split") / "split.csv").write_text("ImageID,fold\n0.jpg,train\n")
+
+    def fresh_head_member(out_dir):
+        weights = torch.nn.Linear(4, 20).weight.detach().numpy()  # a fresh head: random initial weights
+        probs = 1 / (1 + np.exp(-weights[:, :1].T))
+        return Member("m", "image", out_dir, ["0.jpg"], probs, ["40.jpg"], probs)
+
+    first = study.reuse_or_train(ctx, tmp_path / "a", {"a": 1}, lambda: fresh_head_member(tmp_path / "a"),
+                                 lambda *_: None, kind="image")
+    torch.rand(1000)
+    np.random.rand(1000)  # other members trained before this one, drawing random numbers
+    again = study.reuse_or_train(ctx, tmp_path / "b", {"a": 2}, lambda: fresh_head_member(tmp_path / "b"),
+                                 lambda *_: None, kind="image")
+    np.testing.assert_array_equal(first.val_probs, again.val_probs)
+
+
 def test_every_kind_of_member_hashes_the_training_loop_metrics_and_its_own_model():
     from mlc_utils.core.fingerprint import module_files
 

@@ -100,6 +100,10 @@ def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member]
             return save_member(found, key)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MEMBER_FILE).unlink(missing_ok=True)
+    # every member starts from the study's seed: its initial weights (a fresh head, a model from
+    # scratch) must depend on its key alone, not on what the kernel happened to train before it
+    from mlc_utils.core.device import seed_everything
+    seed_everything(ctx.params.seed)
     started = time.time()
     member = train()
     member.seconds = time.time() - started
