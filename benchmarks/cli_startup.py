@@ -49,15 +49,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--checkout", type=Path, default=REPO, help="project checkout to measure (default: this one)")
     args = parser.parse_args()
-    data = require_data(args.data)
+    data = require_data(args.data).resolve()  # the commands run in the checkout's folder
     commands = [["--help"], ["run", "--help"], ["validate", "--help"], ["validate", "--data", str(data), "--no-images"],
                 ["validate", "--data", str(data)]]
     print(f"checkout {args.checkout.resolve()}, median of {args.repeat} runs each")
-    print(f"{'command':<40} {'seconds':>8} {'peak MB':>8}  torch imported")
+    print(f"{'command':<40} {'seconds':>8} {'peak MB':>8} {'exit':>5}  torch imported")
     for argv in commands:
         result = measure(argv, args.checkout.resolve(), args.repeat)
         shown = " ".join(a if a != str(data) else "DATA" for a in argv)
-        print(f"{shown:<40} {result['seconds']:>8.2f} {result['rss_mb']:>8.0f}  {result['torch']}")
+        print(f"{shown:<40} {result['seconds']:>8.2f} {result['rss_mb']:>8.0f} {result['code'] or 0:>5}  {result['torch']}")
 
 
 if __name__ == "__main__":
