@@ -46,13 +46,18 @@ ensemble: {{weights: optimized}}
 """
 
 
-def test_all_stages_end_to_end(tmp_path, tiny_data):
+def _run_tiny_study(tmp_path, data, template: str):
+    """A throw-away project with the notebooks and ``template``'s params, run once: (root, params, logs, results)."""
     root = tmp_path / "project"
     shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    params = root / "tiny.yaml"
-    params.write_text(TINY_STUDY.format(data=tiny_data, cache=tmp_path / "cache"))
-    logs = []
-    results = run_study(str(params), root=root, log=logs.append)
+    params = root / "study.yaml"
+    params.write_text(template.format(data=data, cache=tmp_path / "cache"))
+    logs: list[str] = []
+    return root, params, logs, run_study(str(params), root=root, log=logs.append)
+
+
+def test_all_stages_end_to_end(tmp_path, tiny_data):
+    root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TINY_STUDY)
     assert [r.status for r in results] == ["ran"] * 8, "\n".join(logs + [r.error for r in results])
 
     run = root / "runs" / "tiny"
@@ -129,12 +134,7 @@ ensemble: {{weights: optimized}}
 
 
 def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data):
-    root = tmp_path / "project"
-    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    params = root / "folds.yaml"
-    params.write_text(TINY_FOLDS.format(data=tiny_data, cache=tmp_path / "cache"))
-    logs = []
-    results = run_study(str(params), root=root, log=logs.append)
+    root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TINY_FOLDS)
     assert [r.status for r in results] == ["ran"] * 5, "\n".join(logs + [r.error for r in results])
 
     run = root / "runs" / "tiny-folds"
