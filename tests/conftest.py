@@ -120,3 +120,21 @@ def make_project(tmp_path: Path, data: Path, stages: str = "[eda, split]", image
                       f"eda: {{n_examples: 2, image_size_sample: {image_size_sample}}}\n"
                       "image: {models: [{name: test_vit, img_size: 32}]}\n")
     return root, params
+
+
+def assert_resumed_like_straight(straight, resumed, straight_dir: Path, resumed_dir: Path) -> dict:
+    """A resumed fit ended exactly where an uninterrupted one did: weights, EMA, step count, history.
+
+    Returns the two ``last.pt`` checkpoints for further checks.
+    """
+    import torch
+
+    from mlc_utils.models.checkpoint import read_checkpoint
+    a, b = read_checkpoint(straight_dir / "last.pt"), read_checkpoint(resumed_dir / "last.pt")
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    assert a["global_step"] == b["global_step"]
+    pd.testing.assert_frame_equal(pd.DataFrame(straight.history).drop(columns=["seconds"]),
+                                  pd.DataFrame(resumed.history).drop(columns=["seconds"]))
+    return {"straight": a, "resumed": b}

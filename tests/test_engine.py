@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_resumed_like_straight
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
@@ -14,7 +15,11 @@ from mlc_utils.core.config import ParamError
 from mlc_utils.data.images import image_dataset
 from mlc_utils.evaluation.predict import predict_probs
 from mlc_utils.models import create_image_model
-from mlc_utils.models.checkpoint import CheckpointMismatchError, load_checkpoint, read_checkpoint
+from mlc_utils.models.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    read_checkpoint,
+)
 from mlc_utils.train import features
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import fit
@@ -82,14 +87,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
     fit(tiny_model(dropout=0.2), train, val, _resume_cfg(epochs=1), tmp_path / "split")  # "interrupted"
     resumed = fit(tiny_model(seed=99, dropout=0.2), train, val, _resume_cfg(epochs=2, resume=True),
                   tmp_path / "split")
-    a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(tmp_path / "split" / "last.pt")
-    for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
-    assert a["global_step"] == b["global_step"]
-    drop = ["seconds"]
-    pd.testing.assert_frame_equal(pd.DataFrame(straight.history).drop(columns=drop),
-                                  pd.DataFrame(resumed.history).drop(columns=drop))
+    assert_resumed_like_straight(straight, resumed, tmp_path / "straight", tmp_path / "split")
     assert len(pd.read_csv(tmp_path / "split" / "log.csv")) == 2
 
 
