@@ -176,3 +176,26 @@ def test_method_comes_from_the_params_used():
     assert frame.loc["lite0-scratch", "weights"] == "random init"
     note = fd.method_note(params)
     assert "center, hflip" in note and "by score weights" in note and "Seed 3407" in note and "20%" in note
+
+
+def test_a_cross_validated_run_says_so_and_quotes_the_cross_fitted_score(summaries):
+    cv = copy.deepcopy(summaries)
+    cv["split"]["headline"]["folds"] = 5
+    cv["ensemble"]["headline"]["ensemble_cross_fitted_f1"] = 0.7207
+    table1 = cv["ensemble"]["tables"][fd.TABLE1]
+    table1["columns"].append("F1 cross-fitted")
+    for row, score in zip(table1["data"], (0.7301, 0.6202, 0.7003)):
+        row.append(score)
+    text = _text(fd.findings(cv))
+    assert "cut into 5 iterative-stratified folds" in text and "covers all 40 labelled images, out-of-fold" in text
+    assert "The iterative split keeps" not in text
+    assert "scores 0.7311 (in-sample); with its weights and threshold fitted on the other folds only it scores " \
+           "0.7207 (out-of-sample)" in text
+    assert "the cross-fitted column" in _text(fd.conclusion(cv))
+    t1 = fd.table1_with_paper(fd.recorded_table(cv, "ensemble", fd.TABLE1))
+    ours = t1[t1.source == fd.THIS_RUN].set_index("model")["F1 cross-fitted (out-of-sample)"]
+    assert ours.to_dict() == {"vit": 0.7301, "caption": 0.6202, "concat": 0.7003}
+    assert t1[t1.source == fd.PAPER]["F1 cross-fitted (out-of-sample)"].isna().all()  # the paper has none
+    # a holdout run has no such column and keeps the split sentence
+    assert "F1 cross-fitted (out-of-sample)" not in fd.table1_with_paper(
+        fd.recorded_table(summaries, "ensemble", fd.TABLE1)).columns

@@ -127,7 +127,9 @@ image:
 text:
   pretrained: false
   max_length: 16
+  members: [finetune, frozen, tfidf]
   train: {{batch_size: 8, epochs: 2, progress: false}}
+  head_train: {{epochs: 3, batch_size: 8, progress: false}}
 fusion: {{heads: [concat], train: {{epochs: 3, progress: false}}}}
 ensemble: {{weights: optimized}}
 """
@@ -141,7 +143,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     split = pd.read_csv(run / "split" / "split.csv")
     assert list(split.columns) == ["ImageID", "fold", "cv_fold"] and sorted(split.cv_fold.unique()) == [0, 1, 2]
     labelled = list(read_train_csv(tiny_data / "train.csv", LabelSpace(20)).ImageID)
-    for name in ("image/eff-frozen", "text/caption", "fusion/concat"):
+    for name in ("image/eff-frozen", "text/caption", "text/caption-frozen", "text/caption-tfidf", "fusion/concat"):
         folds = [json.loads((run / name / f"fold{k}" / "member.json").read_text()) for k in range(3)]
         assert len({f["key"] for f in folds}) == 3, name
         meta = json.loads((run / name / "member.json").read_text())
@@ -155,6 +157,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     assert {"scores", "F1 cross-fitted"} <= set(table1["columns"])
     scores = dict(zip([r[0] for r in table1["data"]], [r[table1["columns"].index("scores")] for r in table1["data"]]))
     assert scores["eff-frozen"] == "out-of-fold" and scores["ensemble"] == "out-of-fold, weights tuned on them"
+    assert scores["caption:tfidf"] == scores["caption:all-MiniLM-L6-v2-frozen"] == "out-of-fold"  # every caption member
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
     assert list(submission.ImageID) == list(read_test_csv(tiny_data / "test.csv").ImageID)
 

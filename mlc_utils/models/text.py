@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -178,6 +179,41 @@ class TextClassifier(nn.Module):
             raise AttributeError(f"group_matcher: the caption encoder {type(self.encoder).__name__} has no "
                                  "encoder.layer list, so layer_decay cannot group its layers")
         return {"stem": r"^encoder\.embeddings", "blocks": r"^encoder\.encoder\.layer\.(\d+)"}
+
+
+class CaptionEmbeddingHead(nn.Module):
+    """A caption model's dropout and head on their own, reading pooled embeddings computed beforehand
+    (the ``frozen`` caption member). It shares the model's ``head``: training it trains the model."""
+
+    def __init__(self, model: TextClassifier):
+        super().__init__()
+        self.dropout = model.dropout
+        self.head = model.head
+        self.spec = {**model.spec, "kind": "text_head", "input_dim": model.feature_dim}
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(embeddings))
+
+
+@torch.inference_mode()
+def embed_captions(model: TextClassifier, captions, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """The model's pooled embedding of each caption (its own cleaning and max_length), ``(n, hidden)`` float32."""
+    from torch.utils.data import DataLoader
+
+    from mlc_utils.core.progress import progress as progress_bar
+    from mlc_utils.data.caption_tokens import trim_padding_collate
+    captions = list(captions)
+    if not captions:
+        return np.zeros((0, model.feature_dim), dtype=np.float32)
+    dataset = caption_dataset_for(model, captions)
+    was_training = model.training
+    model.eval()
+    out = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=trim_padding_collate)
+    for inputs, _ in progress_bar(loader, "caption embeddings (batches)", leave=False, disable=not progress):
+        out.append(model.features(inputs).float().numpy())
+    model.train(was_training)
+    return np.concatenate(out)
 
 
 def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) -> tuple[nn.Module, str]:

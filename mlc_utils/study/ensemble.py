@@ -10,12 +10,12 @@ from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.study.findings import PAPER_TABLE2
 from mlc_utils.study.image import image_members
 from mlc_utils.study.members import MEMBER_FILE, load_member, save_member
-from mlc_utils.study.text import text_member
+from mlc_utils.study.text import text_members
 
 
 def study_members(ctx) -> list[Member]:
     """Every saved member of the image, text and fusion stages (the ensemble's candidates)."""
-    members = image_members(ctx) + [text_member(ctx)]
+    members = image_members(ctx) + text_members(ctx)
     fusion_dir = ctx.dir_of("fusion")
     for path in sorted(fusion_dir.glob(f"*/{MEMBER_FILE}")) if fusion_dir.is_dir() else []:
         member = load_member(path.parent)

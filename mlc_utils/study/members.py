@@ -31,7 +31,7 @@ MEMBER_CODE = {
     "image": _TRAINING_CODE + ("mlc_utils.data.images", "mlc_utils.models.image", "mlc_utils.models.weights",
                                "mlc_utils.models.hub", "mlc_utils.study.image"),
     "text": _TRAINING_CODE + ("mlc_utils.data.captions", "mlc_utils.data.caption_tokens", "mlc_utils.models.text",
-                              "mlc_utils.models.hub", "mlc_utils.study.text"),
+                              "mlc_utils.models.tfidf", "mlc_utils.models.hub", "mlc_utils.study.text"),
     "fusion": _TRAINING_CODE + ("mlc_utils.data", "mlc_utils.models", "mlc_utils.study.fusion"),
 }
 

@@ -141,28 +141,57 @@ def _caption_training() -> TrainSettings:
                          weight_decay=0.01, scheduler="cosine", warmup_epochs=0)
 
 
+def _caption_head_training() -> TrainSettings:
+    # the linear head on cached sentence embeddings: 8,000 x 384 inputs, a second an epoch on a CPU
+    return TrainSettings(epochs=30, batch_size=256, lr=1e-2, weight_decay=1e-4, scheduler="cosine",
+                         warmup_epochs=0)
+
+
+CAPTION_MEMBER_KINDS = ("finetune", "frozen", "tfidf")
+
+
 @dataclass
 class TextStageParams:
-    """The caption model (encoder, pooling, tokenization) and how it is trained (``train``)."""
+    """The caption members: which (``members``), the encoder they share, and how each is trained.
+
+    ``finetune`` fine-tunes the encoder (``train``); ``frozen`` runs it once over every caption and
+    trains a linear head on the pooled embeddings (``head_train``), cheap enough for K folds on a
+    CPU; ``tfidf`` is word and character n-grams with a logistic regression per label (``tfidf_c``).
+    """
     model_name: str = "all-MiniLM-L6-v2"   # a packaged name, a local folder or a hub id
     pretrained: bool = True                 # false: a tiny random BERT (tests, smoke runs)
     pooling: Literal["mean", "cls"] = "mean"
     dropout: float = 0.1
     max_length: int = 48
     cleaning: CaptionCleaner = field(default_factory=CaptionCleaner)
+    members: list[Literal["finetune", "frozen", "tfidf"]] = field(default_factory=lambda: ["finetune"])
     train: TrainSettings = field(default_factory=_caption_training)
+    head_train: TrainSettings = field(default_factory=_caption_head_training)
+    tfidf_c: float = 8.0                    # inverse L2 strength of the tfidf member's regressions
 
     def check(self):
         require(bool(str(self.model_name).strip()), "model_name: must not be empty")
         require(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1) (got {self.dropout})")
         require(2 <= self.max_length <= 512, f"max_length: must be in 2..512 (got {self.max_length})")
+        require(bool(self.members), f"members: name at least one of {list(CAPTION_MEMBER_KINDS)}")
+        require(len(set(self.members)) == len(self.members), f"members: repeated (got {self.members})")
+        require(self.tfidf_c > 0, f"tfidf_c: must be > 0 (got {self.tfidf_c})")
         self.cleaning.check()
 
     def training(self, **defaults) -> TrainConfig:
-        """The TrainConfig of the caption model: ``defaults`` (seed, threshold), then its defaults, then ``train``."""
-        given = self.train.given()
-        unset = {k: v for k, v in _caption_training().given().items() if k not in given}
-        return TrainConfig.from_dict({**defaults, **unset, **given}, "text.train")
+        """The TrainConfig of the fine-tuned caption model: ``defaults`` (seed, threshold), then its
+        defaults, then ``train``."""
+        return _merged_training(self.train, _caption_training(), defaults, "text.train")
+
+    def head_training(self, **defaults) -> TrainConfig:
+        """The TrainConfig of the frozen member's head: ``defaults``, its defaults, then ``head_train``."""
+        return _merged_training(self.head_train, _caption_head_training(), defaults, "text.head_train")
+
+
+def _merged_training(settings: TrainSettings, stage_defaults: TrainSettings, defaults: dict, where: str) -> TrainConfig:
+    given = settings.given()
+    unset = {k: v for k, v in stage_defaults.given().items() if k not in given}
+    return TrainConfig.from_dict({**defaults, **unset, **given}, where)
 
 
 @dataclass
@@ -212,6 +241,7 @@ class StudyParams:
             require(stage in STAGE_NAMES, f"stages[{i}]: {stage!r} is not one of {' | '.join(map(repr, STAGE_NAMES))}"
                                           + (f" (did you mean {close[0]!r}?)" if close else ""))
         self.text.training()  # the caption stage's training fields, checked before any work
+        self.text.head_training()
         if self.split.folds:
             require(not self.image.torchrun_processes(),
                     f"image.gpus/image.launcher: training through torchrun (gpus {self.image.gpus}, launcher "

@@ -1,59 +1,171 @@
-"""The caption stage (04_text): fine-tune the caption model of ``text`` as a member."""
+"""The caption stage (04_text): the caption members of ``text.members`` (fine-tuned, frozen encoder, TF-IDF)."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from mlc_utils.core.config import to_dict
+from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
 
 
-def text_member_name(ctx) -> str:
-    return "caption:" + Path(str(ctx.params.text.model_name)).name
+def text_member_name(ctx, kind: str = "finetune") -> str:
+    """``caption:<encoder>`` for the fine-tuned model (the paper's BERT row), a suffix for the others."""
+    if kind == "tfidf":
+        return "caption:tfidf"
+    name = "caption:" + Path(str(ctx.params.text.model_name)).name
+    return name if kind == "finetune" else f"{name}-{kind}"
 
 
+def _member_dir(ctx, kind: str) -> Path:
+    return ctx.dir_of("text") / ("caption" if kind == "finetune" else f"caption-{kind}")
 
-def train_text(ctx, log=print) -> Member:
-    """Fine-tune the caption model of ``text`` (or reuse it) and predict validation and test rows;
-    with ``split.folds``, one model per fold and the out-of-fold member."""
+
+def train_text(ctx, log=print) -> list[Member]:
+    """Every caption member of ``text.members`` (trained, or reused when unchanged), validation and
+    test probabilities; with ``split.folds``, one model per fold and the out-of-fold member."""
     text_params = ctx.params.text
-    cfg = text_params.training(seed=ctx.params.seed, threshold=ctx.params.threshold)
-    out_dir = ctx.stage_dir / "caption"
-    config = {"text": to_dict(text_params), "train": asdict(cfg)}
-    if ctx.cross_validated:
-        return cross_fit_member(ctx, text_member_name(ctx), "text", out_dir, config,
-                                lambda rows, fold_dir: _train_text(ctx, text_params, cfg, fold_dir, log, rows), log)
-    return reuse_or_train(ctx, out_dir, config,
-                          lambda: _train_text(ctx, text_params, cfg, out_dir, log, ctx.labelled_folds()), log,
-                          kind="text")
+    members = []
+    for kind in text_params.members:
+        trainer = CAPTION_TRAINERS[kind]
+        cfg = trainer.config(ctx)
+        config = {"text": to_dict(text_params), "member": kind, "train": asdict(cfg) if cfg else None}
+        out_dir, name = _member_dir(ctx, kind), text_member_name(ctx, kind)
+        if ctx.cross_validated:
+            members.append(cross_fit_member(
+                ctx, name, "text", out_dir, config,
+                lambda rows, fold_dir, trainer=trainer, cfg=cfg, name=name: trainer.fit(ctx, name, cfg, fold_dir, log, rows),
+                log))
+        else:
+            members.append(reuse_or_train(
+                ctx, out_dir, config,
+                lambda trainer=trainer, cfg=cfg, out_dir=out_dir, name=name: trainer.fit(
+                    ctx, name, cfg, out_dir, log, ctx.labelled_folds()),
+                log, kind="text"))
+    return members
 
 
-def _train_text(ctx, text_params, cfg, out_dir: Path, log, rows: tuple) -> Member:
-    """One caption model trained on ``rows`` = (train_frame, val_frame, y_train, y_val)."""
+def _create_model(ctx):
+    from mlc_utils.models.text import create_caption_model
+    text_params = ctx.params.text
+    return create_caption_model(text_params.model_name, ctx.params.num_classes, text_params.pooling,
+                                text_params.pretrained, text_params.dropout, text_params.max_length,
+                                text_params.cleaning)
+
+
+def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
+    """The encoder and a linear head fine-tuned on ``rows`` = (train_frame, val_frame, y_train, y_val)."""
     from mlc_utils.data.caption_tokens import trim_padding_collate
     from mlc_utils.evaluation.predict import predict_probs
-    from mlc_utils.models.text import caption_dataset_for, create_caption_model
+    from mlc_utils.models.text import caption_dataset_for
     from mlc_utils.train.loop import fit
     train_df, val_df, y_train, y_val = rows
     test = ctx.data.test
-    model = create_caption_model(text_params.model_name, ctx.params.num_classes, text_params.pooling,
-                                 text_params.pretrained, text_params.dropout, text_params.max_length,
-                                 text_params.cleaning)
-    log(f"{text_member_name(ctx)}: {model.source} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+    model = _create_model(ctx)
+    log(f"{name}: {model.source} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
         f"parameters), {len(train_df)} train / {len(val_df)} val captions")
-    sets = {name: caption_dataset_for(model, list(frame.Caption), targets)
-            for name, frame, targets in (("train", train_df, y_train), ("val", val_df, y_val), ("test", test, None))}
+    sets = {split: caption_dataset_for(model, list(frame.Caption), targets)
+            for split, frame, targets in (("train", train_df, y_train), ("val", val_df, y_val), ("test", test, None))}
     fit(model, sets["train"], sets["val"], cfg, out_dir, collate_fn=trim_padding_collate)
 
-    def predict(name: str):
-        return predict_probs(model, sets[name], batch_size=cfg.batch_size * 2, device=cfg.device,
+    def predict(split: str):
+        return predict_probs(model, sets[split], batch_size=cfg.batch_size * 2, device=cfg.device,
                              collate_fn=trim_padding_collate)
-    return Member(text_member_name(ctx), "text", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
+    return Member(name, "text", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
                   predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction})
+
+
+def _fit_frozen(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
+    """The encoder run once over every caption (no gradients); its linear head trained on the pooled
+    embeddings of ``rows``. Cheap enough to repeat per fold: the embeddings are computed once per process."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from mlc_utils.evaluation.predict import predict_probs
+    from mlc_utils.models.checkpoint import save_model
+    from mlc_utils.models.text import CaptionEmbeddingHead
+    from mlc_utils.train.loop import fit
+    train_df, val_df, y_train, y_val = rows
+    model, embeddings = _caption_embeddings(ctx, log)
+    log(f"{name}: linear head on the {model.feature_dim}-d embeddings of {model.source}, "
+        f"{len(train_df)} train / {len(val_df)} val captions")
+
+    def dataset(split: str, frame, targets=None):
+        index = embeddings[split][0]
+        x = torch.from_numpy(embeddings[split][1][[index[i] for i in frame.ImageID]])
+        y = torch.zeros(len(x), ctx.params.num_classes) if targets is None else \
+            torch.from_numpy(np.asarray(targets, dtype=np.float32))
+        return TensorDataset(x, y)
+    sets = {"train": dataset("train", train_df, y_train), "val": dataset("train", val_df, y_val),
+            "test": dataset("test", ctx.data.test)}
+    head = CaptionEmbeddingHead(model)  # shares model.head: training it trains the model's head
+    fit(head, sets["train"], sets["val"], cfg, out_dir)
+    save_model(model, out_dir / "model.pt", params={**asdict(cfg), "mode": "frozen"})
+
+    def predict(split: str):
+        return predict_probs(head, sets[split], batch_size=1024, device=cfg.device)
+    return Member(name, "text", out_dir, list(val_df.ImageID), predict("val"), list(ctx.data.test.ImageID),
+                  predict("test"), info={"mode": "frozen"})
+
+
+_EMBEDDINGS: dict[str, tuple] = {}
+
+
+def _caption_embeddings(ctx, log) -> tuple:
+    """The caption model and the pooled embeddings of every labelled and test caption, as
+    ``{"train"|"test": ({ImageID: row}, array)}``; computed once per process and caption set."""
+    from mlc_utils.models.text import embed_captions
+    data = ctx.data
+    key = digest([to_dict(ctx.params.text), ctx.params.num_classes, ctx.params.seed,
+                  list(data.train.ImageID), list(data.train.Caption), list(data.test.ImageID), list(data.test.Caption)])
+    if key not in _EMBEDDINGS:
+        model = _create_model(ctx)
+        log(f"embedding {len(data.train) + len(data.test)} captions with {model.source} (once for every fold)")
+        _EMBEDDINGS.clear()  # one caption set at a time: the arrays are large
+        _EMBEDDINGS[key] = (model, {split: ({image_id: n for n, image_id in enumerate(frame.ImageID)},
+                                            embed_captions(model, list(frame.Caption)))
+                                    for split, frame in (("train", data.train), ("test", data.test))})
+    model, arrays = _EMBEDDINGS[key]
+    return model, arrays
+
+
+def _fit_tfidf(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
+    """Word and character TF-IDF n-grams with a logistic regression per label (seconds on a CPU)."""
+    from mlc_utils.models.tfidf import TfidfCaptionClassifier
+    train_df, val_df, y_train, _ = rows
+    log(f"{name}: TF-IDF word 1-2 and character 2-5 grams, logistic regression per label (C "
+        f"{ctx.params.text.tfidf_c}), {len(train_df)} train / {len(val_df)} val captions")
+    model = TfidfCaptionClassifier(ctx.params.num_classes, C=ctx.params.text.tfidf_c,
+                                   cleaning=ctx.params.text.cleaning, seed=ctx.params.seed)
+    model.fit(list(train_df.Caption), y_train)
+    model.save(Path(out_dir) / "model.joblib")
+    return Member(name, "text", Path(out_dir), list(val_df.ImageID), model.predict_proba(list(val_df.Caption)),
+                  list(ctx.data.test.ImageID), model.predict_proba(list(ctx.data.test.Caption)),
+                  info={"mode": "tfidf"})
+
+
+@dataclass(frozen=True)
+class CaptionTrainer:
+    """How one kind of caption member is trained: its TrainConfig (None: not trained by the engine)
+    and ``fit(ctx, name, cfg, out_dir, log, rows) -> Member``."""
+    config: Callable
+    fit: Callable
+
+
+def _defaults(ctx) -> dict:
+    return {"seed": ctx.params.seed, "threshold": ctx.params.threshold}
+
+
+CAPTION_TRAINERS: dict[str, CaptionTrainer] = {
+    "finetune": CaptionTrainer(lambda ctx: ctx.params.text.training(**_defaults(ctx)), _fit_finetuned),
+    "frozen": CaptionTrainer(lambda ctx: ctx.params.text.head_training(**_defaults(ctx)), _fit_frozen),
+    "tfidf": CaptionTrainer(lambda ctx: None, _fit_tfidf),
+}
 
 
 def caption_examples(ctx, member: Member, n: int = 8) -> pd.DataFrame:
@@ -70,8 +182,21 @@ def caption_examples(ctx, member: Member, n: int = 8) -> pd.DataFrame:
 
 
 
+def text_members(ctx) -> list[Member]:
+    """The caption stage's members, in ``text.members`` order (a missing one is an error naming it)."""
+    members = []
+    for kind in ctx.params.text.members:
+        member = load_member(_member_dir(ctx, kind))
+        if member is None:
+            raise FileNotFoundError(f"no {kind} caption member in {_member_dir(ctx, kind)}: run the text stage first")
+        members.append(member)
+    return members
+
+
 def text_member(ctx) -> Member:
-    member = load_member(ctx.dir_of("text") / "caption")
-    if member is None:
-        raise FileNotFoundError(f"no caption model in {ctx.dir_of('text') / 'caption'}: run the text stage first")
-    return member
+    """The caption member the fusion heads read: the one with the best sample-F1 on the scored rows."""
+    members = text_members(ctx)
+    if len(members) == 1:
+        return members[0]
+    _, y_val = ctx.scored_rows()
+    return max(members, key=lambda m: m.score(y_val))
