@@ -46,8 +46,6 @@ def test_overrides_and_types(tmp_path):
     ("split: {folds: 1}\n", [], "split.folds: 0 (holdout only) or the number of cross-validation folds, >= 2 (got 1)"),
     ("stages: [split]\nsplit: {folds: 5}\nfusion: {mode: end_to_end}\n", [], "fusion.mode: end_to_end is not cross-validated"),
     ("stages: [split]\nsplit: {folds: 5}\nfusion: {fusion_input: features}\n", [], "fusion.fusion_input: the heads read out-of-fold"),
-    ("stages: [split]\nsplit: {folds: 5}\nimage: {gpus: 2}\n", [], "image.gpus/image.launcher: training through torchrun"),
-    ("stages: [split]\nsplit: {folds: 5}\nimage: {gpus: 1, launcher: torchrun}\n", [], "uses the holdout split only"),
 ])
 def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     path = tmp_path / "bad.yaml"

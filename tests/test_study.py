@@ -168,3 +168,36 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     again = run_study(str(params), root=root, log=logs.append, overrides=["fusion.train.epochs=2"])
     assert [r.status for r in again] == ["skipped"] * 3 + ["ran"] * 2, "\n".join(logs)
     assert fold_key("fusion/concat") != before[0] and fold_key("text/caption") == before[1]
+
+
+TORCHRUN_FOLDS = """
+run: torchrun-folds
+data_dir: {data}
+seed: 3407
+stages: [split, image]
+split: {{val_fraction: 0.3, folds: 2}}
+image:
+  launcher: torchrun
+  cache_dir: {cache}
+  models:
+    - {{label: vit, name: test_vit, pretrained: false, img_size: 32,
+        train: {{epochs: 1, batch_size: 8, progress: false}}}}
+"""
+
+
+def test_folds_train_through_torchrun_each_on_its_own_rows(tmp_path, tiny_data):
+    """The GPU profile's launcher with split.folds: every fold is one torchrun job whose split.csv
+    holds that fold's rows, and the out-of-fold member covers every labelled row."""
+    root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TORCHRUN_FOLDS)
+    assert [r.status for r in results] == ["ran", "ran"], "\n".join(logs + [r.error for r in results])
+    run = root / "runs" / "torchrun-folds"
+    cv = pd.read_csv(run / "split" / "split.csv").set_index("ImageID")["cv_fold"]
+    for k in range(2):
+        fold = run / "image" / "vit" / f"fold{k}"
+        assert (fold / "config.json").is_file() and (fold / "ranks.json").is_file()  # went through torchrun
+        assert json.loads((fold / "config.json").read_text())["data"]["split"] == str(fold / "split.csv")
+        rows = pd.read_csv(fold / "split.csv").set_index("ImageID")["fold"]
+        assert sorted(rows.index[rows == "val"]) == sorted(cv.index[cv == k])
+        assert sorted(rows.index[rows == "train"]) == sorted(cv.index[cv != k])
+    with np.load(run / "image" / "vit" / "val_probs.npz") as saved:
+        assert sorted(saved["ids"].astype(str)) == sorted(cv.index)

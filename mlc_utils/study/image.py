@@ -69,7 +69,7 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
         info = {"feature_cache": {"hits": cache.hits, "misses": cache.misses, "computed_images": cache.computed}}
     else:
         if ctx.params.image.torchrun_processes():
-            model = _fit_torchrun(ctx, spec, cfg, views, out_dir, log)
+            model = _fit_torchrun(ctx, spec, cfg, views, out_dir, log, rows)
         else:
             from mlc_utils.data.images import image_dataset
             from mlc_utils.train.loop import fit
@@ -98,16 +98,25 @@ def _teacher(spec):
 
 
 
-def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log):
+def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple):
     """The same training through ``torchrun -m mlc_utils.train`` (output streamed here); its
-    ``config.json`` in ``out_dir`` reruns it from the shell, on this node or several (README)."""
+    ``config.json`` in ``out_dir`` reruns it from the shell, on this node or several (README).
+
+    The rows it trains and validates on are written beside it as ``split.csv`` (the holdout's, or
+    one cross-validation fold's), so a fold trains through torchrun as the holdout does."""
+    from mlc_utils.data.split import save_split, split_frame
     from mlc_utils.models.checkpoint import load_checkpoint
     from mlc_utils.train.distributed import launch_torchrun
+    train_df, val_df = rows[0], rows[1]
+    labelled = list(ctx.data.train.ImageID)
+    position = {image_id: n for n, image_id in enumerate(labelled)}
+    split_path = save_split(split_frame(labelled, [position[i] for i in train_df.ImageID],
+                                        [position[i] for i in val_df.ImageID]), Path(out_dir) / "split.csv")
     config = {
         "model": {"name": spec.name, "pretrained": spec.pretrained, "head": spec.head, "img_size": spec.img_size,
                   "drop_rate": spec.drop_rate, "tta_views": views, "crop_mode": spec.crop_mode,
                   "global_pool": spec.global_pool},
-        "data": {"root": str(ctx.params.data_path(ctx.root).resolve()), "split": str(ctx.dir_of("split") / "split.csv"),
+        "data": {"root": str(ctx.params.data_path(ctx.root).resolve()), "split": str(split_path),
                  "num_classes": ctx.params.num_classes, "auto_augment": spec.auto_augment or None},
         "train": asdict(cfg), "out_dir": str(out_dir), "teacher": spec.teacher or None,
     }

@@ -243,10 +243,6 @@ class StudyParams:
         self.text.training()  # the caption stage's training fields, checked before any work
         self.text.head_training()
         if self.split.folds:
-            require(not self.image.torchrun_processes(),
-                    f"image.gpus/image.launcher: training through torchrun (gpus {self.image.gpus}, launcher "
-                    f"{self.image.launcher!r}) uses the holdout split only; use image.gpus: 0 or 1 and launcher: "
-                    f"auto with split.folds: {self.split.folds}")
             require(self.fusion.mode == "frozen", f"fusion.mode: end_to_end is not cross-validated; use frozen "
                                                   f"with split.folds: {self.split.folds}")
             require(self.fusion.fusion_input == "logits",
