@@ -160,6 +160,11 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     assert scores["caption:tfidf"] == scores["caption:all-MiniLM-L6-v2-frozen"] == "out-of-fold"  # every caption member
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
     assert list(submission.ImageID) == list(read_test_csv(tiny_data / "test.csv").ImageID)
+    report = html.unescape((root / "reports" / "tiny-folds" / "index.html").read_text(encoding="utf-8"))
+    assert "all labelled images are cut into 3 stratified folds" in report  # the split section says so
+    assert "cut into 3 iterative-stratified folds" in report and "F1 cross-fitted (out-of-sample)" in report
+    cross_fitted = f"{ensemble['info']['cross_fitted_f1']:.4f} (out-of-sample), the number to quote"
+    assert cross_fitted in " ".join(report.split())
 
     # a changed fusion head retrains only the head's folds; the sub-models' folds are untouched
     def fold_key(name):
