@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mlc_utils.data.csvio import (
@@ -137,6 +137,7 @@ captions = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklis
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(captions, min_size=1, max_size=6))
+@example(['"', '"'])  # found by Hypothesis: two lone-quote captions were re-joined as one pandas-quoted field
 def test_any_caption_round_trips_in_competition_dialect(tmp_path_factory, texts):
     frame = pd.DataFrame({"ImageID": [f"{i}.jpg" for i in range(len(texts))],
                           "Labels": [[1, i % 19 + 1] if i % 19 + 1 != 1 else [1] for i in range(len(texts))],
@@ -172,3 +173,13 @@ def test_writer_round_trips_real_pack(real_data, tmp_path):
     back = read_train_csv(out)
     assert back[["ImageID", "Caption"]].equals(train[["ImageID", "Caption"]])
     assert list(back.Labels) == list(train.Labels)
+
+
+def test_lone_quote_captions_stay_two_records_whatever_the_dialect_asked(tmp_path):
+    """Two captions that are a single quote each: the competition dialect never escapes, so each line
+    is its own record; "auto" reads the file as written before trying pandas' quoted continuations."""
+    path = write(tmp_path, 'ImageID,Labels,Caption\n0.jpg,1,"""\n1.jpg,1 2,"""\n')
+    for dialect in ("competition", "auto"):
+        frame = read_train_csv(path, dialect=dialect)
+        assert list(frame.Caption) == ['"', '"'] and list(frame.line) == [2, 3], dialect
+    assert read_train_csv(path).attrs["dialect"] == "competition"

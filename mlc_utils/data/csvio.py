@@ -202,22 +202,14 @@ def read_with_problems(path: str | os.PathLike, kind: str | None = None, label_s
 
     problems: list[CsvProblem] = []
     fields_re = _TRAIN_FIELDS if kind == "train" else _TEST_FIELDS
-    parsed = []  # (line, image_id, labels_text, quoted, inner)
-    for record in _merge_quoted_continuations(_split_records(path, lines, problems), fields_re):
-        match = fields_re.match(record.text)
-        if not match:
-            problems.append(CsvProblem(str(path), record.line, f"record does not have the fields {','.join(expected)}",
-                                       record.text))
-            continue
-        image_id, labels_text, caption_raw = (match.group(1), match.group(2), match.group(3)) if kind == "train" \
-            else (match.group(1), None, match.group(2))
-        quoted, inner = _caption_field(caption_raw)
-        if inner is None:
-            problems.append(CsvProblem(str(path), record.line, "caption opens a quote that is never closed "
-                                                               f"(record spans {record.text.count(chr(10)) + 1} line(s))",
-                                       record.text))
-            continue
-        parsed.append((record.line, image_id, labels_text, quoted, inner))
+    records = _split_records(path, lines, problems)
+    # the competition dialect never escapes, so a record-start line always starts a record; re-joining
+    # quoted continuations is for pandas' files, and "auto" tries the file as written first
+    parsed, bad = _parse_records(path, records, fields_re, kind, expected)
+    if dialect == "pandas" or (dialect == "auto" and (bad or detect_dialect(
+            (p[4] for p in parsed if p[3]), any(not p[3] for p in parsed)) == "pandas")):
+        parsed, bad = _parse_records(path, _merge_quoted_continuations(records, fields_re), fields_re, kind, expected)
+    problems += bad
 
     if dialect == "auto":
         dialect = detect_dialect((p[4] for p in parsed if p[3]), any(not p[3] for p in parsed))
@@ -249,6 +241,27 @@ def read_with_problems(path: str | os.PathLike, kind: str | None = None, label_s
     frame = pd.DataFrame(rows, columns=[*expected, "line"])
     frame.attrs.update(kind=kind, dialect=dialect, path=str(path))
     return frame, problems
+
+
+def _parse_records(path: Path, records: list[_Record], fields_re: re.Pattern, kind: str, expected) -> tuple[list, list]:
+    """Each record's fields as (line, image_id, labels_text, quoted, inner), and the records that have none."""
+    parsed, problems = [], []
+    for record in records:
+        match = fields_re.match(record.text)
+        if not match:
+            problems.append(CsvProblem(str(path), record.line, f"record does not have the fields {','.join(expected)}",
+                                       record.text))
+            continue
+        image_id, labels_text, caption_raw = (match.group(1), match.group(2), match.group(3)) if kind == "train" \
+            else (match.group(1), None, match.group(2))
+        quoted, inner = _caption_field(caption_raw)
+        if inner is None:
+            problems.append(CsvProblem(str(path), record.line, "caption opens a quote that is never closed "
+                                                               f"(record spans {record.text.count(chr(10)) + 1} line(s))",
+                                       record.text))
+            continue
+        parsed.append((record.line, image_id, labels_text, quoted, inner))
+    return parsed, problems
 
 
 def read_train_csv(path, label_space: LabelSpace | None = None, dialect: str = "auto") -> pd.DataFrame:
