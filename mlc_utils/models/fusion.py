@@ -288,14 +288,16 @@ def _load_array(value, name: str) -> np.ndarray:
 
 @torch.no_grad()
 def compute_outputs(model: nn.Module, dataset: Dataset, fusion_input: str = "logits", batch_size: int = 64,
-                    device: str | torch.device = "cpu", collate_fn=None) -> np.ndarray:
-    """A sub-model's logits or penultimate features for every row, in dataset order (to save as .npy)."""
+                    device: str | torch.device = "cpu", collate_fn=None, progress: str = "") -> np.ndarray:
+    """A sub-model's logits or penultimate features for every row, in dataset order (to save as .npy);
+    ``progress`` names a progress bar over the batches (none when empty)."""
+    from mlc_utils.core.progress import progress as progress_bar
     _check_choice("fusion_input", fusion_input, FUSION_INPUTS)
     was_training = model.training
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
     chunks = []
-    for inputs, _ in loader:
+    for inputs, _ in progress_bar(loader, progress, leave=False, disable=not progress):
         inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.to(device)
         chunks.append(sub_model_output(model, inputs, fusion_input).float().cpu().numpy())
     model.train(was_training)

@@ -195,25 +195,15 @@ class CaptionEmbeddingHead(nn.Module):
         return self.head(self.dropout(embeddings))
 
 
-@torch.inference_mode()
 def embed_captions(model: TextClassifier, captions, batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """The model's pooled embedding of each caption (its own cleaning and max_length), ``(n, hidden)`` float32."""
-    from torch.utils.data import DataLoader
-
-    from mlc_utils.core.progress import progress as progress_bar
     from mlc_utils.data.caption_tokens import trim_padding_collate
+    from mlc_utils.models.fusion import compute_outputs
     captions = list(captions)
-    if not captions:
+    if not captions:  # the tokenizer cannot batch nothing
         return np.zeros((0, model.feature_dim), dtype=np.float32)
-    dataset = caption_dataset_for(model, captions)
-    was_training = model.training
-    model.eval()
-    out = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=trim_padding_collate)
-    for inputs, _ in progress_bar(loader, "caption embeddings (batches)", leave=False, disable=not progress):
-        out.append(model.features(inputs).float().numpy())
-    model.train(was_training)
-    return np.concatenate(out)
+    return compute_outputs(model, caption_dataset_for(model, captions), "features", batch_size,
+                           collate_fn=trim_padding_collate, progress="caption embeddings (batches)" if progress else "")
 
 
 def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) -> tuple[nn.Module, str]:

@@ -297,8 +297,8 @@ def method_frame(params) -> pd.DataFrame:
     text = params.text
     for kind in getattr(text, "members", ["finetune"]):
         tfidf = kind == "tfidf"
-        training = {"finetune": lambda: _given(to_dict(text.train)), "frozen": lambda: _given(to_dict(text.head_train)),
-                    "tfidf": lambda: f"logistic regression per label, C {text.tfidf_c}"}[kind]()
+        training = {"finetune": _given(to_dict(text.train)), "frozen": _given(to_dict(text.head_train)),
+                    "tfidf": f"logistic regression per label, C {text.tfidf_c}"}[kind]
         rows.append({"input": "caption", "model": f"caption ({kind})",
                      "architecture": "TF-IDF word 1-2 + character 2-5 grams" if tfidf else text.model_name,
                      "mode": kind, "weights": "" if tfidf else ("pretrained" if text.pretrained else "random init"),
