@@ -252,6 +252,26 @@ def test_feature_key_follows_pooling_and_crop_mode(tiny_images):
     assert len(set(keys)) == 3
 
 
+def test_class_attention_trains_on_cached_regions_and_predicts_like_the_whole_model(tiny_images, tmp_path):
+    d = tiny_images
+    torch.manual_seed(0)
+    model = create_image_model("test_resnet", img_size=32, head="class_attention", tta_views=["center"])
+    cache = features.FeatureCache(tmp_path / "cache")
+    result, tta = features.fit_head(model, d["root"], d["ids"][:32], d["targets"][:32], d["ids"][32:],
+                                    d["targets"][32:], quiet(epochs=2, batch_size=8), tmp_path / "run",
+                                    views=("center",), cache=cache)
+    rows = features.cached_features(model, d["root"], d["ids"], "center", cache)
+    assert rows.shape == (40, 9 * model.backbone.num_features) and len(result.history) == 2
+    whole, _ = load_checkpoint(tmp_path / "run" / "model.pt")
+    from mlc_utils.evaluation.predict import predict_images
+    direct = predict_images(whole, d["root"], d["ids"][32:], views=("center",), progress=False)
+    np.testing.assert_allclose(direct, tta, atol=2e-2 if torch.cuda.is_available() else 1e-5)
+    # the grid is part of what a cached row means: another grid is another entry
+    torch.manual_seed(0)
+    coarser = create_image_model("test_resnet", img_size=32, head="class_attention", attention_grid=2)
+    assert features.feature_key(coarser, d["root"], "center") != features.feature_key(model, d["root"], "center")
+
+
 def test_feature_head_drops_features_like_the_whole_model():
     model = create_image_model("test_resnet", img_size=32, head="replace", drop_rate=0.5)
     head = features.FeatureHead(model.head, model.spec)

@@ -170,7 +170,10 @@ def test_method_comes_from_the_params_used():
     from mlc_utils.study.params import load_params
     params = load_params(str(fd.__file__).replace("mlc_utils/study/findings.py", "params/demo.yaml"))
     frame = fd.method_frame(params).set_index("model")
-    assert frame.loc["lite1-frozen", "architecture"] == "efficientnet_lite1"
+    assert frame.loc["lite1-frozen", "architecture"] == "efficientnet_lite1, Linear on the ImageNet logits"
+    cpu = fd.method_frame(load_params(str(fd.__file__).replace("mlc_utils/study/findings.py",
+                                                               "params/comp5329-cpu.yaml"))).set_index("model")
+    assert cpu.loc["lite0-320-attention-frozen", "architecture"] == "efficientnet_lite0, class attention over regions"
     assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen"
     assert "epochs 40" in frame.loc["lite1-frozen", "training"] and "epochs 4" in frame.loc["lite0-finetune", "training"]
     assert frame.loc["lite0-scratch", "weights"] == "random init"

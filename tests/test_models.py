@@ -1,6 +1,8 @@
 """Image models, offline weights, image decoding and TTA views."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -86,12 +88,14 @@ def test_bad_pretrained_paths_name_the_problem(tmp_path):
         create_image_model("test_resnet", pretrained=str(path))
 
 
-@pytest.mark.parametrize("head", ["extra_linear", "replace"])
+@pytest.mark.parametrize("head", ["extra_linear", "replace", "class_attention"])
 def test_heads_output_logits_and_split_parameters(head):
     model = create_image_model("test_resnet", num_classes=7, head=head, img_size=32)
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 7)
-    assert model.head.in_features == (1000 if head == "extra_linear" else model.backbone.num_features)
+    width = {"extra_linear": 1000, "replace": model.backbone.num_features,
+             "class_attention": 9 * model.backbone.num_features}[head]
+    assert model.head.in_features == width == model.embed(torch.randn(2, 3, 32, 32)).shape[1]
     backbone_ids = {id(p) for p in model.backbone_parameters()}
     assert backbone_ids.isdisjoint(id(p) for p in model.head_parameters())
     assert len(backbone_ids) + len(list(model.head_parameters())) == len(list(model.parameters()))
@@ -109,6 +113,42 @@ def test_catavgmax_pooling_doubles_the_head_input_and_reads_the_max():
                                              torch.full((1, model.backbone.num_features), 16.0)], 1))
     rebuilt = build_model(model.spec)
     assert rebuilt.spec["global_pool"] == "catavgmax" and rebuilt.head.in_features == model.head.in_features
+
+
+def test_class_attention_pools_regions_and_lets_one_corner_speak():
+    from mlc_utils.models.image import ClassAttentionHead, RegionPool
+    # the pool averages each of the grid's regions: a 6x6 map, 3x3 regions of 2x2 pixels
+    fmap = torch.arange(2 * 36, dtype=torch.float32).reshape(1, 2, 6, 6)
+    pooled = RegionPool(3)(fmap).reshape(1, 2, 3, 3)
+    assert torch.allclose(pooled[0, 1, 2, 0], fmap[0, 1, 4:6, 0:2].mean())
+    # class 0 reads channel 0; one region of nine carries it (a car in a corner)
+    head = ClassAttentionHead(channels=2, regions=9, num_classes=1)
+    with torch.no_grad():
+        head.classifier.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        head.classifier.bias.zero_()
+    rows = torch.zeros(1, 2, 9)
+    rows[0, 0, 4] = 3.0
+    logit = head(rows.flatten(1)).item()
+    mean, attended = 3.0 / 9, 3.0 * math.exp(3.0) / (math.exp(3.0) + 8)
+    assert logit == pytest.approx(mean + 0.5 * attended, rel=1e-6)
+    assert logit > 4 * mean  # the average alone would dilute it nine times
+
+
+def test_class_attention_round_trips_and_names_its_errors():
+    model = create_image_model("test_resnet", num_classes=3, head="class_attention", img_size=32,
+                               attention_grid=2).eval()
+    assert model.spec["attention_grid"] == 2 and model.head.in_features == 4 * model.backbone.num_features
+    rebuilt = build_model(model.spec)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(rebuilt.eval()(x), model(x))
+    with pytest.raises(ValueError, match="global_pool: applies to head: replace .*class_attention"):
+        create_image_model("test_resnet", head="class_attention", global_pool="catavgmax")
+    with pytest.raises(ValueError, match="attention_grid: must be a positive integer"):
+        create_image_model("test_resnet", head="class_attention", attention_grid=0)
+    vit = create_image_model("test_vit", head="class_attention", img_size=32)
+    with pytest.raises(ValueError, match="class_attention needs a backbone that outputs a feature map"):
+        vit(torch.randn(1, 3, 32, 32))
 
 
 def test_pooling_and_crop_errors_name_the_parameter():

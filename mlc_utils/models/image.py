@@ -9,6 +9,12 @@ Heads (registry :data:`HEADS`):
   be any of timm's (``global_pool``): ``catavgmax`` concatenates average and max pooling, which keeps
   the evidence of small objects that an average over the whole image dilutes (a frozen Lite0 on the
   dev pack: 0.818 val sample-F1 against 0.804 for the average alone, 320 px squashed).
+- ``class_attention``: the feature map is average-pooled to a grid of regions (``attention_grid``,
+  3x3 by default) and one ``Linear`` scores every region for every class; a class's logit is the
+  mean of its region scores plus half their softmax-weighted sum (class-specific residual
+  attention, Zhu and Wu 2021). A class present in one corner is no longer averaged away with the
+  rest of the image. Frozen Lite0 at 320 px on the dev pack, 5 folds out-of-fold: 0.822 against
+  0.815 for ``catavgmax``, for the same feature pass (the cache keeps 9 regions instead of 2 vectors).
 
 Preprocessing for evaluation is timm's; ``crop_mode: squash`` resizes the whole image to the input
 size instead of centre-cropping it, so objects at the borders (a car at the edge of a street scene)
@@ -21,9 +27,10 @@ wrong model fails with a clear message.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlc_utils.models.weights import create_backbone, resolve_pretrained
@@ -32,11 +39,54 @@ DEFAULT_TTA_VIEWS = ("center", "hflip")
 GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d types; "" = the model's own
 
 
-def _extra_linear(backbone: nn.Module, num_classes: int, global_pool: str = "") -> tuple[nn.Module, int]:
-    return backbone, int(backbone.num_classes)
+class RegionPool(nn.Module):
+    """Average-pools a ``(B, C, H, W)`` feature map to ``grid x grid`` regions, flattened to
+    ``(B, C * grid * grid)`` (channel-major), so cached features stay 2-D rows."""
+
+    def __init__(self, grid: int, arch: str = ""):
+        super().__init__()
+        self.grid, self.arch = int(grid), arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"head: class_attention needs a backbone that outputs a feature map (B, C, H, W); "
+                             f"{self.arch or 'this backbone'} gives shape {tuple(x.shape)} (a transformer's "
+                             "tokens): use head: replace for it")
+        return F.adaptive_avg_pool2d(x, self.grid).flatten(1)
 
 
-def _replace(backbone: nn.Module, num_classes: int, global_pool: str = "") -> tuple[nn.Module, int]:
+class ClassAttentionHead(nn.Module):
+    """Region scores per class pooled by their mean plus ``lam`` x their softmax-weighted sum.
+
+    Reads :class:`RegionPool`'s rows; ``in_features`` is that row width, as for a ``Linear`` head.
+    """
+
+    def __init__(self, channels: int, regions: int, num_classes: int, lam: float = 0.5, temperature: float = 1.0):
+        super().__init__()
+        self.channels, self.regions, self.lam, self.temperature = channels, regions, lam, temperature
+        self.classifier = nn.Linear(channels, num_classes)
+
+    @property
+    def in_features(self) -> int:
+        return self.channels * self.regions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.classifier(x.reshape(len(x), self.channels, self.regions).transpose(1, 2))  # (B, R, K)
+        attention = torch.softmax(self.temperature * scores, dim=1)
+        return scores.mean(dim=1) + self.lam * (attention * scores).sum(dim=1)
+
+
+class HeadParts(NamedTuple):
+    backbone: nn.Module   # adjusted in place (its classifier removed or kept)
+    pool: nn.Module       # between the backbone's output and the head (what the feature cache stores)
+    head: nn.Module       # outputs num_classes logits
+
+
+def _extra_linear(backbone: nn.Module, num_classes: int, global_pool: str = "", grid: int = 0) -> HeadParts:
+    return HeadParts(backbone, nn.Identity(), nn.Linear(int(backbone.num_classes), num_classes))
+
+
+def _reset_classifier(backbone: nn.Module, global_pool: str) -> None:
     try:
         if global_pool:
             backbone.reset_classifier(0, global_pool)
@@ -44,14 +94,30 @@ def _replace(backbone: nn.Module, num_classes: int, global_pool: str = "") -> tu
             backbone.reset_classifier(0)
     except (AssertionError, KeyError, ValueError, TypeError) as err:
         raise ValueError(f"global_pool: {type(backbone).__name__} does not support {global_pool!r} ({err})") from None
+
+
+def _replace(backbone: nn.Module, num_classes: int, global_pool: str = "", grid: int = 0) -> HeadParts:
+    _reset_classifier(backbone, global_pool)
     # timm's head_hidden_size counts the pooling's width (catavgmax doubles it)
-    return backbone, int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+    width = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+    return HeadParts(backbone, nn.Identity(), nn.Linear(width, num_classes))
 
 
-# head name -> fn(backbone, num_classes, global_pool) -> (backbone adjusted, width of what the new Linear reads)
-HEADS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+def _class_attention(backbone: nn.Module, num_classes: int, global_pool: str = "", grid: int = 3) -> HeadParts:
+    arch = type(backbone).__name__
+    try:
+        backbone.reset_classifier(0, "")  # no pooling: the feature map itself
+    except (AssertionError, KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"head: class_attention needs an unpooled feature map, which {arch} cannot give ({err})") from None
+    head = ClassAttentionHead(int(backbone.num_features), grid * grid, num_classes)
+    return HeadParts(backbone, RegionPool(grid, arch), head)
+
+
+# head name -> fn(backbone, num_classes, global_pool, grid) -> HeadParts
+HEADS: dict[str, Callable[..., HeadParts]] = {
     "extra_linear": _extra_linear,
     "replace": _replace,
+    "class_attention": _class_attention,
 }
 
 
@@ -62,20 +128,26 @@ def check_pooling(head: str, global_pool: str) -> None:
     if global_pool and head == "extra_linear":
         raise ValueError("global_pool: applies to head: replace (the extra_linear head keeps the pretrained "
                          f"ImageNet classifier and its pooling, so {global_pool!r} would not be used)")
+    if global_pool and head == "class_attention":
+        raise ValueError("global_pool: applies to head: replace (the class_attention head pools the feature map "
+                         f"to its own grid of regions, so {global_pool!r} would not be used)")
 
 
 class ImageModel(nn.Module):
-    """``head(embed(x))``: ``embed`` is the (possibly frozen) backbone, ``head`` one Linear layer."""
+    """``head(embed(x))``: ``embed`` is the (possibly frozen) backbone and its pooling, ``head`` the
+    trained classifier (a Linear, or the class-attention head over regions)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear, spec: dict):
+    def __init__(self, backbone: nn.Module, head: nn.Module, spec: dict, pool: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
+        self.pool = pool if pool is not None else nn.Identity()
         self.head = head
         self.spec = dict(spec)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """What the head reads: ImageNet logits (extra_linear) or pooled features (replace)."""
-        return self.backbone(x)
+        """What the head reads: ImageNet logits (extra_linear), pooled features (replace) or region
+        features (class_attention)."""
+        return self.pool(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embed(x))
@@ -145,13 +217,14 @@ def _timm_size_kwargs(arch: str, img_size: int | None) -> dict:
 def create_image_model(name: str, num_classes: int = 20, head: str = "extra_linear",
                        pretrained: bool | str = False, img_size: int | None = 224, drop_rate: float = 0.0,
                        tta_views: Sequence[str] = DEFAULT_TTA_VIEWS, crop_mode: str = "center",
-                       global_pool: str = "", **timm_kwargs) -> ImageModel:
+                       global_pool: str = "", attention_grid: int = 3, **timm_kwargs) -> ImageModel:
     """A timm backbone named ``name`` with a multi-label head; weights via :func:`resolve_pretrained`.
 
     ``pretrained``: False (random init), True (packaged offline weights, else the timm hub), or a
     checkpoint path. Raises ``OfflineWeightsError`` when only the hub could serve and it is offline.
     ``crop_mode`` is the evaluation preprocessing (``center`` or ``squash``); ``global_pool`` one
-    of timm's poolings for the ``replace`` head ("" keeps the model's own).
+    of timm's poolings for the ``replace`` head ("" keeps the model's own); ``attention_grid`` the
+    regions per side of the ``class_attention`` head.
     """
     import timm
     if head not in HEADS:
@@ -159,6 +232,8 @@ def create_image_model(name: str, num_classes: int = 20, head: str = "extra_line
     if crop_mode not in CROP_MODES:
         raise ValueError(f"crop_mode: must be one of {list(CROP_MODES)} (got {crop_mode!r})")
     check_pooling(head, global_pool)
+    if not isinstance(attention_grid, int) or isinstance(attention_grid, bool) or attention_grid < 1:
+        raise ValueError(f"attention_grid: must be a positive integer (got {attention_grid!r})")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes: must be a positive integer (got {num_classes!r})")
     from mlc_utils.data.images import VIEWS
@@ -172,12 +247,14 @@ def create_image_model(name: str, num_classes: int = 20, head: str = "extra_line
     source = resolve_pretrained(name, pretrained)
     kwargs = {"drop_rate": drop_rate, **_timm_size_kwargs(source.arch, img_size), **timm_kwargs}
     backbone = create_backbone(source, **kwargs)
-    backbone, width = HEADS[head](backbone, num_classes, global_pool)
+    parts = HEADS[head](backbone, num_classes, global_pool, attention_grid)
     spec = {"kind": "image", "name": name, "arch": source.arch, "num_classes": num_classes, "head": head,
             "img_size": img_size, "drop_rate": drop_rate, "timm_kwargs": dict(timm_kwargs),
-            "weights": source.ident, "data": _data_config(backbone, img_size, crop_mode), "tta_views": list(tta_views),
-            "crop_mode": crop_mode, "global_pool": global_pool}
-    return ImageModel(backbone, nn.Linear(width, num_classes), spec)
+            "weights": source.ident, "data": _data_config(parts.backbone, img_size, crop_mode),
+            "tta_views": list(tta_views), "crop_mode": crop_mode, "global_pool": global_pool}
+    if head == "class_attention":
+        spec["attention_grid"] = attention_grid
+    return ImageModel(parts.backbone, parts.head, spec, parts.pool)
 
 
 def build_image_model(spec: dict) -> ImageModel:
@@ -186,6 +263,6 @@ def build_image_model(spec: dict) -> ImageModel:
                                img_size=spec.get("img_size"), drop_rate=spec.get("drop_rate", 0.0),
                                tta_views=spec.get("tta_views", DEFAULT_TTA_VIEWS),
                                crop_mode=spec.get("crop_mode", "center"), global_pool=spec.get("global_pool", ""),
-                               **spec.get("timm_kwargs", {}))
+                               attention_grid=spec.get("attention_grid", 3), **spec.get("timm_kwargs", {}))
     model.spec = dict(spec)
     return model

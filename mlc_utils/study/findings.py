@@ -283,13 +283,23 @@ def _given(train) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in train.items() if v is not None)
 
 
+IMAGE_HEADS = {"extra_linear": "Linear on the ImageNet logits", "replace": "Linear on {pool} pooling",
+               "class_attention": "class attention over regions"}
+
+
+def _image_head(spec) -> str:
+    """The head in words, as the method table names it."""
+    return IMAGE_HEADS[spec.head].format(pool=spec.global_pool or "the model's own")
+
+
 def method_frame(params) -> pd.DataFrame:
     """The models the run trained: kind, architecture, weights, resolution and training settings."""
     from mlc_utils.core.config import to_dict
     image_train = _given(to_dict(params.image.train)) if hasattr(params, "image") else ""
     rows = []
     for spec in getattr(params.image, "models", []):
-        rows.append({"input": "image", "model": spec.label, "architecture": spec.name, "mode": spec.mode,
+        rows.append({"input": "image", "model": spec.label, "architecture": f"{spec.name}, {_image_head(spec)}",
+                     "mode": spec.mode,
                      "weights": "ImageNet (pretrained)" if spec.pretrained is True else
                      ("random init" if spec.pretrained is False else str(spec.pretrained)),
                      "resolution": f"{spec.img_size} px", "training": "; ".join(

@@ -52,7 +52,7 @@ class ImageModelSpec:
     """One backbone to train in the image stage; ``train`` overrides the stage-wide ``image.train``."""
     name: str
     pretrained: bool | str = False      # true (offline package or hub), false, or a checkpoint path
-    head: Literal["extra_linear", "replace"] = "extra_linear"
+    head: Literal["extra_linear", "replace", "class_attention"] = "extra_linear"
     mode: Literal["finetune", "frozen"] = "finetune"  # frozen = cached backbone features + trained head
     img_size: int = 224
     crop_mode: Literal["center", "squash"] = "center"  # evaluation resize: squash keeps the whole image

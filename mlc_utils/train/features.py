@@ -2,7 +2,8 @@
 
 Fine-tuning a backbone on 30 000 images takes hours on a CPU; one forward pass per image does
 not. :func:`cached_features` runs ``model.embed`` (what the head reads: ImageNet logits for the
-``extra_linear`` head, pooled features for ``replace``) over images in one *view* and keeps the
+``extra_linear`` head, pooled features for ``replace``, a grid of region features for
+``class_attention``) over images in one *view* and keeps the
 rows in ``<cache_dir>/<arch>-<view>-<digest>.npy`` with a JSON file beside it (the key and the
 ImageIDs of the rows). The digest covers the backbone's actual weights (a hash of its tensors, so
 a random init or a new checkpoint never reuses stale features), the preprocessing, the view, the
@@ -49,7 +50,7 @@ FEATURE_CODE = ("mlc_utils.train.features", "mlc_utils.data.images", "mlc_utils.
 def feature_key(model, root: str | os.PathLike, view: str) -> dict:
     """Everything a cached row depends on besides its ImageID (JSON-able)."""
     return {"version": CACHE_VERSION, "arch": model.spec["arch"], "head": model.spec["head"],
-            "pool": model.spec.get("global_pool", ""),
+            "pool": model.spec.get("global_pool", ""), "grid": model.spec.get("attention_grid", 0),
             "weights": state_digest(model.backbone), "data": model.spec["data"], "view": view,
             "root": str(Path(root).resolve()), "code": source_digest(FEATURE_CODE)}
 
