@@ -182,3 +182,10 @@ def test_torchrun_command_several_nodes_meet_at_a_rendezvous():
         torchrun_command("c.json", 4, nnodes=2, rdzv_endpoint="h:29500")
     with pytest.raises(ValueError, match="node_rank: must be in 0..1"):
         torchrun_command("c.json", 4, nnodes=2, node_rank=2, rdzv_endpoint="h:29500", rdzv_id="j")
+
+
+def test_torchrun_config_builds_the_class_attention_grid_it_names(tiny_images, tmp_path):
+    config = make_ddp_config(tiny_images, tmp_path)
+    config["model"].update(name="test_resnet", head="class_attention", attention_grid=2)
+    _, model, *_ = train.build_run(config)
+    assert model.spec["attention_grid"] == 2 and model.head.in_features == 4 * model.backbone.num_features

@@ -57,7 +57,7 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
     test_ids = list(ctx.data.test.ImageID)
     model = create_image_model(spec.name, ctx.params.num_classes, spec.head, spec.pretrained, spec.img_size,
                                spec.drop_rate, tta_views=views, crop_mode=spec.crop_mode,
-                               global_pool=spec.global_pool)
+                               global_pool=spec.global_pool, attention_grid=spec.attention_grid)
     log(f"{spec.label}: {spec.name} ({model.spec['weights']}), {spec.mode}, {spec.img_size}px, "
         f"{len(train_df)} train / {len(val_df)} val images")
     if spec.mode == "frozen":
@@ -115,7 +115,7 @@ def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple):
     config = {
         "model": {"name": spec.name, "pretrained": spec.pretrained, "head": spec.head, "img_size": spec.img_size,
                   "drop_rate": spec.drop_rate, "tta_views": views, "crop_mode": spec.crop_mode,
-                  "global_pool": spec.global_pool},
+                  "global_pool": spec.global_pool, "attention_grid": spec.attention_grid},
         "data": {"root": str(ctx.params.data_path(ctx.root).resolve()), "split": str(split_path),
                  "num_classes": ctx.params.num_classes, "auto_augment": spec.auto_augment or None},
         "train": asdict(cfg), "out_dir": str(out_dir), "teacher": spec.teacher or None,

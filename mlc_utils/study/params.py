@@ -57,6 +57,7 @@ class ImageModelSpec:
     img_size: int = 224
     crop_mode: Literal["center", "squash"] = "center"  # evaluation resize: squash keeps the whole image
     global_pool: str = ""                # timm pooling for head: replace ("" = the model's own; catavgmax)
+    attention_grid: int = 3              # head: class_attention scores attention_grid x attention_grid regions
     drop_rate: float = 0.0               # dropout on the pooled features before the head (timm's)
     label: str = ""                      # display name in tables (default: name)
     auto_augment: str = "rand-m9-mstd0.5"  # timm RandAugment policy for fine-tuning; "" = off
@@ -68,6 +69,7 @@ class ImageModelSpec:
         require(bool(self.name.strip()), "name: must name a timm model")
         require(self.img_size >= 16, f"img_size: must be >= 16 (got {self.img_size})")
         require(0.0 <= self.drop_rate < 1.0, f"drop_rate: must be in [0, 1) (got {self.drop_rate})")
+        require(self.attention_grid >= 1, f"attention_grid: must be >= 1 (got {self.attention_grid})")
         from mlc_utils.models.image import check_pooling
         check_pooling(self.head, self.global_pool)
         if not self.label:

@@ -56,6 +56,7 @@ class ModelSection:
     tta_views: list[str] = field(default_factory=lambda: ["center", "hflip"])
     crop_mode: str = "center"
     global_pool: str = ""
+    attention_grid: int = 3
 
 
 @dataclass
@@ -109,7 +110,8 @@ def build_run(data: dict):
     seed_everything(cfg.seed)  # identical initial weights on every rank
     model = create_image_model(run.model.name, run.data.num_classes, run.model.head, run.model.pretrained,
                                run.model.img_size, run.model.drop_rate, run.model.tta_views,
-                               crop_mode=run.model.crop_mode, global_pool=run.model.global_pool)
+                               crop_mode=run.model.crop_mode, global_pool=run.model.global_pool,
+                               attention_grid=run.model.attention_grid)
     train, val = build_datasets(run, model.spec["data"])
     teacher = load_checkpoint(run.teacher)[0] if run.teacher else None
     return cfg, model, train, val, teacher, Path(run.out_dir)
