@@ -123,7 +123,7 @@ image:
   cache_dir: {cache}
   models:
     - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen, img_size: 32,
-        train: {{epochs: 3, batch_size: 8, progress: false}}}}
+        head: class_attention, attention_grid: 2, train: {{epochs: 3, batch_size: 8, progress: false}}}}
 text:
   pretrained: false
   max_length: 16
@@ -165,6 +165,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     assert "cut into 3 iterative-stratified folds" in report and "F1 cross-fitted (out-of-sample)" in report
     cross_fitted = f"{ensemble['info']['cross_fitted_f1']:.4f} (out-of-sample), the number to quote"
     assert cross_fitted in " ".join(report.split())
+    assert "test_efficientnet, class attention over regions" in report  # the method table names the head
 
     # a changed fusion head retrains only the head's folds; the sub-models' folds are untouched
     def fold_key(name):
