@@ -12,6 +12,7 @@ from mlc_utils.data.csvio import (
     read_competition_csv,
     read_test_csv,
     read_train_csv,
+    read_with_problems,
     write_competition_csv,
 )
 from mlc_utils.data.labels import LabelSpace
@@ -183,3 +184,18 @@ def test_lone_quote_captions_stay_two_records_whatever_the_dialect_asked(tmp_pat
         frame = read_train_csv(path, dialect=dialect)
         assert list(frame.Caption) == ['"', '"'] and list(frame.line) == [2, 3], dialect
     assert read_train_csv(path).attrs["dialect"] == "competition"
+
+
+@pytest.mark.parametrize("second", ["0.jpg", "0.JPG"])
+def test_auto_rejoins_when_the_file_as_written_reads_oddly(tmp_path, second):
+    """pandas wrote one caption, a quote then a line ``<second>,0``. Read as written that is two records:
+    the first's ImageID again, or an unquoted caption holding a quote (which neither dialect writes);
+    "auto" takes the re-joined reading, which has no such oddity."""
+    path = write(tmp_path, f'ImageID,Caption\n0.jpg,"""\n{second},0"\n', "test.csv")
+    frame = read_test_csv(path)
+    assert list(frame.Caption) == [f'"\n{second},0'] and frame.attrs["dialect"] == "pandas"
+    written, problems = read_with_problems(path, dialect="competition")
+    if second == "0.jpg":
+        assert [p.message for p in problems] == ["duplicate ImageID 0.jpg (first on line 2)"]
+    else:
+        assert not problems and list(written.Caption) == ['"', '0"']

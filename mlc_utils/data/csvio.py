@@ -158,6 +158,17 @@ def detect_dialect(quoted_inners: Iterable[str], any_unquoted: bool) -> str:
     return "pandas"
 
 
+def _reads_as_pandas(parsed: list) -> bool:
+    return detect_dialect((p[4] for p in parsed if p[3]), any(not p[3] for p in parsed)) == "pandas"
+
+
+def _oddities(parsed: list) -> int:
+    """Readings that neither dialect writes: an unquoted caption holding a quote (the competition
+    quotes every caption, pandas every caption with a quote) and an ImageID seen before."""
+    ids = [p[1] for p in parsed]
+    return sum(1 for p in parsed if not p[3] and '"' in p[4]) + len(ids) - len(set(ids))
+
+
 def read_competition_csv(path: str | os.PathLike, kind: str | None = None,
                          label_space: LabelSpace | None = None, dialect: str = "auto") -> pd.DataFrame:
     """Read ``train.csv`` or ``test.csv`` into one row per record.
@@ -206,9 +217,14 @@ def read_with_problems(path: str | os.PathLike, kind: str | None = None, label_s
     # the competition dialect never escapes, so a record-start line always starts a record; re-joining
     # quoted continuations is for pandas' files, and "auto" tries the file as written first
     parsed, bad = _parse_records(path, records, fields_re, kind, expected)
-    if dialect == "pandas" or (dialect == "auto" and (bad or detect_dialect(
-            (p[4] for p in parsed if p[3]), any(not p[3] for p in parsed)) == "pandas")):
-        parsed, bad = _parse_records(path, _merge_quoted_continuations(records, fields_re), fields_re, kind, expected)
+    if dialect != "competition":
+        odd = _oddities(parsed)
+        pandas_like = dialect == "pandas" or bool(bad) or _reads_as_pandas(parsed)
+        if pandas_like or odd:  # as written, a caption is unclosed, quoted as pandas quotes, or odd
+            merged, merged_bad = _parse_records(path, _merge_quoted_continuations(records, fields_re), fields_re,
+                                                kind, expected)
+            if pandas_like or len(merged_bad) + _oddities(merged) < odd:
+                parsed, bad = merged, merged_bad
     problems += bad
 
     if dialect == "auto":
