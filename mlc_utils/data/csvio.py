@@ -158,8 +158,9 @@ def detect_dialect(quoted_inners: Iterable[str], any_unquoted: bool) -> str:
     return "pandas"
 
 
-def _reads_as_pandas(parsed: list) -> bool:
-    return detect_dialect((p[4] for p in parsed if p[3]), any(not p[3] for p in parsed)) == "pandas"
+def _parsed_dialect(parsed: list) -> str:
+    """:func:`detect_dialect` of parsed records (line, image_id, labels, quoted, inner)."""
+    return detect_dialect((p[4] for p in parsed if p[3]), any(not p[3] for p in parsed))
 
 
 def _oddities(parsed: list) -> int:
@@ -219,7 +220,7 @@ def read_with_problems(path: str | os.PathLike, kind: str | None = None, label_s
     parsed, bad = _parse_records(path, records, fields_re, kind, expected)
     if dialect != "competition":
         odd = _oddities(parsed)
-        pandas_like = dialect == "pandas" or bool(bad) or _reads_as_pandas(parsed)
+        pandas_like = dialect == "pandas" or bool(bad) or _parsed_dialect(parsed) == "pandas"
         if pandas_like or odd:  # as written, a caption is unclosed, quoted as pandas quotes, or odd
             merged, merged_bad = _parse_records(path, _merge_quoted_continuations(records, fields_re), fields_re,
                                                 kind, expected)
@@ -228,7 +229,7 @@ def read_with_problems(path: str | os.PathLike, kind: str | None = None, label_s
     problems += bad
 
     if dialect == "auto":
-        dialect = detect_dialect((p[4] for p in parsed if p[3]), any(not p[3] for p in parsed))
+        dialect = _parsed_dialect(parsed)
     rows, seen = [], {}
     for line, image_id, labels_text, quoted, inner in parsed:
         caption = inner.replace('""', '"') if (quoted and dialect == "pandas") else inner

@@ -86,18 +86,18 @@ def _extra_linear(backbone: nn.Module, num_classes: int, global_pool: str = "", 
     return HeadParts(backbone, nn.Identity(), nn.Linear(int(backbone.num_classes), num_classes))
 
 
-def _reset_classifier(backbone: nn.Module, global_pool: str) -> None:
+def _reset_classifier(backbone: nn.Module, pool_args: tuple, refusal: str) -> None:
+    """timm's ``reset_classifier(0, *pool_args)``; its refusal becomes a ValueError starting ``refusal``."""
     try:
-        if global_pool:
-            backbone.reset_classifier(0, global_pool)
-        else:  # each model's own default pooling (timm's signatures differ in what None means)
-            backbone.reset_classifier(0)
+        backbone.reset_classifier(0, *pool_args)
     except (AssertionError, KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"global_pool: {type(backbone).__name__} does not support {global_pool!r} ({err})") from None
+        raise ValueError(f"{refusal} ({err})") from None
 
 
 def _replace(backbone: nn.Module, num_classes: int, global_pool: str = "", grid: int = 0) -> HeadParts:
-    _reset_classifier(backbone, global_pool)
+    # no global_pool: each model's own default pooling (timm's signatures differ in what None means)
+    _reset_classifier(backbone, (global_pool,) if global_pool else (),
+                      f"global_pool: {type(backbone).__name__} does not support {global_pool!r}")
     # timm's head_hidden_size counts the pooling's width (catavgmax doubles it)
     width = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
     return HeadParts(backbone, nn.Identity(), nn.Linear(width, num_classes))
@@ -105,10 +105,7 @@ def _replace(backbone: nn.Module, num_classes: int, global_pool: str = "", grid:
 
 def _class_attention(backbone: nn.Module, num_classes: int, global_pool: str = "", grid: int = 3) -> HeadParts:
     arch = type(backbone).__name__
-    try:
-        backbone.reset_classifier(0, "")  # no pooling: the feature map itself
-    except (AssertionError, KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"head: class_attention needs an unpooled feature map, which {arch} cannot give ({err})") from None
+    _reset_classifier(backbone, ("",), f"head: class_attention needs an unpooled feature map, which {arch} cannot give")
     head = ClassAttentionHead(int(backbone.num_features), grid * grid, num_classes)
     return HeadParts(backbone, RegionPool(grid, arch), head)
 
