@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mlc_utils.models.tfidf import TfidfCaptionClassifier
+from mlc_utils.core.inference import Inference
 
 CAPTIONS = ["a man riding a motorcycle down a street", "a dog sitting on a couch", "a red car parked by the road",
             "two men riding motorcycles", "a brown dog playing in the grass", "cars and a bus in traffic",
@@ -46,9 +47,9 @@ def test_frozen_embeddings_and_head_are_the_models_own():
     from mlc_utils.models.text import CaptionEmbeddingHead, caption_dataset_for, create_caption_model, embed_captions
     torch.manual_seed(0)
     model = create_caption_model("all-MiniLM-L6-v2", 4, pretrained=False, max_length=16).eval()
-    embeddings = embed_captions(model, CAPTIONS[:5], batch_size=2, progress=False)
+    embeddings = embed_captions(model, CAPTIONS[:5], Inference("cpu", batch_size=2), progress=False)
     assert embeddings.shape == (5, model.feature_dim) and embeddings.dtype == np.float32
-    assert embed_captions(model, [], progress=False).shape == (0, model.feature_dim)
+    assert embed_captions(model, [], Inference("cpu"), progress=False).shape == (0, model.feature_dim)
     head = CaptionEmbeddingHead(model).eval()
     assert head.head is model.head  # training the head trains the saved model's head
     dataset = caption_dataset_for(model, CAPTIONS[:5])

@@ -19,6 +19,7 @@ from mlc_utils.models.fusion import (
     create_head,
     output_dim,
 )
+from mlc_utils.core.inference import Inference
 
 C = 5
 
@@ -152,8 +153,8 @@ def test_compute_outputs_and_zipped_dataset():
     images = TensorDataset(torch.randn(4, 3, 8, 8), y)
     captions = Captions(torch.randint(0, 50, (4, 4)), y)
     image = TinyImage()
-    assert compute_outputs(image, images, "features", batch_size=3).shape == (4, 4)
-    assert compute_outputs(TinyText(), captions, "logits", batch_size=3).shape == (4, C)
+    assert compute_outputs(image, images, "features", Inference("cpu", batch_size=3), name="image").shape == (4, 4)
+    assert compute_outputs(TinyText(), captions, "logits", Inference("cpu", batch_size=3), name="text").shape == (4, C)
     zipped = ImageCaptionDataset(images, captions)
     inputs, target = zipped[1]
     assert set(inputs) == {"image", "input_ids", "attention_mask"} and torch.equal(target, y[1])

@@ -42,6 +42,7 @@ from mlc_utils.run import pipeline
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.features import compute_features
 from mlc_utils.train.loop import fit
+from mlc_utils.core.inference import Inference
 
 torch.set_num_threads(1)
 
@@ -295,8 +296,8 @@ def test_training_stops_naming_the_bad_image(small, tmp_path, monkeypatch, kind,
 def test_feature_extraction_stops_naming_the_bad_image(small, monkeypatch, workers):
     path = _spoil(small, "2.jpg", "JPEG with malformed EXIF", monkeypatch)
     model = create_image_model("test_resnet", img_size=32, head="replace")
-    message = _message_raised(compute_features, model, small, [f"{i}.jpg" for i in range(8)], batch_size=4,
-                              num_workers=workers, progress=False)
+    message = _message_raised(compute_features, model, small, [f"{i}.jpg" for i in range(8)], "center",
+                              Inference("cpu", batch_size=4, num_workers=workers), progress=False)
     assert message.startswith(f"image {path}: cannot decode (struct.error: "), message
 
 

@@ -22,6 +22,9 @@ from mlc_utils.study import members as study
 from mlc_utils.study.context import StageContext, open_stage
 from mlc_utils.study.params import load_params
 from mlc_utils.train.features import FeatureCache, cached_features, compute_features
+from mlc_utils.core.inference import Inference
+
+CPU = Inference("cpu")
 
 torch.set_num_threads(1)
 
@@ -38,16 +41,16 @@ def test_feature_cache_recomputes_a_replaced_image(tiny_images, tmp_path):
     model = create_image_model("test_resnet", img_size=32, head="replace")
     root, ids = tiny_images["root"], tiny_images["ids"][:5]
     cache = FeatureCache(tmp_path / "cache")
-    first = cached_features(model, root, ids, cache=cache, progress=False)
+    first = cached_features(model, root, ids, "center", CPU, cache=cache, progress=False)
     _replace_image(root / "data" / ids[2], seed=99)
 
-    second = cached_features(model, root, ids, cache=cache, progress=False)
+    second = cached_features(model, root, ids, "center", CPU, cache=cache, progress=False)
     assert cache.computed == 5 + 1, "only the replaced image is computed again"
-    fresh = compute_features(model, root, [ids[2]], progress=False)
+    fresh = compute_features(model, root, [ids[2]], "center", CPU, progress=False)
     np.testing.assert_allclose(second[2], fresh[0], atol=1e-6)
     assert not np.allclose(second[2], first[2]), "the replaced image's old features were served"
     np.testing.assert_array_equal(np.delete(second, 2, axis=0), np.delete(first, 2, axis=0))
-    cached_features(model, root, ids, cache=cache, progress=False)
+    cached_features(model, root, ids, "center", CPU, cache=cache, progress=False)
     assert cache.computed == 6 and cache.hits == 1, "the new row is cached like the others"
 
 

@@ -17,6 +17,7 @@ from mlc_utils.models.text import (
     resolve_model_source,
 )
 from mlc_utils.study.params import TextStageParams
+from mlc_utils.core.inference import Inference
 
 ALL_OFF = {name: False for name in CLEANING_STEPS}
 
@@ -195,7 +196,7 @@ def test_tiny_text_model_trains_through_the_engine_and_reloads(tmp_path):
     result = fit_text(model, train_set, val_set, train_cfg, tmp_path)
     assert [h["frozen"] for h in result.history] == [True, False]
     reloaded, _ = load_checkpoint(tmp_path / "best.pt")  # rebuilt from the checkpoint's spec
-    probs = predict_probs(reloaded, caption_dataset_for(reloaded, captions[16:]), batch_size=8, device="cpu")
+    probs = predict_probs(reloaded, caption_dataset_for(reloaded, captions[16:]), Inference("cpu", batch_size=8))
     np.testing.assert_allclose(probs, result.val_probs, atol=1e-5)
 
 

@@ -149,6 +149,16 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+
+
+def check_device_name(value: str, where: str) -> None:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (or ``mps``); the message names ``where``."""
+    kind, _, index = str(value).partition(":")
+    ok = value == "auto" or (kind in DEVICE_KINDS and (not index or (kind == "cuda" and index.isdigit())))
+    require(ok, f"{where}: must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {value!r})")
+
+
 def require(condition: bool, message: str) -> None:
     """One-line range checks in ``check()`` methods: ``require(self.epochs >= 0, f"epochs: ...")``."""
     if not condition:

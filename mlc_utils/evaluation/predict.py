@@ -20,11 +20,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from mlc_utils.core.device import place_model, resolve_device, to_device, unwrap
+from mlc_utils.core.inference import Inference, probabilities, run_model
 from mlc_utils.core.io import atomic_write_text, save_npy
 from mlc_utils.data.labels import LabelSpace
 from mlc_utils.models.checkpoint import (
@@ -37,9 +36,8 @@ __all__ = ["predict_probs", "predict_images", "write_submission", "write_probs",
            "probs_paths", "cli"]
 
 
-def predict_images(model, root: str | os.PathLike, image_ids: Sequence[str], views: Sequence[str] = ("center",),
-                   batch_size: int = 64, device: str = "auto", num_workers: int = 0,
-                   progress: bool = True) -> np.ndarray:
+def predict_images(model, root: str | os.PathLike, image_ids: Sequence[str], views: Sequence[str],
+                   inference: Inference, progress: bool = True) -> np.ndarray:
     """Probabilities of an image model over ``root/data/<id>``, averaged over ``views`` (TTA)."""
     from mlc_utils.data.images import image_dataset
     spec = model.spec
@@ -47,8 +45,8 @@ def predict_images(model, root: str | os.PathLike, image_ids: Sequence[str], vie
     for view in views:
         dataset = image_dataset(root, image_ids, None, spec["data"], train=False, view=view,
                                 num_classes=spec["num_classes"])
-        runs.append(predict_probs(model, dataset, batch_size=batch_size, device=device,
-                                  num_workers=num_workers, progress=progress))
+        runs.append(predict_probs(model, dataset, inference, name=f"{spec['arch']} predictions, {view} view",
+                                  progress=progress))
     return np.mean(runs, axis=0)
 
 
@@ -112,9 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     group.add_argument("--thresholds", help="file with one threshold or one per class")
     parser.add_argument("--no-fallback", action="store_true", help="allow rows without any label")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=0, help="images per batch (0: chosen for the device)")
+    parser.add_argument("--num-workers", type=int, default=-1, help="DataLoader workers (-1: chosen for the device)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when visible, else the CPU), cpu, cuda or cuda:N")
     return parser
 
 
@@ -139,8 +137,8 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--threshold: must be in (0, 1) (got {threshold})")
     views = list(spec.get("tta_views", ["center"])) if args.tta else ["center"]
     ids = frame.ImageID.tolist()
-    probs = predict_images(model, args.data, ids, views, batch_size=args.batch_size, device=args.device,
-                           num_workers=args.num_workers)
+    inference = Inference(args.device, args.batch_size, args.num_workers)
+    probs = predict_images(model, args.data, ids, views, inference)
     out = write_submission(ids, probs, threshold, args.out, at_least_one=not args.no_fallback)
     npy, probs_csv = write_probs(ids, probs, args.out)
     return {"rows": len(ids), "views": views, "threshold": threshold, "submission": out, "probs": npy,
@@ -160,29 +158,8 @@ def cli(argv: list[str]) -> int:
     return 0
 
 
-@torch.no_grad()
-def collect_probs(model: nn.Module, loader, device, autocast, progress=None) -> tuple[np.ndarray, np.ndarray]:
-    model.eval()
-    probs, targets = [], []
-    for inputs, target in (progress(loader) if progress else loader):
-        with autocast:
-            logits = model(to_device(inputs, device))
-        probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-        targets.append(np.asarray(target, dtype=np.float32))
-    if not probs:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(probs), np.concatenate(targets)
-
-
-
-def predict_probs(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "auto",
-                  num_workers: int = 0, collate_fn=None, amp: bool = True, progress: bool = False) -> np.ndarray:
-    """Sigmoid probabilities ``(n, C)`` in dataset order (one process, no shuffling)."""
-    device = resolve_device(device) if isinstance(device, str) else device
-    model = place_model(unwrap(model), device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn, pin_memory=device.type == "cuda")
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-    from tqdm.auto import tqdm
-    bar = (lambda it: tqdm(it, desc="predict", leave=False)) if progress else None
-    return collect_probs(model, loader, device, autocast, bar)[0]
+def predict_probs(model: nn.Module, dataset: Dataset, inference: Inference, *, name: str = "predict",
+                  collate_fn=None, progress: bool = False) -> np.ndarray:
+    """Sigmoid probabilities ``(n, C)`` in dataset order, through the one inference path."""
+    return run_model(model, dataset, inference, name=name, output=probabilities, collate_fn=collate_fn,
+                     progress=progress)

@@ -22,7 +22,9 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from mlc_utils.core.inference import Inference, run_model
 
 FUSION_INPUTS = ("logits", "features")
 FUSION_MODES = ("frozen", "end_to_end")
@@ -286,23 +288,18 @@ def _load_array(value, name: str) -> np.ndarray:
     return array
 
 
-@torch.no_grad()
-def compute_outputs(model: nn.Module, dataset: Dataset, fusion_input: str = "logits", batch_size: int = 64,
-                    device: str | torch.device = "cpu", collate_fn=None, progress: str = "") -> np.ndarray:
+def compute_outputs(model: nn.Module, dataset: Dataset, fusion_input: str, inference: Inference, *, name: str,
+                    collate_fn=None, progress: bool = True) -> np.ndarray:
     """A sub-model's logits or penultimate features for every row, in dataset order (to save as .npy);
-    ``progress`` names a progress bar over the batches (none when empty)."""
-    from mlc_utils.core.progress import progress as progress_bar
+    ``name`` names the pass in the progress lines."""
     _check_choice("fusion_input", fusion_input, FUSION_INPUTS)
+    if len(dataset) == 0:
+        return np.zeros((0, output_dim(model, fusion_input)), dtype=np.float32)
     was_training = model.training
-    model.eval().to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
-    chunks = []
-    for inputs, _ in progress_bar(loader, progress, leave=False, disable=not progress):
-        inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, Mapping) else inputs.to(device)
-        chunks.append(sub_model_output(model, inputs, fusion_input).float().cpu().numpy())
+    out = run_model(model, dataset, inference, name=name, collate_fn=collate_fn, progress=progress,
+                    output=lambda m, inputs: sub_model_output(m, inputs, fusion_input))
     model.train(was_training)
-    width = output_dim(model, fusion_input) if not chunks else chunks[0].shape[1]
-    return np.concatenate(chunks) if chunks else np.zeros((0, width), dtype=np.float32)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -195,15 +195,17 @@ class CaptionEmbeddingHead(nn.Module):
         return self.head(self.dropout(embeddings))
 
 
-def embed_captions(model: TextClassifier, captions, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """The model's pooled embedding of each caption (its own cleaning and max_length), ``(n, hidden)`` float32."""
+def embed_captions(model: TextClassifier, captions, inference, progress: bool = True) -> np.ndarray:
+    """The model's pooled embedding of each caption (its own cleaning and max_length), ``(n, hidden)`` float32;
+    ``inference`` (a :class:`mlc_utils.core.inference.Inference`) says where and how the pass runs."""
     from mlc_utils.data.caption_tokens import trim_padding_collate
     from mlc_utils.models.fusion import compute_outputs
     captions = list(captions)
     if not captions:  # the tokenizer cannot batch nothing
         return np.zeros((0, model.feature_dim), dtype=np.float32)
-    return compute_outputs(model, caption_dataset_for(model, captions), "features", batch_size,
-                           collate_fn=trim_padding_collate, progress="caption embeddings (batches)" if progress else "")
+    return compute_outputs(model, caption_dataset_for(model, captions), "features", inference,
+                           name=f"{Path(str(model.spec.get('model_name', 'caption model'))).name} caption embeddings",
+                           collate_fn=trim_padding_collate, progress=progress)
 
 
 def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) -> tuple[nn.Module, str]:

@@ -203,6 +203,9 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("MLC_PROGRESS", "lines")  # long loops print a line every 30 s (core.progress)
     os.environ.setdefault("MLC_WIDGETS", "0")  # no browser drives ipywidgets here (08_explore shows static views)
+    # kernels and their torchrun workers start on tcmalloc where it is installed (core.allocator)
+    from mlc_utils.core.allocator import allocator_env
+    os.environ.update(allocator_env())
     socket_dir = tempfile.mkdtemp(prefix="mlc-kernel-")
     try:
         pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,

@@ -102,7 +102,8 @@ def _repredict(ctx, trained: Member, spec, log) -> Member:
         if (trained.out_dir / "log.csv").is_file():
             shutil.copyfile(trained.out_dir / "log.csv", out_dir / "log.csv")
         log(f"{spec.label}: {trained.name}'s weights predicting with views {views}")
-        return Member(spec.label, "image", out_dir, trained.val_ids, predict_images(model, root, trained.val_ids, views),
-                      trained.test_ids, predict_images(model, root, trained.test_ids, views),
+        return Member(spec.label, "image", out_dir, trained.val_ids,
+                      predict_images(model, root, trained.val_ids, views, ctx.inference),
+                      trained.test_ids, predict_images(model, root, trained.test_ids, views, ctx.inference),
                       info={**trained.info, "views": views, "weights_from": str(trained.out_dir)})
     return reuse_or_train(ctx, out_dir, {"from": trained.key, "views": views}, run, log, kind="image")

@@ -94,6 +94,14 @@ class StageContext:
         return f"run '{self.params.run}' on {self.params.data_path(self.root).resolve()} " \
                f"(params: {self.params.source or 'defaults'})\n{section}"
 
+    @cached_property
+    def inference(self):
+        """How every model pass of the study runs (``core.inference.Inference``): the study's
+        ``device`` and its ``inference`` section, resolved once and passed down."""
+        from mlc_utils.core.inference import Inference
+        settings = self.params.inference
+        return Inference(self.params.device, settings.batch_size, settings.num_workers, settings.precision)
+
     @property
     def labels(self) -> LabelSpace:
         return LabelSpace(self.params.num_classes, tuple(self.params.class_names))

@@ -28,8 +28,6 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
         with np.load(cache) as saved:
             if all(list(saved[f"{s}_ids"].astype(str)) == list(ids) for s, ids in ids_by_split.items()):
                 return {s: saved[s] for s in ids_by_split}
-    import torch
-
     from mlc_utils.models.fusion import compute_outputs
     model = member_model(member)
     root = ctx.params.data_path(ctx.root)
@@ -37,20 +35,21 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
     for split, ids in ids_by_split.items():
         if member.kind == "image" and member.info.get("mode") == "frozen":
             from mlc_utils.train.features import FeatureCache, cached_features
-            features = cached_features(model, root, ids, "center",
+            from mlc_utils.train.features import head_outputs
+            features = cached_features(model, root, ids, "center", ctx.inference,
                                        FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features")))
-            with torch.no_grad():
-                out[split] = features if fusion_input == "features" else \
-                    model.head(torch.from_numpy(features)).numpy()
+            out[split] = features if fusion_input == "features" else head_outputs(model, features, ctx.inference)
         elif member.kind == "image":
             from mlc_utils.data.images import image_dataset
             dataset = image_dataset(root, ids, None, model.spec["data"], num_classes=ctx.params.num_classes)
-            out[split] = compute_outputs(model, dataset, fusion_input)
+            out[split] = compute_outputs(model, dataset, fusion_input, ctx.inference,
+                                         name=f"{member.name} {fusion_input}, {split} rows")
         else:
             from mlc_utils.data.caption_tokens import trim_padding_collate
             from mlc_utils.models.text import caption_dataset_for
             captions = _captions(ctx, ids)
-            out[split] = compute_outputs(model, caption_dataset_for(model, captions), fusion_input,
+            out[split] = compute_outputs(model, caption_dataset_for(model, captions), fusion_input, ctx.inference,
+                                         name=f"{member.name} {fusion_input}, {split} rows",
                                          collate_fn=trim_padding_collate)
     from mlc_utils.core.io import atomic_save
     arrays = {**out, **{f"{s}_ids": np.array(ids) for s, ids in ids_by_split.items()}}
@@ -69,7 +68,7 @@ def fusion_config(ctx, head: str):
     from mlc_utils.train.config import TrainConfig
     # heads on a few thousand rows of logits: many short epochs at a high rate (measured on the demo
     # data: 20 epochs at 1e-3 left the concat head below the caption model, 60 at 1e-2 well above)
-    values = {"seed": ctx.params.seed, "threshold": ctx.params.threshold, "epochs": 60, "lr": 1e-2,
+    values = {**ctx.params.training_defaults(), "epochs": 60, "lr": 1e-2,
               "batch_size": 64, "scheduler": "cosine", "weight_decay": 1e-3, **ctx.params.fusion.train.given()}
     return TrainConfig.from_dict(values, "fusion.train")
 
@@ -119,7 +118,7 @@ def _fit_head(ctx, head: str, cfg, image_inputs: dict, text_inputs: dict, ids: d
     model = PrecomputedFusion(head, image_inputs["train"].shape[1], text_inputs["train"].shape[1], ctx.params.num_classes)
     log(f"fusion:{head} on {fusion_input} ({image_inputs['train'].shape[1]} + {text_inputs['train'].shape[1]} inputs)")
     fit(model, sets["train"], sets["val"], cfg, out_dir)
-    probs = {s: predict_probs(model, sets[s], batch_size=512) for s in ("val", "test")}
+    probs = {s: predict_probs(model, sets[s], ctx.inference, name=f"fusion:{head}") for s in ("val", "test")}
     return Member(f"fusion:{head}", "fusion", out_dir, ids["val"], probs["val"], ids["test"], probs["test"],
                   info={"image": image.name, "text": text.name, "input": fusion_input})
 
@@ -173,7 +172,8 @@ def train_fusion_end_to_end(ctx, image: Member, text: Member, head: str, log=pri
         sets = {"train": pair(train_df, y_train, True), "val": pair(val_df, y_val, False),
                 "test": pair(ctx.data.test, None, False)}
         fit(model, sets["train"], sets["val"], cfg, out_dir)
-        probs = {s: predict_probs(model, sets[s], batch_size=cfg.batch_size) for s in ("val", "test")}
+        probs = {s: predict_probs(model, sets[s], ctx.inference, name=f"fusion:{head}-e2e, {s} rows")
+                 for s in ("val", "test")}
         return Member(f"fusion:{head}-e2e", "fusion", out_dir, list(val_df.ImageID), probs["val"],
                       list(ctx.data.test.ImageID), probs["test"], info={"mode": "end_to_end"})
     return reuse_or_train(ctx, out_dir, config, run, log, kind="fusion")

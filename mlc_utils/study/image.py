@@ -16,9 +16,9 @@ from mlc_utils.train.config import merge_settings
 
 
 def image_train_config(ctx, spec):
-    """TrainConfig = study seed and threshold, then the stage's ``image.train``, then the model's own ``train``."""
-    return merge_settings(f"image.models[{spec.label}].train", {"seed": ctx.params.seed, "threshold": ctx.params.threshold},
-                          ctx.params.image.train, spec.train)
+    """TrainConfig = the study's seed, threshold and device, then the stage's ``image.train``, then the
+    model's own ``train``."""
+    return merge_settings(f"image.models[{spec.label}].train", ctx.params.training_defaults(), ctx.params.image.train, spec.train)
 
 
 def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: tuple[Path, ...] = (),
@@ -64,8 +64,8 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
         from mlc_utils.train.features import FeatureCache, fit_head, predict_head
         cache = FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features"))
         _, val_probs = fit_head(model, root, list(train_df.ImageID), y_train, list(val_df.ImageID), y_val, cfg,
-                                out_dir, views=views, cache=cache)
-        test_probs = predict_head(model, root, test_ids, views, cache)
+                                out_dir, ctx.inference, views=views, cache=cache)
+        test_probs = predict_head(model, root, test_ids, views, ctx.inference, cache)
         info = {"feature_cache": {"hits": cache.hits, "misses": cache.misses, "computed_images": cache.computed}}
     else:
         if ctx.params.image.torchrun_processes():
@@ -80,10 +80,8 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
                                     num_classes=ctx.params.num_classes)
             teacher = _teacher(spec)
             fit(model, train_set, val_set, cfg, out_dir, teacher=teacher)
-        val_probs = predict_images(model, root, list(val_df.ImageID), views, batch_size=cfg.batch_size * 2,
-                                   device=cfg.device, progress=cfg.progress)
-        test_probs = predict_images(model, root, test_ids, views, batch_size=cfg.batch_size * 2,
-                                    device=cfg.device, progress=cfg.progress)
+        val_probs = predict_images(model, root, list(val_df.ImageID), views, ctx.inference, progress=cfg.progress)
+        test_probs = predict_images(model, root, test_ids, views, ctx.inference, progress=cfg.progress)
         info = {}
     info.update(weights=model.spec["weights"], mode=spec.mode, views=views)
     return Member(spec.label, "image", out_dir, list(val_df.ImageID), val_probs, test_ids, test_probs, info=info)

@@ -16,7 +16,13 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from mlc_utils.core.config import ParamError, from_dict, require, to_dict  # noqa: F401  (ParamError is re-exported)
+from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
+    ParamError,
+    check_device_name,
+    from_dict,
+    require,
+    to_dict,
+)
 from mlc_utils.data.captions import CaptionCleaner
 from mlc_utils.study.stages import DEFAULT_STAGES, STAGE_NAMES
 from mlc_utils.train.config import TrainConfig, TrainSettings
@@ -204,6 +210,20 @@ class EnsembleStageParams:
 
 
 @dataclass
+class InferenceParams:
+    """How every pass of a model over a dataset runs (``mlc_utils.core.inference``) on the study's
+    ``device``; 0, -1 and auto choose for the device (CPU: 16 images a batch, no workers, fp32;
+    CUDA: 128 images, 8 workers, bf16 where the card has it natively, else fp16)."""
+    batch_size: int = 0
+    num_workers: int = -1
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    def check(self):
+        require(self.batch_size >= 0, f"batch_size: must be >= 0, 0 = chosen for the device (got {self.batch_size})")
+        require(self.num_workers >= -1, f"num_workers: must be >= -1, -1 = chosen for the device (got {self.num_workers})")
+
+
+@dataclass
 class StudyParams:
     run: str = "demo"
     data_dir: str = "data/demo"
@@ -211,6 +231,9 @@ class StudyParams:
     class_names: list[str] = field(default_factory=list)
     seed: int = 3407
     threshold: float = 0.5
+    # where every model trains and runs: auto = CUDA when visible, else the CPU; cpu; cuda; cuda:N
+    device: str = "auto"
+    inference: InferenceParams = field(default_factory=InferenceParams)
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     eda: EdaParams = field(default_factory=EdaParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -229,6 +252,10 @@ class StudyParams:
                 f"class_names: {len(self.class_names)} names for num_classes={self.num_classes}")
         require(0.0 < self.threshold < 1.0, f"threshold: must be in (0, 1) (got {self.threshold})")
         require(self.seed >= 0, f"seed: must be >= 0 (got {self.seed})")
+        check_device_name(self.device, "device")
+        for where, settings in self.train_sections():
+            require(settings.device is None, f"{where}.device: the study has one device, the top-level "
+                                             f"'device' key (got {settings.device!r} here)")
         needs_models = [s for s in ("image", "fusion", "ablation", "ensemble") if s in self.stages]
         require(self.image.models or not needs_models,
                 f"image.models: is empty, but stage(s) {', '.join(needs_models)} need at least one image model")
@@ -250,6 +277,19 @@ class StudyParams:
             require(self.fusion.fusion_input == "logits",
                     f"fusion.fusion_input: the heads read out-of-fold outputs, which are logits; 'features' "
                     f"needs split.folds: 0 (got split.folds: {self.split.folds})")
+
+    def training_defaults(self) -> dict:
+        """What every TrainConfig of the study starts from: its seed, threshold and device."""
+        return {"seed": self.seed, "threshold": self.threshold, "device": self.device}
+
+    def train_sections(self):
+        """(params path, TrainSettings) of every ``train:`` section."""
+        yield "image.train", self.image.train
+        for i, model in enumerate(self.image.models):
+            yield f"image.models[{i}].train", model.train
+        for where in ("text.train", "text.head_train", "fusion.train", "ablation.train"):
+            section, name = where.split(".")
+            yield where, getattr(getattr(self, section), name)
 
     def data_path(self, root: str | os.PathLike | None = None) -> Path:
         """``data_dir`` resolved against ``root`` (the project folder) when relative."""

@@ -74,7 +74,7 @@ def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Memb
     fit(model, sets["train"], sets["val"], cfg, out_dir, collate_fn=trim_padding_collate)
 
     def predict(split: str):
-        return predict_probs(model, sets[split], batch_size=cfg.batch_size * 2, device=cfg.device,
+        return predict_probs(model, sets[split], ctx.inference, name=f"{name} predictions",
                              collate_fn=trim_padding_collate)
     return Member(name, "text", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
                   predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction})
@@ -108,7 +108,7 @@ def _fit_frozen(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
     save_model(model, out_dir / "model.pt", params={**asdict(cfg), "mode": "frozen"})
 
     def predict(split: str):
-        return predict_probs(head, sets[split], batch_size=1024, device=cfg.device)
+        return predict_probs(head, sets[split], ctx.inference, name=f"{name} head")
     return Member(name, "text", out_dir, list(val_df.ImageID), predict("val"), list(ctx.data.test.ImageID),
                   predict("test"), info={"mode": "frozen"})
 
@@ -128,7 +128,7 @@ def _caption_embeddings(ctx, log) -> tuple:
         log(f"embedding {len(data.train) + len(data.test)} captions with {model.source} (once for every fold)")
         _EMBEDDINGS.clear()  # one caption set at a time: the arrays are large
         _EMBEDDINGS[key] = (model, {split: ({image_id: n for n, image_id in enumerate(frame.ImageID)},
-                                            embed_captions(model, list(frame.Caption)))
+                                            embed_captions(model, list(frame.Caption), ctx.inference))
                                     for split, frame in (("train", data.train), ("test", data.test))})
     model, arrays = _EMBEDDINGS[key]
     return model, arrays
@@ -157,13 +157,9 @@ class CaptionTrainer:
     fit: Callable
 
 
-def _defaults(ctx) -> dict:
-    return {"seed": ctx.params.seed, "threshold": ctx.params.threshold}
-
-
 CAPTION_TRAINERS: dict[str, CaptionTrainer] = {
-    "finetune": CaptionTrainer(lambda ctx: ctx.params.text.training(**_defaults(ctx)), _fit_finetuned),
-    "frozen": CaptionTrainer(lambda ctx: ctx.params.text.head_training(**_defaults(ctx)), _fit_frozen),
+    "finetune": CaptionTrainer(lambda ctx: ctx.params.text.training(**ctx.params.training_defaults()), _fit_finetuned),
+    "frozen": CaptionTrainer(lambda ctx: ctx.params.text.head_training(**ctx.params.training_defaults()), _fit_frozen),
     "tfidf": CaptionTrainer(lambda ctx: None, _fit_tfidf),
 }
 

@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from mlc_utils.core.config import from_dict
+from mlc_utils.core.config import check_device_name, from_dict
 
 # the fields whose values name an entry of one of the training loop's registries
 CHOICES = ("optimizer", "scheduler", "schedule_unit", "loss", "amp_dtype")
@@ -115,8 +115,7 @@ class TrainConfig:
             allowed = choices(name)
             need(getattr(self, name) in allowed,
                  f"{name}: must be one of {sorted(allowed)} (got {getattr(self, name)!r})")
-        need(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
-             f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {self.device!r})")
+        check_device_name(self.device, "device")
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any] | None, where: str = "train") -> "TrainConfig":

@@ -30,9 +30,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, TensorDataset
 
-from mlc_utils.core.device import resolve_device
+from mlc_utils.core.inference import Inference, run_model
 from mlc_utils.core.fingerprint import IMAGE_FOLDER, file_stamp, source_digest
 from mlc_utils.core.io import atomic_write_text, save_npy
 from mlc_utils.data.images import image_dataset
@@ -47,9 +47,11 @@ CACHE_VERSION = 4
 FEATURE_CODE = ("mlc_utils.train.features", "mlc_utils.data.images", "mlc_utils.models.image", "mlc_utils.models.weights")
 
 
-def feature_key(model, root: str | os.PathLike, view: str) -> dict:
-    """Everything a cached row depends on besides its ImageID (JSON-able)."""
-    return {"version": CACHE_VERSION, "arch": model.spec["arch"], "head": model.spec["head"],
+def feature_key(model, root: str | os.PathLike, view: str, inference: Inference) -> dict:
+    """Everything a cached row depends on besides its ImageID (JSON-able): the precision of the pass
+    too (bf16 rows on a GPU are not the CPU's fp32 rows)."""
+    dtype = inference.autocast_dtype()
+    return {"version": CACHE_VERSION, "precision": str(dtype).replace("torch.", "") if dtype else "float32", "arch": model.spec["arch"], "head": model.spec["head"],
             "pool": model.spec.get("global_pool", ""), "grid": model.spec.get("attention_grid", 0),
             "weights": state_digest(model.backbone), "data": model.spec["data"], "view": view,
             "root": str(Path(root).resolve()), "code": source_digest(FEATURE_CODE)}
@@ -93,34 +95,26 @@ class FeatureCache:
         return array_path
 
 
-@torch.no_grad()
-def compute_features(model, root: str | os.PathLike, image_ids: Sequence[str], view: str = "center",
-                     batch_size: int = 64, device: str = "auto", num_workers: int = 0,
+def compute_features(model, root: str | os.PathLike, image_ids: Sequence[str], view: str, inference: Inference,
                      progress: bool = True) -> np.ndarray:
     """``model.embed`` over the images in one evaluation view, as float32 ``(n, D)``."""
-    from mlc_utils.core.progress import progress as progress_bar
-    device = resolve_device(device)
     dataset = image_dataset(root, image_ids, None, model.spec["data"], train=False, view=view,
                             num_classes=model.spec["num_classes"])
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    model = model.to(device).eval()
-    out = []
-    for images, _ in progress_bar(loader, f"features {model.spec['arch']} {view} (batches)", leave=False,
-                                  disable=not progress):
-        # channels_last input: convnets run ~1.5-1.8x faster on the CPU, transformers the same
-        # (benchmarks/feature_extraction.py); values equal up to float rounding, the model is untouched
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
-        out.append(model.embed(images).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
+    return run_model(model, dataset, inference, name=f"{model.spec['arch']} features, {view} view",
+                     output=embedding, progress=progress)
 
 
-def cached_features(model, root: str | os.PathLike, image_ids: Sequence[str], view: str = "center",
-                    cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR, **compute_options) -> np.ndarray:
+def embedding(model, images: torch.Tensor) -> torch.Tensor:
+    """What the head reads (the inference path's ``output``)."""
+    return model.embed(images)
+
+
+def cached_features(model, root: str | os.PathLike, image_ids: Sequence[str], view: str, inference: Inference,
+                    cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR, progress: bool = True) -> np.ndarray:
     """Features ``(len(image_ids), D)`` in ``view``; only images not cached yet, or whose file
     changed since (size or modification time), are computed."""
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-    key = feature_key(model, root, view)
+    key = feature_key(model, root, view, inference)
     ids, stamps, array = cache.load(key)
     index = {image_id: row for row, image_id in enumerate(ids)}
     wanted = list(dict.fromkeys(map(str, image_ids)))
@@ -128,7 +122,7 @@ def cached_features(model, root: str | os.PathLike, image_ids: Sequence[str], vi
     stale = [i for i in wanted if i not in index or stamps[index[i]] != current[i]]
     if stale:
         cache.misses += 1
-        new = compute_features(model, root, stale, view, **compute_options)
+        new = compute_features(model, root, stale, view, inference, progress)
         cache.computed += len(stale)
         replaced = [n for n, image_id in enumerate(stale) if image_id in index]  # files changed since
         added = [n for n, image_id in enumerate(stale) if image_id not in index]
@@ -166,26 +160,33 @@ class FeatureHead(nn.Module):
         return self.head(self.drop(features))
 
 
-def _view_features(model, root, ids, views, cache, options) -> list[np.ndarray]:
-    return [cached_features(model, root, ids, view, cache, **options) for view in views]
+def _view_features(model, root, ids, views, cache, inference) -> list[np.ndarray]:
+    return [cached_features(model, root, ids, view, inference, cache) for view in views]
 
 
-def predict_head(model, root: str | os.PathLike, image_ids: Sequence[str], views: Sequence[str] = ("center",),
-                 cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR, **compute_options) -> np.ndarray:
+def predict_head(model, root: str | os.PathLike, image_ids: Sequence[str], views: Sequence[str], inference: Inference,
+                 cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR) -> np.ndarray:
     """Probabilities of ``model`` (backbone frozen) averaged over ``views``, via the feature cache."""
     head = FeatureHead(model.head, model.spec)
     probs = []
-    for features in _view_features(model, root, image_ids, views, cache, compute_options):
+    for features in _view_features(model, root, image_ids, views, cache, inference):
         dummy = torch.zeros(len(features), model.spec["num_classes"])
-        probs.append(predict_probs(head, TensorDataset(torch.from_numpy(features), dummy), batch_size=1024))
+        probs.append(predict_probs(head, TensorDataset(torch.from_numpy(features), dummy), inference,
+                                   name=f"{model.spec['arch']} head"))
     return np.mean(probs, axis=0)
+
+
+def head_outputs(model, features: np.ndarray, inference: Inference) -> np.ndarray:
+    """The model's logits on cached features (what fusion heads read from a frozen image member)."""
+    dummy = torch.zeros(len(features), model.spec["num_classes"])
+    return run_model(FeatureHead(model.head, model.spec), TensorDataset(torch.from_numpy(features), dummy), inference,
+                     name=f"{model.spec['arch']} head logits", output=lambda head, x: head(x), progress=False)
 
 
 def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_targets: np.ndarray,
              val_ids: Sequence[str] | None, val_targets: np.ndarray | None, cfg: TrainConfig,
-             out_dir: str | os.PathLike, views: Sequence[str] = ("center", "hflip"),
-             cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR,
-             **compute_options) -> tuple[FitResult, np.ndarray | None]:
+             out_dir: str | os.PathLike, inference: Inference, views: Sequence[str] = ("center", "hflip"),
+             cache: FeatureCache | str | os.PathLike = DEFAULT_CACHE_DIR) -> tuple[FitResult, np.ndarray | None]:
     """Train ``model.head`` on cached backbone features; returns (fit result, TTA validation probs).
 
     ``views[0]`` is what the per-epoch validation scores; the returned validation probabilities
@@ -196,12 +197,12 @@ def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_tar
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     y_train = torch.from_numpy(np.asarray(train_targets, dtype=np.float32))
     train_sets = [TensorDataset(torch.from_numpy(f), y_train)
-                  for f in _view_features(model, root, train_ids, views, cache, compute_options)]
+                  for f in _view_features(model, root, train_ids, views, cache, inference)]
     val_sets = None
     if val_ids is not None:
         y_val = torch.from_numpy(np.asarray(val_targets, dtype=np.float32))
         val_sets = [TensorDataset(torch.from_numpy(f), y_val)
-                    for f in _view_features(model, root, val_ids, views, cache, compute_options)]
+                    for f in _view_features(model, root, val_ids, views, cache, inference)]
     head = FeatureHead(model.head, model.spec)  # shares model.head: training it trains the model's head
     cfg = replace(cfg, mixup=False, freeze_epochs=0, restore_best=True)
     result = fit(head, ConcatDataset(train_sets), val_sets[0] if val_sets else None, cfg, out_dir)
@@ -209,6 +210,6 @@ def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_tar
                params={**asdict(cfg), "mode": "frozen", "views": list(views)})
     tta = None
     if val_sets:
-        tta = np.mean([predict_probs(head, s, batch_size=1024, device=cfg.device) for s in val_sets], axis=0)
+        tta = np.mean([predict_probs(head, s, inference, name=f"{model.spec['arch']} head") for s in val_sets], axis=0)
         save_npy(Path(out_dir) / "val_probs_tta.npy", tta)
     return result, tta

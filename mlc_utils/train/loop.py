@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mlc_utils.core.allocator import tune_glibc
 from mlc_utils.core.device import (
     place_model,
     rank_and_world,
@@ -45,7 +46,7 @@ from mlc_utils.core.device import (
 )
 from mlc_utils.core.io import atomic_save, atomic_write_text, save_npy
 from mlc_utils.evaluation.metrics import evaluate
-from mlc_utils.evaluation.predict import collect_probs
+from mlc_utils.core.inference import Inference, run_model
 from mlc_utils.models.checkpoint import (
     check_identity,
     inference_state,
@@ -164,6 +165,7 @@ def updates_per_epoch(cfg: TrainConfig, n_train: int, world: int = 1) -> int:
 
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+INFERENCE_PRECISION = {"bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass
@@ -281,9 +283,13 @@ class _Trainer:
         self.out_dir = Path(out_dir)
         self.rank, self.world = rank_and_world()
         self.device = resolve_device(cfg.device)
+        tune_glibc()  # keep freed activations in the process (core.allocator): the CPU's largest cost
         self.model = place_model(model, self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.autocast = _autocast(cfg, self.device)
+        # the validation pass: the one inference path, at training's precision and eval batch size
+        self.inference = Inference(str(self.device), cfg.eval_batch_size or 2 * cfg.batch_size, cfg.num_workers,
+                                   INFERENCE_PRECISION[cfg.amp_dtype] if cfg.amp and self.device.type == "cuda" else "fp32")
         pos_weight = pos_weight_from_targets(dataset_targets(train_set)) if cfg.loss in NEEDS_POS_WEIGHT else None
         self.criterion = build_loss(cfg.loss, pos_weight, focal_gamma=cfg.focal_gamma,
                                     focal_alpha=cfg.focal_alpha).to(self.device)
@@ -465,10 +471,11 @@ class _Trainer:
         if self.val_set is None:
             return {}, None
         cfg = self.cfg
-        batch = cfg.eval_batch_size or 2 * cfg.batch_size
-        loader, sampler = _loader(self.val_set, cfg, batch, False, epoch, self.collate_fn, self.device)
-        probs, targets = collect_probs(self.eval_model(), loader, self.device, self.autocast,
-                                  lambda it: _progress(it, cfg, "validate"))
+        rank, world = rank_and_world()
+        sampler = DistributedSampler(self.val_set, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+        probs, targets = run_model(self.eval_model(), self.val_set, self.inference, name="validate",
+                                   collate_fn=self.collate_fn, sampler=sampler, with_targets=True,
+                                   progress=cfg.progress and rank == 0)
         probs, targets = _gather_validation(probs, targets, list(iter(sampler)), len(self.val_set))
         self.val_targets = targets
         clipped = np.clip(probs, 1e-7, 1 - 1e-7)
