@@ -60,7 +60,7 @@ def cuda_mode(args) -> Mode:
 def cpu_smoke_mode(args) -> Mode:
     tiny_text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                      max_position_embeddings=128)
-    overrides = ["image.train.num_workers=0", "image.train.eval_batch_size=8", "image.tta=[center]",
+    overrides = ["device=cpu", "image.train.num_workers=0", "image.train.eval_batch_size=8", "image.tta=[center]",
                  "text.train.batch_size=8", "text.max_length=16"]
     return Mode("cpu", {"*": ("test_vit", 32)}, tiny_text, overrides, {"CUDA_VISIBLE_DEVICES": ""},
                 {"batch_size": 4})

@@ -14,7 +14,8 @@ tcmalloc keeps freed memory for reuse: about 150x fewer faults and 2-3x the imag
   JupyterLab): mallopt keeps blocks up to 32 MiB (glibc's ceiling) on the heap and freed memory in
   the process. With a small CPU batch (``core.inference.BATCH_SIZES``) most activations fit under it.
 
-``python -m mlc_utils.core.allocator`` prints the library's path (empty when it is not installed).
+``python -m mlc_utils.core.allocator`` prints the library's path (empty when it is not installed);
+``--env`` prints ``LD_PRELOAD=...`` for ``env`` on a command line (nothing when not installed).
 """
 from __future__ import annotations
 
@@ -79,4 +80,9 @@ def tune_glibc() -> bool:
 
 
 if __name__ == "__main__":
-    print(tcmalloc_path())
+    import sys
+    if sys.argv[1:] == ["--env"]:
+        preload = allocator_env().get("LD_PRELOAD", "")
+        print(f"LD_PRELOAD={preload}" if preload and " " not in preload else "")
+    else:
+        print(tcmalloc_path())

@@ -254,7 +254,10 @@ class PrecomputedFusion(nn.Module):
 
 
 class ArrayPairDataset(Dataset):
-    """Rows of two saved output matrices (``.npy`` paths or arrays) and optional targets."""
+    """Rows of two saved output matrices (``.npy`` paths or arrays) and optional targets; indexed by
+    a list of rows it returns their batch (``core.inference.make_loader`` fetches batches so)."""
+
+    indexes_batches = True
 
     def __init__(self, image_outputs, text_outputs, targets=None, num_classes: int = 20):
         self.image = torch.as_tensor(_load_array(image_outputs, "image_outputs"), dtype=torch.float32)

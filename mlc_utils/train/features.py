@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from mlc_utils.core.inference import Inference, run_model
 from mlc_utils.core.fingerprint import IMAGE_FOLDER, file_stamp, source_digest
@@ -196,8 +196,10 @@ def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_tar
         raise ValueError("views: need at least one view")
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     y_train = torch.from_numpy(np.asarray(train_targets, dtype=np.float32))
-    train_sets = [TensorDataset(torch.from_numpy(f), y_train)
-                  for f in _view_features(model, root, train_ids, views, cache, inference)]
+    # the views stacked as extra rows, in one TensorDataset (fetched a batch at a time)
+    per_view = _view_features(model, root, train_ids, views, cache, inference)
+    train_set = TensorDataset(torch.from_numpy(per_view[0] if len(per_view) == 1 else np.concatenate(per_view)),
+                              y_train.repeat(len(views), 1))
     val_sets = None
     if val_ids is not None:
         y_val = torch.from_numpy(np.asarray(val_targets, dtype=np.float32))
@@ -205,7 +207,7 @@ def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_tar
                     for f in _view_features(model, root, val_ids, views, cache, inference)]
     head = FeatureHead(model.head, model.spec)  # shares model.head: training it trains the model's head
     cfg = replace(cfg, mixup=False, freeze_epochs=0, restore_best=True)
-    result = fit(head, ConcatDataset(train_sets), val_sets[0] if val_sets else None, cfg, out_dir)
+    result = fit(head, train_set, val_sets[0] if val_sets else None, cfg, out_dir)
     save_model(model, Path(out_dir) / "model.pt",
                params={**asdict(cfg), "mode": "frozen", "views": list(views)})
     tta = None

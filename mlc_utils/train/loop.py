@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from mlc_utils.core.allocator import tune_glibc
 from mlc_utils.core.device import (
@@ -46,7 +46,7 @@ from mlc_utils.core.device import (
 )
 from mlc_utils.core.io import atomic_save, atomic_write_text, save_npy
 from mlc_utils.evaluation.metrics import evaluate
-from mlc_utils.core.inference import Inference, run_model
+from mlc_utils.core.inference import Inference, make_loader, run_model
 from mlc_utils.models.checkpoint import (
     check_identity,
     inference_state,
@@ -235,9 +235,8 @@ def _loader(dataset, cfg: TrainConfig, batch_size: int, train: bool, epoch: int,
                                  drop_last=False)
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(cfg.seed + 7919 * epoch + rank)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_fn, pin_memory=device.type == "cuda", generator=generator,
-                        persistent_workers=False)
+    loader = make_loader(dataset, batch_size, sampler, num_workers=cfg.num_workers, collate_fn=collate_fn,
+                         pin_memory=device.type == "cuda", generator=generator)
     return loader, sampler
 
 
