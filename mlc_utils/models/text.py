@@ -203,9 +203,15 @@ def embed_captions(model: TextClassifier, captions, inference, progress: bool = 
     captions = list(captions)
     if not captions:  # the tokenizer cannot batch nothing
         return np.zeros((0, model.feature_dim), dtype=np.float32)
-    return compute_outputs(model, caption_dataset_for(model, captions), "features", inference,
-                           name=f"{Path(str(model.spec.get('model_name', 'caption model'))).name} caption embeddings",
-                           collate_fn=trim_padding_collate, progress=progress)
+    # shortest first: each batch is padded to its own longest caption (trim_padding_collate), so
+    # batches of similar lengths carry little padding; the rows go back to the callers' order
+    order = np.argsort([len(str(c)) for c in captions], kind="stable")
+    out = compute_outputs(model, caption_dataset_for(model, [captions[i] for i in order]), "features", inference,
+                          name=f"{Path(str(model.spec.get('model_name', 'caption model'))).name} caption embeddings",
+                          collate_fn=trim_padding_collate, progress=progress)
+    embeddings = np.empty_like(out)
+    embeddings[order] = out
+    return embeddings
 
 
 def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) -> tuple[nn.Module, str]:
