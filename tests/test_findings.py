@@ -149,6 +149,26 @@ def test_error_analysis_counts_missed_labels_and_shows_examples():
     assert "misses 0 of the 7 true labels of the validation images." in fd.error_summary(none_missed)
 
 
+def test_error_counts_are_the_submitted_labels_errors(tmp_path):
+    """Row 1 has nothing over 0.5: the submission writes its top class (1), so the error analysis
+    counts that label as predicted, not missed, and the examples show it predicted."""
+    from mlc_utils.evaluation.predict import write_submission
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=float)
+    p = np.array([[0.9, 0.1, 0.2], [0.2, 0.4, 0.1], [0.7, 0.2, 0.3]])
+    ids = ["a.jpg", "b.jpg", "c.jpg"]
+    submitted = pd.read_csv(write_submission(ids, p, 0.5, tmp_path / "sub.csv"), dtype=str)
+    pred = np.zeros_like(y, dtype=bool)
+    for row, labels in enumerate(submitted.Labels):
+        pred[row, [int(c) for c in labels.split()]] = True
+    truth = y > 0.5
+    missed = fd.missed_labels(y, p, 0.5).set_index("class")
+    for c in range(3):
+        assert missed["missed"].get(c, 0) == (truth[:, c] & ~pred[:, c]).sum(), c
+        assert missed["false positives"].get(c, 0) == (~truth[:, c] & pred[:, c]).sum(), c
+    frame = pd.DataFrame({"ImageID": ids, "Caption": ["x", "y", "z"]})
+    assert fd.error_examples(frame, y, p, None, 0.5, classes=[1]).empty  # label 1 of b.jpg is submitted
+
+
 def test_each_stage_closes_with_its_own_numbers(summaries):
     image = {"headline": {"best_model": "vit", "vit seconds": 150.0, "eff seconds": 12.2},
              "tables": {"image models by threshold": summaries["ensemble"]["tables"][fd.TABLE1]}}

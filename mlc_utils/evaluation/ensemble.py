@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mlc_utils.core.io import atomic_save, atomic_write_text
+from mlc_utils.data.labels import TOP1_FALLBACK, decide
 from mlc_utils.evaluation import metrics
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def cross_fitted_f1(y: np.ndarray, groups: np.ndarray,
     for g in np.unique(groups):
         score_rows, fit_rows = np.flatnonzero(groups == g), np.flatnonzero(groups != g)
         probs, threshold = fit_predict(fit_rows, score_rows)
-        decisions[score_rows] = metrics.binarize(probs, threshold)
+        decisions[score_rows] = decide(probs, threshold)
     return metrics.sample_f1(y, decisions, 0.5)
 
 
@@ -345,7 +346,7 @@ class EnsembleResult:
                     "f1_tuned": self.val_f1, "weight": 1.0}
         return pd.concat([self.members, pd.DataFrame([ensemble])], ignore_index=True)
 
-    def write_submission(self, path: str | os.PathLike, at_least_one: bool = True) -> Path:
+    def write_submission(self, path: str | os.PathLike, at_least_one: bool = TOP1_FALLBACK) -> Path:
         if self.test_probs is None:
             raise ValueError("test_probs: no member brought test probabilities, so there is nothing to submit")
         return write_submission(self.test_ids, self.test_probs, self.threshold, path, at_least_one)
@@ -441,7 +442,7 @@ def _fuse_test(members: list[Member], w: np.ndarray, test_ids):
 # submission
 # ---------------------------------------------------------------------------------------------
 
-def write_submission(image_ids, probs, threshold, path, at_least_one: bool = True) -> Path:
+def write_submission(image_ids, probs, threshold, path, at_least_one: bool = TOP1_FALLBACK) -> Path:
     """The project's one submission writer (mlc_utils.evaluation.predict), so every stage submits the same format."""
     from mlc_utils.evaluation.predict import write_submission as project_writer
     return Path(project_writer(list(image_ids), np.asarray(probs), threshold, path, at_least_one=at_least_one))

@@ -323,10 +323,13 @@ def method_frame(params) -> pd.DataFrame:
 # --- error analysis --------------------------------------------------------------------------------
 def missed_labels(y_val, probs, threshold: float = 0.5, names=None) -> pd.DataFrame:
     """Per label: validation images carrying it, how many the model missed (false negatives) and
-    how many it added wrongly (false positives), most missed first."""
+    how many it added wrongly (false positives), most missed first; predictions by the submission's
+    rule (:func:`~mlc_utils.data.labels.decide`), so these counts are the submitted labels' errors."""
     import numpy as np
+
+    from mlc_utils.data.labels import decide
     y = np.asarray(y_val) > 0.5
-    pred = np.asarray(probs) >= threshold
+    pred = decide(probs, threshold)
     frame = pd.DataFrame({"class": np.arange(y.shape[1]), "support": y.sum(0),
                           "missed": (y & ~pred).sum(0), "false positives": (~y & pred).sum(0)})
     if names:
@@ -343,8 +346,9 @@ def error_examples(val_df: pd.DataFrame, y_val, probs, labels=None, threshold: f
     import numpy as np
     if kind not in ("missed", "added"):
         raise ValueError(f"kind: 'missed' or 'added' (got {kind!r})")
+    from mlc_utils.data.labels import decide
     y = np.asarray(y_val) > 0.5
-    pred = np.asarray(probs) >= threshold
+    pred = decide(probs, threshold)
     rows = []
     for c in classes:
         wrong = y[:, c] & ~pred[:, c] if kind == "missed" else ~y[:, c] & pred[:, c]
