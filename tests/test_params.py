@@ -52,6 +52,13 @@ def test_overrides_and_types(tmp_path):
     ("split: {folds: 1}\n", [], "split.folds: 0 (holdout only) or the number of cross-validation folds, >= 2 (got 1)"),
     ("stages: [split]\nsplit: {folds: 5}\nfusion: {mode: end_to_end}\n", [], "fusion.mode: end_to_end is not cross-validated"),
     ("stages: [split]\nsplit: {folds: 5}\nfusion: {fusion_input: features}\n", [], "fusion.fusion_input: the heads read out-of-fold"),
+    ("image:\n  models:\n    - {name: resnet18}\nensemble: {members: [resnet18, 'fusion:concatt']}\n", [],
+     "ensemble.members[1]: 'fusion:concatt' is not a member these stages save"),
+    ("image:\n  models:\n    - {name: resnet18, label: r18}\nensemble: {members: [r19]}\n", [],
+     "(did you mean 'r18'?)"),
+    ("image: {models: [{name: resnet18}]}\nfusion: {mode: end_to_end}\nensemble: {members: ['fusion:concat']}\n", [], "(did you mean 'fusion:concat-e2e'?)"),
+    ("image: {models: [{name: resnet18}]}\ntext: {members: [frozen]}\nensemble: {members: ['caption:all-MiniLM-L6-v2']}\n", [],
+     "(did you mean 'caption:all-MiniLM-L6-v2-frozen'?)"),
 ])
 def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     path = tmp_path / "bad.yaml"
@@ -59,6 +66,23 @@ def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     with pytest.raises(ParamError) as info:
         load_params(path, overrides)
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_ensemble_members_are_checked_against_the_names_the_stages_give(tmp_path):
+    """Every name the image, text and fusion stages save is accepted, as ``text_member_name`` spells it."""
+    from types import SimpleNamespace
+
+    from mlc_utils.study.params import ensemble_candidates
+    from mlc_utils.study.text import text_member_name
+    path = tmp_path / "p.yaml"
+    path.write_text("image:\n  models:\n    - {name: resnet18}\n    - {name: resnet34, label: r34}\n"
+                    "text: {model_name: /models/bert-base, members: [finetune, frozen, tfidf]}\n")
+    params = load_params(path)
+    names = ensemble_candidates(params)
+    assert names == ["resnet18", "r34", "caption:bert-base", "caption:bert-base-frozen", "caption:tfidf",
+                     "fusion:concat", "fusion:bilinear", "late fusion"]
+    assert names[2:5] == [text_member_name(SimpleNamespace(params=params), k) for k in params.text.members]
+    assert load_params(path, [f"ensemble.members={names}"]).ensemble.members == names
 
 
 def test_yaml_syntax_error_names_line(tmp_path):
