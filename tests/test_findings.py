@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlc_utils.data.labels import LabelSpace
 from mlc_utils.study import findings as fd
 
 
@@ -138,9 +139,14 @@ def test_error_analysis_counts_missed_labels_and_shows_examples():
     frame = pd.DataFrame({"ImageID": ["0.jpg", "1.jpg", "2.jpg", "3.jpg"], "Caption": ["x  y", "z", "w", "v"]})
     examples = fd.error_examples(frame, y, p, None, 0.5, classes=[2], per_class=5)
     assert examples.ImageID.tolist() == ["0.jpg", "2.jpg"] and examples.caption.iloc[0] == "x y"
-    assert examples.truth.tolist() == ["0 2", "1 2"] and examples.predicted.tolist() == ["0", "1"]
+    assert examples.truth.tolist() == ["0, 2", "1, 2"] and examples.predicted.tolist() == ["0", "1"]
     added = fd.error_examples(frame, y, p, None, 0.5, classes=[1], kind="added")
-    assert added.ImageID.tolist() == ["1.jpg"] and added.error.tolist() == ["added"] and added.label.tolist() == [1]
+    assert added.ImageID.tolist() == ["1.jpg"] and added.error.tolist() == ["added"] and added.label.tolist() == ["1"]
+    # with the study's class names, as the tables beside them
+    named = fd.error_examples(frame, y, p, LabelSpace(3, ("person", "car", "traffic light")), 0.5, classes=[2])
+    assert named.label.tolist() == ["traffic light"] * 2
+    assert named.truth.tolist() == ["person, traffic light", "car, traffic light"]
+    assert named.predicted.tolist() == ["person", "car"]
     text = fd.error_summary(missed)
     assert text.startswith("The submitted model misses 3 of the 7 true labels of the validation images: most often "
                            "label 2 (c) (2 of 2), label 0 (a) (1 of 3).")
@@ -222,3 +228,20 @@ def test_a_cross_validated_run_says_so_and_quotes_the_cross_fitted_score(summari
     # a holdout run has no such column and keeps the split sentence
     assert "F1 cross-fitted (out-of-sample)" not in fd.table1_with_paper(
         fd.recorded_table(summaries, "ensemble", fd.TABLE1)).columns
+
+
+def test_training_curves_of_a_cross_validated_member_are_its_folds(tmp_path):
+    """Figures 7 and 8: a cross-validated member keeps its fold models' logs in ``fold<k>/log.csv``
+    (none beside it); the curves are their mean, not empty axes."""
+    from mlc_utils.evaluation.ensemble import Member
+    from mlc_utils.study.tables import epoch_curves
+    for k, losses in enumerate(([0.9, 0.5, 0.3], [0.7, 0.5, 0.1])):
+        (tmp_path / f"fold{k}").mkdir()
+        pd.DataFrame({"epoch": [0, 1, 2], "train_loss": losses, "sample_f1": [0.2, 0.4, 0.6]}).to_csv(
+            tmp_path / f"fold{k}" / "log.csv", index=False)
+    member = Member("lite0", "image", tmp_path, info={"oof": True, "folds": 2})
+    assert member.history()["fold"].tolist() == [0, 0, 0, 1, 1, 1]
+    loss, f1 = epoch_curves([member]).axes
+    assert [line.get_label() for line in loss.lines] == ["lite0 (mean of 2 folds)"]
+    assert loss.lines[0].get_ydata().tolist() == pytest.approx([0.8, 0.5, 0.2])
+    assert f1.lines[0].get_xdata().tolist() == [1, 2, 3]

@@ -90,3 +90,8 @@ class LabelSpace:
         if scores.ndim != 2 or scores.shape[1] != self.num_classes:
             raise ValueError(f"scores must have shape (n, {self.num_classes}), got {scores.shape}")
         return [np.flatnonzero(row).tolist() for row in decide(scores, threshold, at_least_one)]
+
+    def describe(self, labels: Iterable[int]) -> str:
+        """``[3, 8]`` -> ``"car, truck"``: labels for reading, by name as the tables give them
+        (the class number where the study names none)."""
+        return ", ".join(self.names[int(c)] for c in labels)

@@ -121,6 +121,10 @@ def save_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -
     raise ValueError(f"path: save probabilities as .npz or .csv, got {path.suffix!r}")
 
 
+#: fold k of a cross-validated member lives in ``<member>/fold<k>/`` (its checkpoint, log.csv, probabilities)
+FOLD_DIR = "fold{}"
+
+
 @dataclass
 class Member:
     """One model's probabilities by ImageID: validation rows (to weigh it and tune thresholds) and,
@@ -169,9 +173,15 @@ class Member:
         return metrics.sample_f1(y_val, self.val_probs, threshold)
 
     def history(self) -> pd.DataFrame:
-        """The per-epoch training log beside the member, when it has one."""
-        path = Path(self.out_dir) / "log.csv" if self.out_dir else None
-        return pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame()
+        """The per-epoch training log beside the member, when it has one; a cross-validated member's
+        is its fold models' logs (``fold<k>/log.csv``, see :data:`FOLD_DIR`) with a ``fold`` column."""
+        if not self.out_dir:
+            return pd.DataFrame()
+        out_dir, folds = Path(self.out_dir), int(self.info.get("folds") or 0)
+        paths = {k: out_dir / FOLD_DIR.format(k) / "log.csv" for k in range(folds)} or {None: out_dir / "log.csv"}
+        logs = [pd.read_csv(path).assign(fold=k) if k is not None else pd.read_csv(path)
+                for k, path in paths.items() if path.is_file()]
+        return pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()
 
 
 def out_of_fold(name: str, folds: Sequence[Member], ids: Sequence[str], **details) -> Member:

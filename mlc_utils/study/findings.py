@@ -342,21 +342,23 @@ def missed_labels(y_val, probs, threshold: float = 0.5, names=None) -> pd.DataFr
 def error_examples(val_df: pd.DataFrame, y_val, probs, labels=None, threshold: float = 0.5,
                    classes=(), per_class: int = 2, kind: str = "missed") -> pd.DataFrame:
     """A few validation rows where each of ``classes`` was missed (``kind="missed"``: a false
-    negative) or added wrongly (``kind="added"``: a false positive): id, caption, truth, prediction."""
+    negative) or added wrongly (``kind="added"``: a false positive): id, caption, truth, prediction;
+    labels by the names of ``labels`` (a LabelSpace; numbers without one), as the tables beside them."""
     import numpy as np
     if kind not in ("missed", "added"):
         raise ValueError(f"kind: 'missed' or 'added' (got {kind!r})")
-    from mlc_utils.data.labels import decide
+    from mlc_utils.data.labels import LabelSpace, decide
     y = np.asarray(y_val) > 0.5
     pred = decide(probs, threshold)
+    labels = labels or LabelSpace(y.shape[1])
     rows = []
     for c in classes:
         wrong = y[:, c] & ~pred[:, c] if kind == "missed" else ~y[:, c] & pred[:, c]
         for i in np.flatnonzero(wrong)[:per_class]:
-            rows.append({"label": int(c), "error": kind, "ImageID": val_df.ImageID.iloc[i],
+            rows.append({"label": labels.names[int(c)], "error": kind, "ImageID": val_df.ImageID.iloc[i],
                          "caption": " ".join(str(val_df.Caption.iloc[i]).split()),
-                         "truth": " ".join(map(str, np.flatnonzero(y[i]))),
-                         "predicted": " ".join(map(str, np.flatnonzero(pred[i]))) or "(none)",
+                         "truth": labels.describe(np.flatnonzero(y[i])),
+                         "predicted": labels.describe(np.flatnonzero(pred[i])) or "(none)",
                          "score of the label": float(np.asarray(probs)[i, c])})
     return pd.DataFrame(rows)
 
