@@ -11,6 +11,7 @@ import pytest
 
 from mlc_utils.data.labels import LabelSpace
 from mlc_utils.study import findings as fd
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES
 
 
 def _table(frame: pd.DataFrame) -> dict:
@@ -29,25 +30,25 @@ def summaries() -> dict:
          "F1 tuned global": 0.71, "tuned threshold": 0.5, "F1 tuned per class": 0.73},
     ])
     table2 = pd.DataFrame([
-        {"input": "image", "best model": "vit", "sample_f1@0.5": 0.72, "sample_f1 tuned": 0.74},
-        {"input": "caption", "best model": "caption", "sample_f1@0.5": 0.62, "sample_f1 tuned": 0.63},
-        {"input": "image+caption", "best model": "concat", "sample_f1@0.5": 0.70, "sample_f1 tuned": 0.71},
+        {"input": "image", "best model": "vit", F1_AT_05: 0.72, F1_TUNED: 0.74},
+        {"input": "caption", "best model": "caption", F1_AT_05: 0.62, F1_TUNED: 0.63},
+        {"input": "image+caption", "best model": "concat", F1_AT_05: 0.70, F1_TUNED: 0.71},
     ])
     table3 = pd.DataFrame([
-        {"variant": "vit-baseline", "switch": "baseline", "setting": "mixup on; tta on", "sample_f1@0.5": 0.72,
-         "sample_f1 tuned": 0.74, "seconds": 10.0, "delta vs baseline": 0.0},
-        {"variant": "vit-mixup", "switch": "mixup", "setting": "off", "sample_f1@0.5": 0.69,
-         "sample_f1 tuned": 0.70, "seconds": 10.0, "delta vs baseline": -0.03},
-        {"variant": "vit-tta", "switch": "tta", "setting": "off", "sample_f1@0.5": 0.725,
-         "sample_f1 tuned": 0.74, "seconds": 1.0, "delta vs baseline": 0.005},
+        {"variant": "vit-baseline", "switch": "baseline", "setting": "mixup on; tta on", F1_AT_05: 0.72,
+         F1_TUNED: 0.74, "seconds": 10.0, "delta vs baseline": 0.0},
+        {"variant": "vit-mixup", "switch": "mixup", "setting": "off", F1_AT_05: 0.69,
+         F1_TUNED: 0.70, "seconds": 10.0, "delta vs baseline": -0.03},
+        {"variant": "vit-tta", "switch": "tta", "setting": "off", F1_AT_05: 0.725,
+         F1_TUNED: 0.74, "seconds": 1.0, "delta vs baseline": 0.005},
     ])
     return {
         "eda": {"headline": {"train_rows": 40, "test_rows": 10, "most_common": "label 1 on 50.0% of images",
                              "absent_labels": "12"}},
         "split": {"headline": {"train": 28, "val": 12, "method": "iterative"}},
-        "ablation": {"headline": {}, "tables": {fd.TABLE3: _table(table3)}},
+        "ablation": {"headline": {}, "tables": {TABLES.table3.name: _table(table3)}},
         "ensemble": {"headline": {"ensemble_val_f1": 0.7311, "threshold": 0.35, "test_rows": 10},
-                     "tables": {fd.TABLE1: _table(table1), fd.TABLE2: _table(table2)}},
+                     "tables": {TABLES.table1.name: _table(table1), TABLES.table2.name: _table(table2)}},
     }
 
 
@@ -67,7 +68,7 @@ def test_findings_name_the_best_model_per_input_and_fusions_loss(summaries):
 
 def test_a_changed_number_changes_the_sentence(summaries):
     changed = copy.deepcopy(summaries)
-    rows = changed["ensemble"]["tables"][fd.TABLE2]["data"]
+    rows = changed["ensemble"]["tables"][TABLES.table2.name]["data"]
     rows[2][2] = 0.75  # the fusion now beats the image model at 0.5
     changed["ensemble"]["headline"]["threshold"] = 0.55
     before, after = _text(fd.findings(summaries)), _text(fd.findings(changed))
@@ -94,7 +95,7 @@ def test_every_number_in_the_findings_is_in_the_tables_or_headlines(summaries):
 
 
 def test_tables_carry_the_papers_numbers_beside_ours(summaries):
-    t1 = fd.table1_with_paper(fd.recorded_table(summaries, "ensemble", fd.TABLE1))
+    t1 = fd.table1_with_paper(fd.recorded_table(summaries, TABLES.table1))
     paper = t1[t1.source == fd.PAPER].set_index("model")
     assert paper.loc["CNN-EfficientNet", "F1@0.5"] == 0.8362 and pd.isna(paper.loc["CNN-EfficientNet", "F1@0.4"])
     assert list(paper.loc["DeiT-S", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8602, 0.8606, 0.8453]
@@ -108,11 +109,11 @@ def test_tables_carry_the_papers_numbers_beside_ours(summaries):
     assert t1[t1.source == fd.THIS_RUN].set_index("model").loc["concat", "input"] == "image+caption"
     assert "F1 at tuned threshold (in-sample)" in t1.columns
 
-    t2 = fd.table2_with_paper(fd.recorded_table(summaries, "ensemble", fd.TABLE2)).set_index(["input", "source"])
+    t2 = fd.table2_with_paper(fd.recorded_table(summaries, TABLES.table2)).set_index(["input", "source"])
     assert t2.loc[("caption", fd.PAPER), "F1 at tuned threshold (in-sample)"] == 0.8708
     assert t2.loc[("image+caption", fd.PAPER), "best model"] == "Swin-V2-L + BERT (Concatenate)"
     assert t2.loc[("image", fd.THIS_RUN), "F1@0.5 (out-of-sample)"] == 0.72
-    t3 = fd.table3_with_paper(fd.recorded_table(summaries, "ablation", fd.TABLE3))
+    t3 = fd.table3_with_paper(fd.recorded_table(summaries, TABLES.table3))
     assert t3[t3.source == fd.PAPER]["F1 at tuned threshold (in-sample)"].tolist() == [0.9079, 0.8856]
 
 
@@ -177,7 +178,7 @@ def test_error_counts_are_the_submitted_labels_errors(tmp_path):
 
 def test_each_stage_closes_with_its_own_numbers(summaries):
     image = {"headline": {"best_model": "vit", "vit seconds": 150.0, "eff seconds": 12.2},
-             "tables": {"image models by threshold": summaries["ensemble"]["tables"][fd.TABLE1]}}
+             "tables": {TABLES.image_thresholds.name: summaries["ensemble"]["tables"][TABLES.table1.name]}}
     text = fd.stage_findings("image", image)
     assert "Best at threshold 0.5: **vit** with 0.7200 (0.7400 at its tuned threshold 0.45, in-sample)" in text
     assert "Then concat 0.7000, caption 0.6200." in text and "Time: vit 2 min, eff 12 s." in text
@@ -211,7 +212,7 @@ def test_a_cross_validated_run_says_so_and_quotes_the_cross_fitted_score(summari
     cv = copy.deepcopy(summaries)
     cv["split"]["headline"]["folds"] = 5
     cv["ensemble"]["headline"]["ensemble_cross_fitted_f1"] = 0.7207
-    table1 = cv["ensemble"]["tables"][fd.TABLE1]
+    table1 = cv["ensemble"]["tables"][TABLES.table1.name]
     table1["columns"].append("F1 cross-fitted")
     for row, score in zip(table1["data"], (0.7301, 0.6202, 0.7003)):
         row.append(score)
@@ -221,13 +222,13 @@ def test_a_cross_validated_run_says_so_and_quotes_the_cross_fitted_score(summari
     assert "scores 0.7311 (in-sample); with its weights and threshold fitted on the other folds only it scores " \
            "0.7207 (out-of-sample)" in text
     assert "the cross-fitted column" in _text(fd.conclusion(cv))
-    t1 = fd.table1_with_paper(fd.recorded_table(cv, "ensemble", fd.TABLE1))
+    t1 = fd.table1_with_paper(fd.recorded_table(cv, TABLES.table1))
     ours = t1[t1.source == fd.THIS_RUN].set_index("model")["F1 cross-fitted (out-of-sample)"]
     assert ours.to_dict() == {"vit": 0.7301, "caption": 0.6202, "concat": 0.7003}
     assert t1[t1.source == fd.PAPER]["F1 cross-fitted (out-of-sample)"].isna().all()  # the paper has none
     # a holdout run has no such column and keeps the split sentence
     assert "F1 cross-fitted (out-of-sample)" not in fd.table1_with_paper(
-        fd.recorded_table(summaries, "ensemble", fd.TABLE1)).columns
+        fd.recorded_table(summaries, TABLES.table1)).columns
 
 
 def test_training_curves_of_a_cross_validated_member_are_its_folds(tmp_path):

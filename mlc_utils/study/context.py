@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mlc_utils.data.labels import LabelSpace
+from mlc_utils.study.artifacts import Figure, Table
 from mlc_utils.study.params import StudyParams, load_params
 from mlc_utils.study.stages import STAGES
 
@@ -164,16 +165,25 @@ class StageContext:
         self.summary["headline"].update(values)
         self._save()
 
-    def table(self, name: str, frame, index: bool = False) -> None:
+    def _own(self, what: Table | Figure, kind: type, parameter: str) -> None:
+        """Results are named by :mod:`mlc_utils.study.artifacts` (what the report reads), and by this stage's."""
+        if not isinstance(what, kind):
+            raise TypeError(f"{parameter}: a {kind.__name__} of mlc_utils.study.artifacts, not {what!r}")
+        if what.stage != self.stage:
+            raise ValueError(f"{parameter}: {what} belongs to stage {what.stage!r}, not {self.stage!r}")
+
+    def table(self, table: Table, frame, index: bool = False) -> None:
         """Record a table; ``index=True`` also shows it on the run's index page (the study's tables)."""
-        self.summary["tables"][name] = json.loads(frame.to_json(orient="split", index=False))
-        self.summary["tables"][name]["in_index"] = bool(index)
+        self._own(table, Table, "table")
+        self.summary["tables"][table.name] = json.loads(frame.to_json(orient="split", index=False))
+        self.summary["tables"][table.name]["in_index"] = bool(index)
         self._save()
 
-    def figure(self, fig, name: str) -> Path:
+    def figure(self, fig, figure: Figure) -> Path:
         """Save a matplotlib figure as PNG in the stage folder (the index embeds it)."""
         from mlc_utils.core.io import atomic_save
-        path = self.stage_dir / f"{name}.png"
+        self._own(figure, Figure, "figure")
+        path = self.stage_dir / figure.file_name
         atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         if path.name not in self.summary["figures"]:
             self.summary["figures"].append(path.name)
