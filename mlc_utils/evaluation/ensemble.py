@@ -297,8 +297,12 @@ def simplex_grid(n: int, divisions: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) / divisions
 
 
+#: the coarse threshold grid each candidate of a weight search (ensemble weights, late fusion) is scored on
+SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
+
+
 def optimized_weights(val_probs: list[np.ndarray], y_val: np.ndarray, scores: np.ndarray,
-                      max_points: int = 600, search_thresholds: Sequence[float] = tuple(np.arange(0.2, 0.71, 0.05)),
+                      max_points: int = 600, search_thresholds: Sequence[float] = SEARCH_THRESHOLDS,
                       **_) -> np.ndarray:
     """Best validation sample-F1 (at the best of a coarse threshold grid) over a simplex grid.
 
@@ -458,7 +462,6 @@ def write_submission(image_ids, probs, threshold, path, at_least_one: bool = TOP
     return Path(project_writer(list(image_ids), np.asarray(probs), threshold, path, at_least_one=at_least_one))
 
 
-SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))  # coarse grid while searching weights
 
 
 def late_fusion(p_image: np.ndarray, p_text: np.ndarray, weight: float) -> np.ndarray:

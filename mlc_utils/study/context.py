@@ -86,15 +86,6 @@ class StageContext:
         """This stage's parameter section."""
         return getattr(self.params, self.stage)
 
-    def describe(self) -> str:
-        """The run, its data and this stage's parameters as YAML (the notebook prints it first)."""
-        import yaml
-
-        from mlc_utils.core.config import to_dict
-        section = yaml.safe_dump({self.stage: to_dict(self.settings)}, sort_keys=False, width=100)
-        return f"run '{self.params.run}' on {self.params.data_path(self.root).resolve()} " \
-               f"(params: {self.params.source or 'defaults'})\n{section}"
-
     @property
     def labels(self) -> LabelSpace:
         return LabelSpace(self.params.num_classes, tuple(self.params.class_names))
