@@ -90,3 +90,15 @@ def test_every_named_table_and_figure_is_recorded_by_its_stage():
         problems += [f"{module} types the name of {table}" for table in artifacts.registered(artifacts.TABLES).values()
                      if re.search(rf"""["']{re.escape(table.name)}["']""", source)]
     assert not problems, "\n".join(problems)
+
+
+RUFF = Path(sys.executable).parent / "ruff"
+
+
+def test_ruff_rules_hold():
+    """pyproject.toml's [tool.ruff] rules over mlc_utils and tests: syntax errors, pyflakes, import order."""
+    if not RUFF.is_file():
+        pytest.skip(f"{RUFF} is missing: install requirements-test.txt (ruff) to lint")
+    done = subprocess.run([str(RUFF), "check", "--no-cache", "."], cwd=PROJECT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, THRESHOLD_TABLES, TABLES, Table, f1_at
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES, THRESHOLD_TABLES, Table, f1_at
 
 CITATION = ("J. Lin, Z. Huang and L. Yang. Multi-Label Classification. Course report, COMP5329 Deep Learning, "
             "The University of Sydney.")
