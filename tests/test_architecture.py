@@ -52,3 +52,53 @@ def test_training_choices_are_the_registries_names():
     assert set(choices("schedule_unit")) == set(loop.SCHEDULE_UNITS)
     assert set(choices("amp_dtype")) == set(loop.AMP_DTYPES)
     assert set(choices("loss")) == set(losses.LOSSES)
+
+
+def _notebook_code(path: Path) -> str:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+
+def test_every_named_table_and_figure_is_recorded_by_its_stage():
+    """The report and the findings read tables and figures through mlc_utils.study.artifacts; each
+    one there must be recorded (``ctx.table`` / ``ctx.figure``) by its own stage's notebook, under
+    that object and never under a typed string, so nothing the report reads can match nothing written."""
+    import re
+
+    from mlc_utils.run import report
+    from mlc_utils.study import artifacts
+    from mlc_utils.study.stages import STAGES
+    produced, problems = set(), []
+    for stage, info in STAGES.items():
+        code = _notebook_code(PROJECT / "notebooks" / info.notebook)
+        for kind, namespace in (("table", "TABLES"), ("figure", "FIGURES")):
+            for call in re.findall(rf"ctx\.{kind}\((.*)", code):
+                named = re.findall(rf"\b{namespace}\.(\w+)", call)
+                if not named:
+                    problems.append(f"{info.notebook}: ctx.{kind}({call} names no {namespace} entry")
+                    continue
+                obj = getattr(getattr(artifacts, namespace), named[0])
+                if obj.stage != stage:
+                    problems.append(f"{info.notebook}: records {obj} of stage {obj.stage!r}")
+                produced.add(obj)
+    wanted = {*artifacts.registered(artifacts.TABLES).values(), *artifacts.registered(artifacts.FIGURES).values()}
+    problems += [f"{obj} is produced by no notebook" for obj in sorted(wanted - produced, key=str)]
+    problems += [f"report.FIGURES: {figure} is not in artifacts.FIGURES" for _, figure, _ in report.FIGURES
+                 if figure not in wanted]
+    for module in ("run/report.py", "study/findings.py"):  # consumers name results by the objects only
+        source = (PROJECT / "mlc_utils" / module).read_text(encoding="utf-8")
+        problems += [f"{module} types the name of {table}" for table in artifacts.registered(artifacts.TABLES).values()
+                     if re.search(rf"""["']{re.escape(table.name)}["']""", source)]
+    assert not problems, "\n".join(problems)
+
+
+RUFF = Path(sys.executable).parent / "ruff"
+
+
+def test_ruff_rules_hold():
+    """pyproject.toml's [tool.ruff] rules over mlc_utils and tests: syntax errors, pyflakes, import order."""
+    if not RUFF.is_file():
+        pytest.skip(f"{RUFF} is missing: install requirements-test.txt (ruff) to lint")
+    done = subprocess.run([str(RUFF), "check", "--no-cache", "."], cwd=PROJECT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import make_ddp_config
+
 from mlc_utils.models.checkpoint import read_checkpoint
 from mlc_utils.train import distributed as train
 from mlc_utils.train.distributed import launch_torchrun, run_config

@@ -42,3 +42,15 @@ def test_classes_counts_and_one_image(explorer):
     assert list(scores.columns) == ["class", "truth", "m", "n"] and scores.truth.tolist() == [0, 1, 1]
     with pytest.raises(KeyError):
         explorer.image_row("zzz.jpg")
+
+
+def test_mistakes_are_those_of_the_submitted_labels(explorer):
+    """At 0.9 b.jpg scores no class under model "m": the submission's rule gives it its top class
+    (1, dog), so the explorer counts that as a false positive of dog, as the submission would."""
+    from mlc_utils.data.labels import decide
+    submitted = decide(explorer.probs("m"), 0.9)
+    truth = explorer.y_val > 0.5
+    for c in range(3):
+        assert len(explorer.cases("m", c, KINDS[0], 0.9)) == (truth[:, c] & ~submitted[:, c]).sum(), c
+        assert len(explorer.cases("m", c, KINDS[1], 0.9)) == (~truth[:, c] & submitted[:, c]).sum(), c
+    assert "b.jpg" in explorer.cases("m", 1, KINDS[1], 0.9).ImageID.tolist()

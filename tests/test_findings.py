@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlc_utils.data.labels import LabelSpace
 from mlc_utils.study import findings as fd
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES
 
 
 def _table(frame: pd.DataFrame) -> dict:
@@ -28,25 +30,25 @@ def summaries() -> dict:
          "F1 tuned global": 0.71, "tuned threshold": 0.5, "F1 tuned per class": 0.73},
     ])
     table2 = pd.DataFrame([
-        {"input": "image", "best model": "vit", "sample_f1@0.5": 0.72, "sample_f1 tuned": 0.74},
-        {"input": "caption", "best model": "caption", "sample_f1@0.5": 0.62, "sample_f1 tuned": 0.63},
-        {"input": "image+caption", "best model": "concat", "sample_f1@0.5": 0.70, "sample_f1 tuned": 0.71},
+        {"input": "image", "best model": "vit", F1_AT_05: 0.72, F1_TUNED: 0.74},
+        {"input": "caption", "best model": "caption", F1_AT_05: 0.62, F1_TUNED: 0.63},
+        {"input": "image+caption", "best model": "concat", F1_AT_05: 0.70, F1_TUNED: 0.71},
     ])
     table3 = pd.DataFrame([
-        {"variant": "vit-baseline", "switch": "baseline", "setting": "mixup on; tta on", "sample_f1@0.5": 0.72,
-         "sample_f1 tuned": 0.74, "seconds": 10.0, "delta vs baseline": 0.0},
-        {"variant": "vit-mixup", "switch": "mixup", "setting": "off", "sample_f1@0.5": 0.69,
-         "sample_f1 tuned": 0.70, "seconds": 10.0, "delta vs baseline": -0.03},
-        {"variant": "vit-tta", "switch": "tta", "setting": "off", "sample_f1@0.5": 0.725,
-         "sample_f1 tuned": 0.74, "seconds": 1.0, "delta vs baseline": 0.005},
+        {"variant": "vit-baseline", "switch": "baseline", "setting": "mixup on; tta on", F1_AT_05: 0.72,
+         F1_TUNED: 0.74, "seconds": 10.0, "delta vs baseline": 0.0},
+        {"variant": "vit-mixup", "switch": "mixup", "setting": "off", F1_AT_05: 0.69,
+         F1_TUNED: 0.70, "seconds": 10.0, "delta vs baseline": -0.03},
+        {"variant": "vit-tta", "switch": "tta", "setting": "off", F1_AT_05: 0.725,
+         F1_TUNED: 0.74, "seconds": 1.0, "delta vs baseline": 0.005},
     ])
     return {
         "eda": {"headline": {"train_rows": 40, "test_rows": 10, "most_common": "label 1 on 50.0% of images",
                              "absent_labels": "12"}},
         "split": {"headline": {"train": 28, "val": 12, "method": "iterative"}},
-        "ablation": {"headline": {}, "tables": {fd.TABLE3: _table(table3)}},
+        "ablation": {"headline": {}, "tables": {TABLES.table3.name: _table(table3)}},
         "ensemble": {"headline": {"ensemble_val_f1": 0.7311, "threshold": 0.35, "test_rows": 10},
-                     "tables": {fd.TABLE1: _table(table1), fd.TABLE2: _table(table2)}},
+                     "tables": {TABLES.table1.name: _table(table1), TABLES.table2.name: _table(table2)}},
     }
 
 
@@ -66,7 +68,7 @@ def test_findings_name_the_best_model_per_input_and_fusions_loss(summaries):
 
 def test_a_changed_number_changes_the_sentence(summaries):
     changed = copy.deepcopy(summaries)
-    rows = changed["ensemble"]["tables"][fd.TABLE2]["data"]
+    rows = changed["ensemble"]["tables"][TABLES.table2.name]["data"]
     rows[2][2] = 0.75  # the fusion now beats the image model at 0.5
     changed["ensemble"]["headline"]["threshold"] = 0.55
     before, after = _text(fd.findings(summaries)), _text(fd.findings(changed))
@@ -93,7 +95,7 @@ def test_every_number_in_the_findings_is_in_the_tables_or_headlines(summaries):
 
 
 def test_tables_carry_the_papers_numbers_beside_ours(summaries):
-    t1 = fd.table1_with_paper(fd.recorded_table(summaries, "ensemble", fd.TABLE1))
+    t1 = fd.table1_with_paper(fd.recorded_table(summaries, TABLES.table1))
     paper = t1[t1.source == fd.PAPER].set_index("model")
     assert paper.loc["CNN-EfficientNet", "F1@0.5"] == 0.8362 and pd.isna(paper.loc["CNN-EfficientNet", "F1@0.4"])
     assert list(paper.loc["DeiT-S", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8602, 0.8606, 0.8453]
@@ -107,11 +109,11 @@ def test_tables_carry_the_papers_numbers_beside_ours(summaries):
     assert t1[t1.source == fd.THIS_RUN].set_index("model").loc["concat", "input"] == "image+caption"
     assert "F1 at tuned threshold (in-sample)" in t1.columns
 
-    t2 = fd.table2_with_paper(fd.recorded_table(summaries, "ensemble", fd.TABLE2)).set_index(["input", "source"])
+    t2 = fd.table2_with_paper(fd.recorded_table(summaries, TABLES.table2)).set_index(["input", "source"])
     assert t2.loc[("caption", fd.PAPER), "F1 at tuned threshold (in-sample)"] == 0.8708
     assert t2.loc[("image+caption", fd.PAPER), "best model"] == "Swin-V2-L + BERT (Concatenate)"
     assert t2.loc[("image", fd.THIS_RUN), "F1@0.5 (out-of-sample)"] == 0.72
-    t3 = fd.table3_with_paper(fd.recorded_table(summaries, "ablation", fd.TABLE3))
+    t3 = fd.table3_with_paper(fd.recorded_table(summaries, TABLES.table3))
     assert t3[t3.source == fd.PAPER]["F1 at tuned threshold (in-sample)"].tolist() == [0.9079, 0.8856]
 
 
@@ -138,9 +140,14 @@ def test_error_analysis_counts_missed_labels_and_shows_examples():
     frame = pd.DataFrame({"ImageID": ["0.jpg", "1.jpg", "2.jpg", "3.jpg"], "Caption": ["x  y", "z", "w", "v"]})
     examples = fd.error_examples(frame, y, p, None, 0.5, classes=[2], per_class=5)
     assert examples.ImageID.tolist() == ["0.jpg", "2.jpg"] and examples.caption.iloc[0] == "x y"
-    assert examples.truth.tolist() == ["0 2", "1 2"] and examples.predicted.tolist() == ["0", "1"]
+    assert examples.truth.tolist() == ["0, 2", "1, 2"] and examples.predicted.tolist() == ["0", "1"]
     added = fd.error_examples(frame, y, p, None, 0.5, classes=[1], kind="added")
-    assert added.ImageID.tolist() == ["1.jpg"] and added.error.tolist() == ["added"] and added.label.tolist() == [1]
+    assert added.ImageID.tolist() == ["1.jpg"] and added.error.tolist() == ["added"] and added.label.tolist() == ["1"]
+    # with the study's class names, as the tables beside them
+    named = fd.error_examples(frame, y, p, LabelSpace(3, ("person", "car", "traffic light")), 0.5, classes=[2])
+    assert named.label.tolist() == ["traffic light"] * 2
+    assert named.truth.tolist() == ["person, traffic light", "car, traffic light"]
+    assert named.predicted.tolist() == ["person", "car"]
     text = fd.error_summary(missed)
     assert text.startswith("The submitted model misses 3 of the 7 true labels of the validation images: most often "
                            "label 2 (c) (2 of 2), label 0 (a) (1 of 3).")
@@ -149,9 +156,29 @@ def test_error_analysis_counts_missed_labels_and_shows_examples():
     assert "misses 0 of the 7 true labels of the validation images." in fd.error_summary(none_missed)
 
 
+def test_error_counts_are_the_submitted_labels_errors(tmp_path):
+    """Row 1 has nothing over 0.5: the submission writes its top class (1), so the error analysis
+    counts that label as predicted, not missed, and the examples show it predicted."""
+    from mlc_utils.evaluation.predict import write_submission
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=float)
+    p = np.array([[0.9, 0.1, 0.2], [0.2, 0.4, 0.1], [0.7, 0.2, 0.3]])
+    ids = ["a.jpg", "b.jpg", "c.jpg"]
+    submitted = pd.read_csv(write_submission(ids, p, 0.5, tmp_path / "sub.csv"), dtype=str)
+    pred = np.zeros_like(y, dtype=bool)
+    for row, labels in enumerate(submitted.Labels):
+        pred[row, [int(c) for c in labels.split()]] = True
+    truth = y > 0.5
+    missed = fd.missed_labels(y, p, 0.5).set_index("class")
+    for c in range(3):
+        assert missed["missed"].get(c, 0) == (truth[:, c] & ~pred[:, c]).sum(), c
+        assert missed["false positives"].get(c, 0) == (~truth[:, c] & pred[:, c]).sum(), c
+    frame = pd.DataFrame({"ImageID": ids, "Caption": ["x", "y", "z"]})
+    assert fd.error_examples(frame, y, p, None, 0.5, classes=[1]).empty  # label 1 of b.jpg is submitted
+
+
 def test_each_stage_closes_with_its_own_numbers(summaries):
     image = {"headline": {"best_model": "vit", "vit seconds": 150.0, "eff seconds": 12.2},
-             "tables": {"image models by threshold": summaries["ensemble"]["tables"][fd.TABLE1]}}
+             "tables": {TABLES.image_thresholds.name: summaries["ensemble"]["tables"][TABLES.table1.name]}}
     text = fd.stage_findings("image", image)
     assert "Best at threshold 0.5: **vit** with 0.7200 (0.7400 at its tuned threshold 0.45, in-sample)" in text
     assert "Then concat 0.7000, caption 0.6200." in text and "Time: vit 2 min, eff 12 s." in text
@@ -185,7 +212,7 @@ def test_a_cross_validated_run_says_so_and_quotes_the_cross_fitted_score(summari
     cv = copy.deepcopy(summaries)
     cv["split"]["headline"]["folds"] = 5
     cv["ensemble"]["headline"]["ensemble_cross_fitted_f1"] = 0.7207
-    table1 = cv["ensemble"]["tables"][fd.TABLE1]
+    table1 = cv["ensemble"]["tables"][TABLES.table1.name]
     table1["columns"].append("F1 cross-fitted")
     for row, score in zip(table1["data"], (0.7301, 0.6202, 0.7003)):
         row.append(score)
@@ -195,10 +222,27 @@ def test_a_cross_validated_run_says_so_and_quotes_the_cross_fitted_score(summari
     assert "scores 0.7311 (in-sample); with its weights and threshold fitted on the other folds only it scores " \
            "0.7207 (out-of-sample)" in text
     assert "the cross-fitted column" in _text(fd.conclusion(cv))
-    t1 = fd.table1_with_paper(fd.recorded_table(cv, "ensemble", fd.TABLE1))
+    t1 = fd.table1_with_paper(fd.recorded_table(cv, TABLES.table1))
     ours = t1[t1.source == fd.THIS_RUN].set_index("model")["F1 cross-fitted (out-of-sample)"]
     assert ours.to_dict() == {"vit": 0.7301, "caption": 0.6202, "concat": 0.7003}
     assert t1[t1.source == fd.PAPER]["F1 cross-fitted (out-of-sample)"].isna().all()  # the paper has none
     # a holdout run has no such column and keeps the split sentence
     assert "F1 cross-fitted (out-of-sample)" not in fd.table1_with_paper(
-        fd.recorded_table(summaries, "ensemble", fd.TABLE1)).columns
+        fd.recorded_table(summaries, TABLES.table1)).columns
+
+
+def test_training_curves_of_a_cross_validated_member_are_its_folds(tmp_path):
+    """Figures 7 and 8: a cross-validated member keeps its fold models' logs in ``fold<k>/log.csv``
+    (none beside it); the curves are their mean, not empty axes."""
+    from mlc_utils.evaluation.ensemble import Member
+    from mlc_utils.study.tables import epoch_curves
+    for k, losses in enumerate(([0.9, 0.5, 0.3], [0.7, 0.5, 0.1])):
+        (tmp_path / f"fold{k}").mkdir()
+        pd.DataFrame({"epoch": [0, 1, 2], "train_loss": losses, "sample_f1": [0.2, 0.4, 0.6]}).to_csv(
+            tmp_path / f"fold{k}" / "log.csv", index=False)
+    member = Member("lite0", "image", tmp_path, info={"oof": True, "folds": 2})
+    assert member.history()["fold"].tolist() == [0, 0, 0, 1, 1, 1]
+    loss, f1 = epoch_curves([member]).axes
+    assert [line.get_label() for line in loss.lines] == ["lite0 (mean of 2 folds)"]
+    assert loss.lines[0].get_ydata().tolist() == pytest.approx([0.8, 0.5, 0.2])
+    assert f1.lines[0].get_xdata().tolist() == [1, 2, 3]

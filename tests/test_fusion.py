@@ -103,6 +103,8 @@ def test_concat_on_logits_starts_as_their_average():
     torch.testing.assert_close(model(x), expected)
     with pytest.raises(ValueError, match="identity_init"):
         ConcatHead(4, 6, C, identity_init=True)
+    with pytest.raises(ValueError, match="identity_init: only the concat head"):  # the bilinear head has none
+        create_head("bilinear", C, C, C, identity_init=True)
 
 
 def test_bad_choices_name_the_parameter():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from mlc_utils.data.labels import LabelSpace
+from mlc_utils.data.labels import TOP1_FALLBACK, LabelSpace, decide
 from mlc_utils.evaluation import metrics as M
 
 
@@ -28,9 +28,40 @@ def test_label_space_errors():
 def test_decode_fallback_to_top1():
     space = LabelSpace(3)
     scores = np.array([[0.1, 0.3, 0.2], [0.9, 0.1, 0.6]])
-    assert space.decode(scores, 0.5) == [[], [0, 2]]
-    assert space.decode(scores, 0.5, at_least_one=True) == [[1], [0, 2]]
+    assert space.decode(scores, 0.5, at_least_one=False) == [[], [0, 2]]
+    assert space.decode(scores, 0.5) == [[1], [0, 2]]  # the study's rule: a row may not be empty
     assert space.decode(scores, np.array([0.05, 0.9, 0.9])) == [[0], [0]]
+
+
+def _old_rules(probs, threshold, at_least_one):
+    """The two rules the study had before :func:`decide` (the scores' and the submission's), verbatim."""
+    scored = np.asarray(probs, dtype=np.float64) >= np.asarray(threshold)
+    written = np.asarray(probs) >= np.asarray(threshold)
+    for pred, base in ((scored, np.asarray(probs, dtype=np.float64)), (written, np.asarray(probs))):
+        if at_least_one:
+            empty = ~pred.any(axis=1)
+            pred[np.flatnonzero(empty), base[empty].argmax(axis=1)] = True
+    return scored, written
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_rule_gives_the_labels_scores_and_submission_gave(dtype):
+    """The demo's submission bytes and scores stay as they were: decide() is both old rules."""
+    rng = np.random.default_rng(5)
+    probs = (rng.random((400, 7)) ** 3).astype(dtype)  # many rows with nothing over the threshold
+    for threshold in (0.5, 0.43, 0.95, rng.uniform(0.1, 0.9, 7)):
+        for at_least_one in (True, False):
+            scored, written = _old_rules(probs, threshold, at_least_one)
+            chosen = decide(probs, threshold, at_least_one)
+            assert np.array_equal(chosen, scored) and np.array_equal(chosen, written)
+    assert TOP1_FALLBACK and decide(np.array([[0.1, 0.2]]), 0.5).tolist() == [[False, True]]
+
+
+def test_one_rule_names_bad_input():
+    with pytest.raises(ValueError, match="probs: expected an"):
+        decide(np.zeros(3))
+    with pytest.raises(ValueError, match="threshold: one value or one per class"):
+        decide(np.zeros((2, 3)), np.array([0.5, 0.5]))
 
 
 def test_sample_f1_matches_sklearn_and_fallback():
@@ -42,7 +73,7 @@ def test_sample_f1_matches_sklearn_and_fallback():
         expected = f1_score(y, (p >= t).astype(int), average="samples", zero_division=0)
         assert M.sample_f1(y, p, t, at_least_one=False) == pytest.approx(expected)
         assert M.sample_f1(y, p, t) == pytest.approx(
-            f1_score(y, M.binarize(p, t, at_least_one=True), average="samples", zero_division=0))
+            f1_score(y, decide(p, t).astype(int), average="samples", zero_division=0))
     # the top-1 fallback can only add true positives to empty rows, never lower their F1
     assert M.sample_f1(y, p, 0.95, at_least_one=True) >= M.sample_f1(y, p, 0.95, at_least_one=False)
 

@@ -52,6 +52,13 @@ def test_overrides_and_types(tmp_path):
     ("split: {folds: 1}\n", [], "split.folds: 0 (holdout only) or the number of cross-validation folds, >= 2 (got 1)"),
     ("stages: [split]\nsplit: {folds: 5}\nfusion: {mode: end_to_end}\n", [], "fusion.mode: end_to_end is not cross-validated"),
     ("stages: [split]\nsplit: {folds: 5}\nfusion: {fusion_input: features}\n", [], "fusion.fusion_input: the heads read out-of-fold"),
+    ("image:\n  models:\n    - {name: resnet18}\nensemble: {members: [resnet18, 'fusion:concatt']}\n", [],
+     "ensemble.members[1]: 'fusion:concatt' is not a member these stages save"),
+    ("image:\n  models:\n    - {name: resnet18, label: r18}\nensemble: {members: [r19]}\n", [],
+     "(did you mean 'r18'?)"),
+    ("image: {models: [{name: resnet18}]}\nfusion: {mode: end_to_end}\nensemble: {members: ['fusion:concat']}\n", [], "(did you mean 'fusion:concat-e2e'?)"),
+    ("image: {models: [{name: resnet18}]}\ntext: {members: [frozen]}\nensemble: {members: ['caption:all-MiniLM-L6-v2']}\n", [],
+     "(did you mean 'caption:all-MiniLM-L6-v2-frozen'?)"),
 ])
 def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     path = tmp_path / "bad.yaml"
@@ -59,6 +66,23 @@ def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     with pytest.raises(ParamError) as info:
         load_params(path, overrides)
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_ensemble_members_are_checked_against_the_names_the_stages_give(tmp_path):
+    """Every name the image, text and fusion stages save is accepted, as ``text_member_name`` spells it."""
+    from types import SimpleNamespace
+
+    from mlc_utils.study.params import ensemble_candidates
+    from mlc_utils.study.text import text_member_name
+    path = tmp_path / "p.yaml"
+    path.write_text("image:\n  models:\n    - {name: resnet18}\n    - {name: resnet34, label: r34}\n"
+                    "text: {model_name: /models/bert-base, members: [finetune, frozen, tfidf]}\n")
+    params = load_params(path)
+    names = ensemble_candidates(params)
+    assert names == ["resnet18", "r34", "caption:bert-base", "caption:bert-base-frozen", "caption:tfidf",
+                     "fusion:concat", "fusion:bilinear", "late fusion"]
+    assert names[2:5] == [text_member_name(SimpleNamespace(params=params), k) for k in params.text.members]
+    assert load_params(path, [f"ensemble.members={names}"]).ensemble.members == names
 
 
 def test_yaml_syntax_error_names_line(tmp_path):
@@ -122,3 +146,63 @@ def test_image_launcher_sends_one_gpu_through_torchrun_on_request(launcher, gpus
 def test_image_launcher_typo_names_the_parameter():
     with pytest.raises(ParamError, match="image.launcher"):
         load_params(PARAMS_DIR / "demo.yaml", {"image.launcher": "slurm"})
+
+
+def _profile_table() -> dict[str, str]:
+    """The README's "Parameter profiles" table: params file -> what its row says."""
+    import re
+    readme = (PARAMS_DIR.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Parameter profiles", 1)[1].split("\n## ", 1)[0]
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\| `params/([\w.-]+\.yaml)` \| (.*) \|$", section, re.M)}
+
+
+#: how the README says an image model's head, by (head, global_pool); {g}: its attention_grid
+HEAD_WORDS = {("class_attention", ""): "class-attention head over a {g}x{g} grid",
+              ("replace", "catavgmax"): "average+max pooling",
+              ("extra_linear", ""): "a linear layer after the ImageNet classifier"}
+NUMBERS = {7: "seven", 8: "eight"}
+
+
+def _quotes(params, row: str) -> tuple[list[str], list[str]]:
+    """(phrases a profile's row must hold, phrases it must not), from the loaded params: a row that
+    speaks of a subject (the image models, the caption members, the schedule, the ensemble) must
+    quote it as the file has it, and no row may name an image head the file does not use."""
+    must, must_not = [], []
+    if params.split.folds or "split.folds" in row:
+        must.append(f"`split.folds: {params.split.folds}`")
+    used = {(m.head, m.global_pool): m for m in params.image.models}
+    for key, words in HEAD_WORDS.items():
+        if key not in used:
+            must_not.append(words.split("{")[0])
+        elif " px" in row or " 224 " in row:
+            must.append(words.format(g=used[key].attention_grid))
+    if " px" in row or " 224 " in row:  # the row describes the image models: their sizes and crops
+        for model in params.image.models:
+            must.append(f"{model.img_size}" + (" px, squashed" if model.crop_mode == "squash" else ""))
+    if "caption" in row:
+        (must if "frozen" in params.text.members else must_not).append("cached MiniLM caption embeddings")
+        (must if "tfidf" in params.text.members else must_not).append("TF-IDF")
+    if "StepLR" in row:
+        train = params.image.train
+        must += [f"{params.image.gpus * m.train.batch_size}" for m in params.image.models]
+        must += [f"{train.epochs} epochs", f"StepLR every {train.step_size} epochs x {train.gamma}",
+                 f"mixup {train.mixup_alpha}", f"seed {params.seed}", f"({params.image.gpus} GPUs"]
+    if "weighted ensemble" in row:
+        must.append(f"{params.ensemble.weights}-weighted ensemble")
+    return must, must_not
+
+
+def test_readme_profile_table_quotes_the_params_files():
+    """Every profile is in the README's table, and what its row quotes (folds, image head and size,
+    caption members, the GPU run's schedule) is what the file loads to."""
+    rows = _profile_table()
+    assert set(rows) == {p.name for p in PARAMS_DIR.glob("*.yaml")}
+    problems = []
+    for name, row in rows.items():
+        params = load_params(PARAMS_DIR / name)
+        must, must_not = _quotes(params, row)
+        if name == "demo.yaml":
+            must.append(f"all {NUMBERS[len(params.stages)]} stages")
+        problems += [f"{name}: the README row lacks {p!r}" for p in must if p not in row]
+        problems += [f"{name}: the README row says {p!r}, which the file does not" for p in must_not if p in row]
+    assert not problems, "\n".join(problems)

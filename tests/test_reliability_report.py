@@ -143,8 +143,8 @@ def test_index_has_every_table_and_figure_and_no_broken_link(study):
     assert page.table("package", "version")["rows"] and page.table("data file", "sha256")["rows"]
 
     # figures: those of the report's list that the stages drew, numbered in reading order, as PNG data URIs
-    expected = [(stage, f"{stem}.png", caption) for _, stage, stem, caption in FIGURES
-                if stage in ("eda", "split") and (run / stage / f"{stem}.png").is_file()]
+    expected = [(figure.stage, figure.file_name, caption) for _, figure, caption in FIGURES
+                if figure.stage in ("eda", "split") and (run / figure.stage / figure.file_name).is_file()]
     assert len(expected) == 6
     assert [img.get("alt") for img in page.images] == [name for _, name, _ in expected]
     assert page.captions == [f"Figure {i}: {caption} ({stage})" for i, (stage, _, caption) in enumerate(expected, 1)]

@@ -17,6 +17,7 @@ import pytest
 from mlc_utils.data.csvio import read_test_csv, read_train_csv
 from mlc_utils.data.labels import LabelSpace
 from mlc_utils.run.pipeline import run_study
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -79,11 +80,11 @@ def test_all_stages_end_to_end(tmp_path, tiny_data):
         assert table in index, table
     # the summary of findings quotes Table 2's numbers: this run's best model per input at 0.5 and tuned
     summary = json.loads((run / "ensemble" / "summary.json").read_text())
-    table2 = pd.DataFrame(**{k: summary["tables"]["Table 2 (best per input)"][k] for k in ("columns", "data")})
+    table2 = pd.DataFrame(**{k: summary["tables"][TABLES.table2.name][k] for k in ("columns", "data")})
     text = " ".join(html.unescape(index).split())
     for row in table2.to_dict("records"):
-        sentence = f"{row['input']}: {row['best model']} ({row['sample_f1@0.5']:.4f} at 0.5, " \
-                   f"{row['sample_f1 tuned']:.4f} at its tuned threshold)"
+        sentence = f"{row['input']}: {row['best model']} ({row[F1_AT_05]:.4f} at 0.5, " \
+                   f"{row[F1_TUNED]:.4f} at its tuned threshold)"
         assert sentence in text, sentence
     threshold = summary["headline"]["threshold"]
     assert f"a threshold of {threshold:.2f}" in text
@@ -153,7 +154,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     ensemble = json.loads((run / "ensemble" / "member.json").read_text())
     assert 0.0 <= ensemble["info"]["cross_fitted_f1"] <= 1.0 and ensemble["info"]["tuned_in_sample"]
     table1 = json.loads((run / "ensemble" / "summary.json").read_text())["tables"][
-        "Table 1 (sample-F1 by model and threshold)"]
+        TABLES.table1.name]
     assert {"scores", "F1 cross-fitted"} <= set(table1["columns"])
     scores = dict(zip([r[0] for r in table1["data"]], [r[table1["columns"].index("scores")] for r in table1["data"]]))
     assert scores["eff-frozen"] == "out-of-fold" and scores["ensemble"] == "out-of-fold, weights tuned on them"

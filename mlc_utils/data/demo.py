@@ -60,7 +60,6 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 PERSON = 1
-ABSENT_CLASSES = (0, 12)  # never present, as in the real data
 MARKER = "demo_dataset.json"
 GENERATOR = "mlc_utils.data.demo"
 FORMAT_VERSION = 1

@@ -6,6 +6,31 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+#: A Kaggle row may not be empty, so a row with no class at or over its threshold takes its
+#: top-scoring class. Decided here once: the submission, the scores, the error analysis and the
+#: explorer all default to it through :func:`decide`.
+TOP1_FALLBACK = True
+
+
+def decide(probs, threshold: float | np.ndarray = 0.5, at_least_one: bool = TOP1_FALLBACK) -> np.ndarray:
+    """Probabilities -> the chosen labels as a boolean ``(n, C)`` matrix: the study's one rule.
+
+    A class is chosen at or over ``threshold`` (one value or one per class); with ``at_least_one``
+    a row with nothing chosen gets its top-scoring class. Every place that turns probabilities into
+    labels calls this, so the submission, its scores and the error counts beside them agree.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise ValueError(f"probs: expected an (n, C) matrix, got shape {probs.shape}")
+    threshold = np.asarray(threshold, dtype=np.float64)
+    if threshold.ndim > 1 or (threshold.ndim == 1 and threshold.shape != (probs.shape[1],)):
+        raise ValueError(f"threshold: one value or one per class ({probs.shape[1]}), got shape {threshold.shape}")
+    chosen = probs >= threshold
+    if at_least_one and len(probs):
+        empty = ~chosen.any(axis=1)
+        chosen[np.flatnonzero(empty), probs[empty].argmax(axis=1)] = True
+    return chosen
+
 
 @dataclass(frozen=True)
 class LabelSpace:
@@ -59,17 +84,14 @@ class LabelSpace:
         return out
 
     def decode(self, scores: np.ndarray, threshold: float | np.ndarray = 0.5,
-               at_least_one: bool = False) -> list[list[int]]:
-        """Scores (or a 0/1 matrix) -> sorted class ids per row.
-
-        ``threshold`` is one value or one per class. With ``at_least_one`` a row with nothing over
-        its threshold gets its top-scoring class, because a Kaggle row may not be empty.
-        """
+               at_least_one: bool = TOP1_FALLBACK) -> list[list[int]]:
+        """Scores (or a 0/1 matrix) -> sorted class ids per row, chosen by :func:`decide`."""
         scores = np.asarray(scores)
         if scores.ndim != 2 or scores.shape[1] != self.num_classes:
             raise ValueError(f"scores must have shape (n, {self.num_classes}), got {scores.shape}")
-        chosen = scores >= np.asarray(threshold)
-        if at_least_one:
-            empty = ~chosen.any(axis=1)
-            chosen[np.flatnonzero(empty), scores[empty].argmax(axis=1)] = True
-        return [np.flatnonzero(row).tolist() for row in chosen]
+        return [np.flatnonzero(row).tolist() for row in decide(scores, threshold, at_least_one)]
+
+    def describe(self, labels: Iterable[int]) -> str:
+        """``[3, 8]`` -> ``"car, truck"``: labels for reading, by name as the tables give them
+        (the class number where the study names none)."""
+        return ", ".join(self.names[int(c)] for c in labels)

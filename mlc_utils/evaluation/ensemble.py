@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mlc_utils.core.io import atomic_save, atomic_write_text
+from mlc_utils.data.labels import TOP1_FALLBACK, decide
 from mlc_utils.evaluation import metrics
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +121,10 @@ def save_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -
     raise ValueError(f"path: save probabilities as .npz or .csv, got {path.suffix!r}")
 
 
+#: fold k of a cross-validated member lives in ``<member>/fold<k>/`` (its checkpoint, log.csv, probabilities)
+FOLD_DIR = "fold{}"
+
+
 @dataclass
 class Member:
     """One model's probabilities by ImageID: validation rows (to weigh it and tune thresholds) and,
@@ -168,9 +173,15 @@ class Member:
         return metrics.sample_f1(y_val, self.val_probs, threshold)
 
     def history(self) -> pd.DataFrame:
-        """The per-epoch training log beside the member, when it has one."""
-        path = Path(self.out_dir) / "log.csv" if self.out_dir else None
-        return pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame()
+        """The per-epoch training log beside the member, when it has one; a cross-validated member's
+        is its fold models' logs (``fold<k>/log.csv``, see :data:`FOLD_DIR`) with a ``fold`` column."""
+        if not self.out_dir:
+            return pd.DataFrame()
+        out_dir, folds = Path(self.out_dir), int(self.info.get("folds") or 0)
+        paths = {k: out_dir / FOLD_DIR.format(k) / "log.csv" for k in range(folds)} or {None: out_dir / "log.csv"}
+        logs = [pd.read_csv(path).assign(fold=k) if k is not None else pd.read_csv(path)
+                for k, path in paths.items() if path.is_file()]
+        return pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()
 
 
 def out_of_fold(name: str, folds: Sequence[Member], ids: Sequence[str], **details) -> Member:
@@ -233,7 +244,7 @@ def cross_fitted_f1(y: np.ndarray, groups: np.ndarray,
     for g in np.unique(groups):
         score_rows, fit_rows = np.flatnonzero(groups == g), np.flatnonzero(groups != g)
         probs, threshold = fit_predict(fit_rows, score_rows)
-        decisions[score_rows] = metrics.binarize(probs, threshold)
+        decisions[score_rows] = decide(probs, threshold)
     return metrics.sample_f1(y, decisions, 0.5)
 
 
@@ -286,8 +297,12 @@ def simplex_grid(n: int, divisions: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) / divisions
 
 
+#: the coarse threshold grid each candidate of a weight search (ensemble weights, late fusion) is scored on
+SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
+
+
 def optimized_weights(val_probs: list[np.ndarray], y_val: np.ndarray, scores: np.ndarray,
-                      max_points: int = 600, search_thresholds: Sequence[float] = tuple(np.arange(0.2, 0.71, 0.05)),
+                      max_points: int = 600, search_thresholds: Sequence[float] = SEARCH_THRESHOLDS,
                       **_) -> np.ndarray:
     """Best validation sample-F1 (at the best of a coarse threshold grid) over a simplex grid.
 
@@ -345,7 +360,7 @@ class EnsembleResult:
                     "f1_tuned": self.val_f1, "weight": 1.0}
         return pd.concat([self.members, pd.DataFrame([ensemble])], ignore_index=True)
 
-    def write_submission(self, path: str | os.PathLike, at_least_one: bool = True) -> Path:
+    def write_submission(self, path: str | os.PathLike, at_least_one: bool = TOP1_FALLBACK) -> Path:
         if self.test_probs is None:
             raise ValueError("test_probs: no member brought test probabilities, so there is nothing to submit")
         return write_submission(self.test_ids, self.test_probs, self.threshold, path, at_least_one)
@@ -441,13 +456,12 @@ def _fuse_test(members: list[Member], w: np.ndarray, test_ids):
 # submission
 # ---------------------------------------------------------------------------------------------
 
-def write_submission(image_ids, probs, threshold, path, at_least_one: bool = True) -> Path:
+def write_submission(image_ids, probs, threshold, path, at_least_one: bool = TOP1_FALLBACK) -> Path:
     """The project's one submission writer (mlc_utils.evaluation.predict), so every stage submits the same format."""
     from mlc_utils.evaluation.predict import write_submission as project_writer
     return Path(project_writer(list(image_ids), np.asarray(probs), threshold, path, at_least_one=at_least_one))
 
 
-SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))  # coarse grid while searching weights
 
 
 def late_fusion(p_image: np.ndarray, p_text: np.ndarray, weight: float) -> np.ndarray:

@@ -9,20 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score
 
+from mlc_utils.data.labels import TOP1_FALLBACK, decide
+
 PAPER_THRESHOLDS = (0.4, 0.5, 0.6)  # the grid of the paper's Table 1
-
-
-def binarize(probs: np.ndarray, threshold: float | np.ndarray = 0.5, at_least_one: bool = True) -> np.ndarray:
-    """Probabilities -> 0/1 predictions; with ``at_least_one`` an empty row gets its top class.
-
-    Kaggle rows may not be empty, so scoring the same rule we submit keeps validation honest.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    pred = probs >= np.asarray(threshold)
-    if at_least_one and len(probs):
-        empty = ~pred.any(axis=1)
-        pred[np.flatnonzero(empty), probs[empty].argmax(axis=1)] = True
-    return pred.astype(np.int8)
 
 
 def _check(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +21,7 @@ def _check(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return (y_true > 0.5).astype(np.int8), probs
 
 
-def sample_f1(y_true, probs, threshold: float | np.ndarray = 0.5, at_least_one: bool = True) -> float:
+def sample_f1(y_true, probs, threshold: float | np.ndarray = 0.5, at_least_one: bool = TOP1_FALLBACK) -> float:
     """sklearn's ``f1_score(average='samples', zero_division=0)``, computed directly.
 
     Threshold, late-fusion and ensemble-weight searches call this thousands of times; the closed
@@ -40,7 +29,7 @@ def sample_f1(y_true, probs, threshold: float | np.ndarray = 0.5, at_least_one: 
     they agree).
     """
     y_true, probs = _check(y_true, probs)
-    pred = binarize(probs, threshold, at_least_one).astype(bool)
+    pred = decide(probs, threshold, at_least_one)
     truth = y_true.astype(bool)
     overlap = (truth & pred).sum(axis=1)
     sizes = truth.sum(axis=1) + pred.sum(axis=1)
@@ -56,10 +45,11 @@ def mean_average_precision(y_true, probs) -> float:
     return float(average_precision_score(y_true[:, present], probs[:, present], average="macro"))
 
 
-def evaluate(y_true, probs, threshold: float | np.ndarray = 0.5, at_least_one: bool = True) -> dict[str, float]:
-    """Every score the epoch log and the reports show, from one set of predictions."""
+def evaluate(y_true, probs, threshold: float | np.ndarray = 0.5,
+             at_least_one: bool = TOP1_FALLBACK) -> dict[str, float]:
+    """Every score the epoch log and the reports show, from one set of predictions (the submission's rule)."""
     y_true, probs = _check(y_true, probs)
-    pred = binarize(probs, threshold, at_least_one)
+    pred = decide(probs, threshold, at_least_one).astype(np.int8)
     present = y_true.sum(axis=0) > 0
     return {
         "sample_f1": float(f1_score(y_true, pred, average="samples", zero_division=0)),
@@ -72,7 +62,7 @@ def evaluate(y_true, probs, threshold: float | np.ndarray = 0.5, at_least_one: b
 
 def per_class_f1(y_true, probs, threshold: float | np.ndarray = 0.5) -> pd.DataFrame:
     y_true, probs = _check(y_true, probs)
-    pred = binarize(probs, threshold, at_least_one=True)
+    pred = decide(probs, threshold).astype(np.int8)
     scores = f1_score(y_true, pred, average=None, zero_division=0)
     return pd.DataFrame({"class": np.arange(y_true.shape[1]), "support": y_true.sum(axis=0),
                          "predicted": pred.sum(axis=0), "f1": scores})

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from mlc_utils.core.inference import Inference, probabilities, run_model
 from mlc_utils.core.io import atomic_write_text, save_npy
-from mlc_utils.data.labels import LabelSpace
+from mlc_utils.data.labels import TOP1_FALLBACK, LabelSpace
 from mlc_utils.models.checkpoint import (
     CheckpointMismatchError,
     load_checkpoint,
@@ -51,8 +51,8 @@ def predict_images(model, root: str | os.PathLike, image_ids: Sequence[str], vie
 
 
 def write_submission(image_ids: Sequence[str], probs: np.ndarray, threshold: float | np.ndarray = 0.5,
-                     path: str | os.PathLike = "submission.csv", at_least_one: bool = True) -> Path:
-    """``ImageID,Labels`` rows in input order; labels are the classes at or over ``threshold``."""
+                     path: str | os.PathLike = "submission.csv", at_least_one: bool = TOP1_FALLBACK) -> Path:
+    """``ImageID,Labels`` rows in input order; labels by the study's one rule (:func:`~mlc_utils.data.labels.decide`)."""
     probs = np.asarray(probs)
     if probs.ndim != 2 or len(probs) != len(image_ids):
         raise ValueError(f"probs: shape {probs.shape} does not match {len(image_ids)} image ids")

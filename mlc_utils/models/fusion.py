@@ -57,7 +57,7 @@ class ConcatHead(nn.Module):
 class BilinearHead(nn.Module):
     """``torch.nn.Bilinear(d_i, d_c, C)``: one ``d_i x d_c`` interaction matrix per class."""
 
-    def __init__(self, image_dim: int, text_dim: int, num_classes: int, identity_init: bool = False):
+    def __init__(self, image_dim: int, text_dim: int, num_classes: int):
         super().__init__()
         self.bilinear = nn.Bilinear(image_dim, text_dim, num_classes)
 
@@ -75,7 +75,9 @@ def create_head(name: str, image_dim: int, text_dim: int, num_classes: int = 20,
     for field_name, value in (("image_dim", image_dim), ("text_dim", text_dim), ("num_classes", num_classes)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{field_name}: must be a positive integer, got {value!r}")
-    return FUSION_HEADS[name](image_dim, text_dim, num_classes, identity_init=identity_init)
+    if identity_init and name != "concat":
+        raise ValueError(f"identity_init: only the concat head starts as the average of the logits (head {name!r})")
+    return FUSION_HEADS[name](image_dim, text_dim, num_classes, **({"identity_init": True} if identity_init else {}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ import markupsafe
 import yaml
 
 from mlc_utils.core.io import atomic_write_text
+from mlc_utils.study.artifacts import FIGURES as F
+from mlc_utils.study.artifacts import TABLES as T
 
 TEMPLATE = Path(__file__).parent / "templates" / "offline.html.j2"
 INDEX_TEMPLATE = Path(__file__).parent / "templates" / "index.html.j2"
@@ -57,12 +59,6 @@ def _frame_html(frame, digits: int = 4, escape: bool = True) -> str:
                          float_format=lambda value: f"{value:.{digits}f}")
 
 
-def _summary_frame(table: dict):
-    """A table a stage recorded (``StageContext.table``: pandas' split orientation) as a DataFrame."""
-    import pandas as pd
-    return pd.DataFrame(table.get("data", []), columns=table.get("columns", []))
-
-
 def _stage_row(study, result, report_dir: Path) -> dict:
     """One row of the index's stage table: status, time, links to the reports and the headline."""
     from mlc_utils.study.context import load_summary
@@ -83,36 +79,39 @@ def _stage_row(study, result, report_dir: Path) -> dict:
             "time": fmt_seconds(seconds) if seconds else "", "report": " ".join(links), "headline": headline}
 
 
-#: the figures the report shows, in its order: (section, stage, file stem, caption)
+#: the figures the report shows, in its order: (section, figure, caption)
 FIGURES = [
-    ("data", "eda", "label_frequency", "Label frequency in the labelled images (the paper's Figure 6)."),
-    ("data", "eda", "labels_per_image", "How many labels an image carries."),
-    ("data", "eda", "cooccurrence", "Label co-occurrence: the share of images with label i that also carry label j."),
-    ("data", "eda", "caption_lengths", "Caption length in words, labelled and test rows."),
-    ("data", "eda", "examples", "Example images with their captions and labels."),
-    ("split", "split", "split_frequencies", "Label shares in the training and validation folds, against a random split."),
-    ("method", "image", "epoch_curves", "Image models: training loss and validation sample-F1 by epoch."),
-    ("method", "text", "epoch_curves", "Caption model: training loss and validation sample-F1 by epoch."),
-    ("results", "fusion", "late_fusion_weight", "Late fusion: validation sample-F1 by the weight on the image model "
-                                                "(chosen on validation: in-sample)."),
-    ("results", "ablation", "ablation", "Ablation: change in sample-F1 at 0.5 when one switch is flipped."),
-    ("per_class", "image", "per_class_f1", "Image models: validation F1 per class at threshold 0.5."),
-    ("errors", "ensemble", "error_examples", "Validation images the submitted model got wrong (a label missed or added), with "
-                                             "caption, truth and prediction."),
+    ("data", F.label_frequency, "Label frequency in the labelled images (the paper's Figure 6)."),
+    ("data", F.labels_per_image, "How many labels an image carries."),
+    ("data", F.cooccurrence, "Label co-occurrence: the share of images with label i that also carry label j."),
+    ("data", F.caption_lengths, "Caption length in words, labelled and test rows."),
+    ("data", F.eda_examples, "Example images with their captions and labels."),
+    ("split", F.split_frequencies, "Label shares in the training and validation folds, against a random split."),
+    ("method", F.image_curves, "Image models: training loss and validation sample-F1 by epoch."),
+    ("method", F.text_curves, "Caption model: training loss and validation sample-F1 by epoch."),
+    ("results", F.late_fusion_weight, "Late fusion: validation sample-F1 by the weight on the image model "
+                                      "(chosen on validation: in-sample)."),
+    ("results", F.ablation, "Ablation: change in sample-F1 at 0.5 when one switch is flipped."),
+    ("per_class", F.image_per_class, "Image models: validation F1 per class at threshold 0.5."),
+    ("errors", F.error_examples, "Validation images the submitted model got wrong (a label missed or added), with "
+                                 "caption, truth and prediction."),
 ]
+#: the recorded tables the index page shows as they are: (template key, table)
+EXTRA_TABLES = [("per_class", T.best_per_class), ("missed", T.missed_labels), ("examples", T.error_examples),
+                ("ensemble", T.ensemble_members)]
 
 
 def _figures(study, chosen) -> dict:
     """Each section's figures, numbered in reading order, embedded as PNG data URIs."""
     sections: dict = {}
     number = 0
-    for section, stage, stem, caption in FIGURES:
-        path = study.paths.stage_dir(stage) / f"{stem}.png"
-        if stage not in chosen or not path.is_file():
+    for section, figure, caption in FIGURES:
+        path = study.paths.stage_dir(figure.stage) / figure.file_name
+        if figure.stage not in chosen or not path.is_file():
             continue
         number += 1
         sections.setdefault(section, []).append(
-            {"number": number, "stage": stage, "name": path.name, "caption": caption,
+            {"number": number, "stage": figure.stage, "name": path.name, "caption": caption,
              "data": base64.b64encode(path.read_bytes()).decode()})
     return sections
 
@@ -142,19 +141,15 @@ def write_index(study, results) -> Path:
         fingerprint = {}
     stages = pd.DataFrame([_stage_row(study, result, report_dir) for result in results],
                           columns=["stage", "status", "time", "report", "headline"])
-    tables = {}
-    for key, stage, name, build in (("table1", "ensemble", fd.TABLE1, fd.table1_with_paper),
-                                    ("table2", "ensemble", fd.TABLE2, fd.table2_with_paper),
-                                    ("table3", "ablation", fd.TABLE3, fd.table3_with_paper)):
-        tables[key] = _markup(build(fd.recorded_table(summaries, stage, name)))
+    tables = {key: _markup(build(fd.recorded_table(summaries, table)))
+              for key, table, build in (("table1", T.table1, fd.table1_with_paper),
+                                        ("table2", T.table2, fd.table2_with_paper),
+                                        ("table3", T.table3, fd.table3_with_paper))}
     extra = {}
-    for key, stage, name, digits in (("per_class", "ensemble", "per-class F1 (best model)", 4),
-                                     ("missed", "ensemble", "missed labels", 4),
-                                     ("examples", "ensemble", "error examples", 4),
-                                     ("ensemble", "ensemble", "ensemble members", 4)):
-        frame = fd.recorded_table(summaries, stage, name)
+    for key, table in EXTRA_TABLES:
+        frame = fd.recorded_table(summaries, table)
         if frame is not None and not frame.empty:
-            extra[key] = _markup(frame.head(8) if key == "missed" else frame, digits)
+            extra[key] = _markup(frame.head(8) if key == "missed" else frame)
     written = time.strftime("%Y-%m-%d %H:%M:%S")
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(INDEX_TEMPLATE.parent), autoescape=True)
     page = environment.get_template(INDEX_TEMPLATE.name).render(
@@ -162,7 +157,7 @@ def write_index(study, results) -> Path:
         written=written, findings=fd.findings(summaries), conclusion=fd.conclusion(summaries),
         eda=summaries.get("eda", {}).get("headline", {}), split=summaries.get("split", {}).get("headline", {}),
         method_table=_markup(fd.method_frame(params)), method_note=fd.method_note(params),
-        error_summary=fd.error_summary(fd.recorded_table(summaries, "ensemble", "missed labels")),
+        error_summary=fd.error_summary(fd.recorded_table(summaries, T.missed_labels)),
         tables=tables, extra=extra, figures=_figures(study, shown),
         stages_table=_markup(stages, escape=False), citation=fd.CITATION,
         best_model=summaries.get("ensemble", {}).get("headline", {}).get("per_class_model", ""),

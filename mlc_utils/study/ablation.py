@@ -7,6 +7,7 @@ import pandas as pd
 
 from mlc_utils.evaluation import metrics
 from mlc_utils.evaluation.ensemble import Member
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED
 from mlc_utils.study.image import train_image
 from mlc_utils.study.members import member_model, reuse_or_train
 
@@ -81,9 +82,9 @@ def run_ablation(ctx, log=print) -> tuple[pd.DataFrame, list[Member]]:
                      "setting": "; ".join(f"{SWITCHES[s][0]} {_setting(spec, stage_train, s)}"
                                           for s in SWITCHES if s in ctx.params.ablation.switches) if switch == "baseline"
                      else _setting(spec, stage_train, switch),
-                     "sample_f1@0.5": member.score(y_val), "sample_f1 tuned": tuned, "seconds": round(member.seconds, 1)})
+                     F1_AT_05: member.score(y_val), F1_TUNED: tuned, "seconds": round(member.seconds, 1)})
     table = pd.DataFrame(rows)
-    table["delta vs baseline"] = table["sample_f1@0.5"] - table["sample_f1@0.5"].iloc[0]
+    table["delta vs baseline"] = table[F1_AT_05] - table[F1_AT_05].iloc[0]
     return table, members
 
 

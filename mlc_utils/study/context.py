@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mlc_utils.data.labels import LabelSpace
+from mlc_utils.study.artifacts import Figure, Table
 from mlc_utils.study.params import StudyParams, load_params
 from mlc_utils.study.stages import STAGES
 
@@ -84,15 +85,6 @@ class StageContext:
     def settings(self):
         """This stage's parameter section."""
         return getattr(self.params, self.stage)
-
-    def describe(self) -> str:
-        """The run, its data and this stage's parameters as YAML (the notebook prints it first)."""
-        import yaml
-
-        from mlc_utils.core.config import to_dict
-        section = yaml.safe_dump({self.stage: to_dict(self.settings)}, sort_keys=False, width=100)
-        return f"run '{self.params.run}' on {self.params.data_path(self.root).resolve()} " \
-               f"(params: {self.params.source or 'defaults'})\n{section}"
 
     @cached_property
     def inference(self):
@@ -172,16 +164,25 @@ class StageContext:
         self.summary["headline"].update(values)
         self._save()
 
-    def table(self, name: str, frame, index: bool = False) -> None:
+    def _own(self, what: Table | Figure, kind: type, parameter: str) -> None:
+        """Results are named by :mod:`mlc_utils.study.artifacts` (what the report reads), and by this stage's."""
+        if not isinstance(what, kind):
+            raise TypeError(f"{parameter}: a {kind.__name__} of mlc_utils.study.artifacts, not {what!r}")
+        if what.stage != self.stage:
+            raise ValueError(f"{parameter}: {what} belongs to stage {what.stage!r}, not {self.stage!r}")
+
+    def table(self, table: Table, frame, index: bool = False) -> None:
         """Record a table; ``index=True`` also shows it on the run's index page (the study's tables)."""
-        self.summary["tables"][name] = json.loads(frame.to_json(orient="split", index=False))
-        self.summary["tables"][name]["in_index"] = bool(index)
+        self._own(table, Table, "table")
+        self.summary["tables"][table.name] = json.loads(frame.to_json(orient="split", index=False))
+        self.summary["tables"][table.name]["in_index"] = bool(index)
         self._save()
 
-    def figure(self, fig, name: str) -> Path:
+    def figure(self, fig, figure: Figure) -> Path:
         """Save a matplotlib figure as PNG in the stage folder (the index embeds it)."""
         from mlc_utils.core.io import atomic_save
-        path = self.stage_dir / f"{name}.png"
+        self._own(figure, Figure, "figure")
+        path = self.stage_dir / figure.file_name
         atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         if path.name not in self.summary["figures"]:
             self.summary["figures"].append(path.name)

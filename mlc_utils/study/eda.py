@@ -119,7 +119,7 @@ def plot_examples(image_dir: Path, frame: pd.DataFrame, n: int = 8, seed: int = 
             ax.imshow(image.convert("RGB"))
         title = f"{record.ImageID}  labels: {LabelSpace.format(record.Labels)}" if "Labels" in frame else record.ImageID
         if scores is not None and labels is not None:
-            title += f"\npred: {LabelSpace.format(labels.decode(scores[int(i):int(i) + 1], 0.5, True)[0])}"
+            title += f"\npred: {LabelSpace.format(labels.decode(scores[int(i):int(i) + 1], 0.5)[0])}"
         caption = textwrap.fill(" ".join(str(record.Caption).split()), 38)
         ax.set_title(f"{title}\n{caption}", fontsize=7)
     fig.tight_layout()

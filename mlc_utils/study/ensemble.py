@@ -7,6 +7,7 @@ import pandas as pd
 from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation import metrics
 from mlc_utils.evaluation.ensemble import Member
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED
 from mlc_utils.study.findings import PAPER_TABLE2
 from mlc_utils.study.image import image_members
 from mlc_utils.study.members import MEMBER_FILE, load_member, save_member
@@ -59,9 +60,6 @@ def run_ensemble(ctx, log=print):
 
 
 
-PAPER_BEST = PAPER_TABLE2  # input -> (the paper's best model, its validation sample-F1)
-
-
 
 def best_per_input(members: list[Member], y_val: np.ndarray) -> pd.DataFrame:
     """The paper's Table 2: the best validation sample-F1 for image, caption and image+caption inputs."""
@@ -73,7 +71,7 @@ def best_per_input(members: list[Member], y_val: np.ndarray) -> pd.DataFrame:
             continue
         scored = [(m, metrics.tune_global_threshold(y_val, m.val_probs)) for m in pool]
         best, (t, tuned) = max(scored, key=lambda item: item[0].score(y_val))
-        paper = PAPER_BEST.get(name)
-        rows.append({"input": name, "best model": best.name, "sample_f1@0.5": best.score(y_val),
-                     "sample_f1 tuned": tuned, "paper (tuned, in-sample)": f"{paper[1]:.4f} ({paper[0]})" if paper else "not quoted"})
+        paper = PAPER_TABLE2.get(name)
+        rows.append({"input": name, "best model": best.name, F1_AT_05: best.score(y_val),
+                     F1_TUNED: tuned, "paper (tuned, in-sample)": f"{paper[1]:.4f} ({paper[0]})" if paper else "not quoted"})
     return pd.DataFrame(rows)

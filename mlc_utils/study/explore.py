@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mlc_utils.data.labels import decide
 from mlc_utils.evaluation.ensemble import Member
 
 KINDS = ("false negatives", "false positives")
@@ -42,12 +43,17 @@ class Explorer:
             raise ValueError(f"kind: one of {KINDS} (got {kind!r})")
         truth = self.y_val[:, c] > 0.5
         score = self.probs(model)[:, c]
-        mask = truth & (score < threshold) if kind == KINDS[0] else ~truth & (score >= threshold)
+        predicted = self.predicted(model, threshold)
+        mask = truth & ~predicted[:, c] if kind == KINDS[0] else ~truth & predicted[:, c]
         rows = np.flatnonzero(mask)
         rows = rows[np.argsort(score[rows] if kind == KINDS[0] else -score[rows], kind="stable")]
         return pd.DataFrame({"row": rows, "ImageID": self.val.ImageID.to_numpy()[rows],
                              "score": score[rows], "truth": [self._labels(self.y_val[i] > 0.5) for i in rows],
-                             "predicted": [self._labels(self.probs(model)[i] >= threshold) for i in rows]})
+                             "predicted": [self._labels(predicted[i]) for i in rows]})
+
+    def predicted(self, model: str, threshold: float = 0.5) -> np.ndarray:
+        """``model``'s labels at ``threshold`` by the submission's rule (:func:`~mlc_utils.data.labels.decide`)."""
+        return decide(self.probs(model), threshold)
 
     def mistake_counts(self, threshold: float = 0.5) -> pd.DataFrame:
         """Rows: models; columns: classes with a validation image; cells: "FN a / FP b"."""
@@ -77,7 +83,7 @@ class Explorer:
     def describe(self, row: int, model: str, threshold: float = 0.5) -> str:
         """One image in Markdown: id, caption, truth and the chosen model's prediction."""
         record = self.val.iloc[row]
-        predicted = self._labels(self.probs(model)[row] >= threshold)
+        predicted = self._labels(self.predicted(model, threshold)[row])
         return (f"**{record.ImageID}**: \u201c{' '.join(str(record.Caption).split())}\u201d  \n"
                 f"truth: {self._labels(self.y_val[row] > 0.5)}; {model} predicts: {predicted or '(nothing)'} "
                 f"at {threshold:.2f}")

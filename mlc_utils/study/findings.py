@@ -13,6 +13,8 @@ import math
 
 import pandas as pd
 
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES, THRESHOLD_TABLES, Table, f1_at
+
 CITATION = ("J. Lin, Z. Huang and L. Yang. Multi-Label Classification. Course report, COMP5329 Deep Learning, "
             "The University of Sydney.")
 PAPER = "paper (Lin et al.)"
@@ -46,11 +48,6 @@ PAPER_TABLE3: list[tuple[str, str, float]] = [
 INPUT_OF_KIND = {"image": "image", "text": "caption", "fusion": "image+caption",
                  "late_fusion": "image+caption", "ensemble": "image+caption"}
 
-TABLE1 = "Table 1 (sample-F1 by model and threshold)"
-TABLE2 = "Table 2 (best per input)"
-TABLE3 = "Table 3 (ablation)"
-OUT = "out-of-sample"
-IN = "tuned on validation (in-sample)"
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -89,9 +86,9 @@ def _signed(delta: float) -> str:
 
 
 # --- the recorded tables -------------------------------------------------------------------------
-def recorded_table(summaries: dict, stage: str, name: str) -> pd.DataFrame | None:
+def recorded_table(summaries: dict, table: Table) -> pd.DataFrame | None:
     """A table a stage recorded (``StageContext.table``), or None."""
-    table = summaries.get(stage, {}).get("tables", {}).get(name)
+    table = summaries.get(table.stage, {}).get("tables", {}).get(table.name)
     if not table:
         return None
     return pd.DataFrame(table.get("data", []), columns=table.get("columns", []))
@@ -109,8 +106,8 @@ def table1_with_paper(ours: pd.DataFrame | None) -> pd.DataFrame:
     rows = []
     for row in ([] if ours is None else ours.to_dict("records")):
         rows.append({"input": INPUT_OF_KIND.get(row.get("input"), row.get("input")), "source": THIS_RUN,
-                     "model": row["model"], "F1@0.4": row.get("F1@0.40"), "F1@0.5": row.get("F1@0.50"),
-                     "F1@0.6": row.get("F1@0.60"), "F1 at tuned threshold (in-sample)": row.get("F1 tuned global"),
+                     "model": row["model"], "F1@0.4": row.get(f1_at(0.4)), "F1@0.5": row.get(F1_AT_05),
+                     "F1@0.6": row.get(f1_at(0.6)), "F1 at tuned threshold (in-sample)": row.get(F1_TUNED),
                      "tuned threshold": row.get("tuned threshold"),
                      **({"F1 cross-fitted (out-of-sample)": row["F1 cross-fitted"]} if "F1 cross-fitted" in row else {})})
     rows += [{"input": inp, "source": PAPER, "model": model, "F1@0.4": a, "F1@0.5": b, "F1@0.6": c,
@@ -132,8 +129,8 @@ def table2_with_paper(ours: pd.DataFrame | None) -> pd.DataFrame:
         row = ours_by_input.get(inp)
         if row is not None:
             rows.append({"input": inp, "source": THIS_RUN, "best model": row["best model"],
-                         "F1@0.5 (out-of-sample)": row.get("sample_f1@0.5"),
-                         "F1 at tuned threshold (in-sample)": row.get("sample_f1 tuned")})
+                         "F1@0.5 (out-of-sample)": row.get(F1_AT_05),
+                         "F1 at tuned threshold (in-sample)": row.get(F1_TUNED)})
         model, score = PAPER_TABLE2[inp]
         rows.append({"input": inp, "source": PAPER, "best model": model, "F1@0.5 (out-of-sample)": None,
                      "F1 at tuned threshold (in-sample)": score})
@@ -145,8 +142,8 @@ def table3_with_paper(ours: pd.DataFrame | None) -> pd.DataFrame:
     rows = []
     for row in ([] if ours is None else ours.to_dict("records")):
         rows.append({"source": THIS_RUN, "variant": row["variant"], "switch": row["switch"],
-                     "setting": row.get("setting", ""), "F1@0.5 (out-of-sample)": row.get("sample_f1@0.5"),
-                     "F1 at tuned threshold (in-sample)": row.get("sample_f1 tuned"),
+                     "setting": row.get("setting", ""), "F1@0.5 (out-of-sample)": row.get(F1_AT_05),
+                     "F1 at tuned threshold (in-sample)": row.get(F1_TUNED),
                      "change vs baseline": row.get("delta vs baseline")})
     base = PAPER_TABLE3[0][2]
     rows += [{"source": PAPER, "variant": variant, "switch": "baseline" if i == 0 else "mixup",
@@ -160,8 +157,8 @@ def _best_single(table2: pd.DataFrame) -> tuple[str, float] | None:
     singles = table2[table2["input"].isin(["image", "caption"])]
     if singles.empty:
         return None
-    row = singles.loc[singles["sample_f1@0.5"].idxmax()]
-    return str(row["best model"]), float(row["sample_f1@0.5"])
+    row = singles.loc[singles[F1_AT_05].idxmax()]
+    return str(row["best model"]), float(row[F1_AT_05])
 
 
 def findings(summaries: dict) -> list[str]:
@@ -180,15 +177,15 @@ def findings(summaries: dict) -> list[str]:
     elif split:
         out.append(f"The {split.get('method', '?')} split keeps {split.get('val', '?')} images for validation "
                    f"and trains on {split.get('train', '?')}.")
-    table2 = recorded_table(summaries, "ensemble", TABLE2)
+    table2 = recorded_table(summaries, TABLES.table2)
     if table2 is not None and not table2.empty:
-        parts = [f"{row['input']}: {row['best model']} ({fmt_score(row['sample_f1@0.5'])} at 0.5, "
-                 f"{fmt_score(row['sample_f1 tuned'])} at its tuned threshold)" for row in table2.to_dict("records")]
+        parts = [f"{row['input']}: {row['best model']} ({fmt_score(row[F1_AT_05])} at 0.5, "
+                 f"{fmt_score(row[F1_TUNED])} at its tuned threshold)" for row in table2.to_dict("records")]
         out.append("Best model per input, by validation sample-F1 \u2014 " + "; ".join(parts) + ".")
         fused = table2[table2["input"] == "image+caption"]
         single = _best_single(table2)
         if not fused.empty and single is not None:
-            score = float(fused["sample_f1@0.5"].iloc[0])
+            score = float(fused[F1_AT_05].iloc[0])
             delta = score - single[1]
             verb = "gained" if delta > 0 else ("lost" if delta < 0 else "neither gained nor lost")
             amount = f" {abs(delta):.4f}" if delta else ""
@@ -196,15 +193,15 @@ def findings(summaries: dict) -> list[str]:
                        f"{amount} against the best single-input model ({single[0]}, {fmt_score(single[1])}); "
                        f"the paper's best fusion lost {PAPER_TABLE2['image'][1] - PAPER_TABLE2['image+caption'][1]:.4f}"
                        f" against Swin-V2-L alone.")
-    table3 = recorded_table(summaries, "ablation", TABLE3)
+    table3 = recorded_table(summaries, TABLES.table3)
     if table3 is not None and len(table3) > 1:
         base = table3.iloc[0]
         parts = []
         for row in table3.iloc[1:].to_dict("records"):
             delta = float(row["delta vs baseline"])
             effect = "no change" if abs(delta) < 5e-5 else f"{_signed(delta)}"
-            parts.append(f"{row['switch']} set to {row['setting']}: {fmt_score(row['sample_f1@0.5'])} ({effect})")
-        out.append(f"Ablation of {base['variant']} (baseline {fmt_score(base['sample_f1@0.5'])} at 0.5): "
+            parts.append(f"{row['switch']} set to {row['setting']}: {fmt_score(row[F1_AT_05])} ({effect})")
+        out.append(f"Ablation of {base['variant']} (baseline {fmt_score(base[F1_AT_05])} at 0.5): "
                    + "; ".join(parts) + f". The paper lost {PAPER_TABLE3[0][2] - PAPER_TABLE3[1][2]:.4f} "
                    "without mixup.")
     ens = summaries.get("ensemble", {}).get("headline", {})
@@ -224,23 +221,23 @@ def findings(summaries: dict) -> list[str]:
 def conclusion(summaries: dict) -> list[str]:
     """The closing paragraph: where this run stands against the paper and what its numbers support."""
     out = []
-    table2 = recorded_table(summaries, "ensemble", TABLE2)
+    table2 = recorded_table(summaries, TABLES.table2)
     if table2 is None or table2.empty:
         return ["The run did not reach the ensemble stage, so there is no Table 2 to conclude from."]
-    best = table2.loc[table2["sample_f1@0.5"].idxmax()]
+    best = table2.loc[table2[F1_AT_05].idxmax()]
     paper_best = max(PAPER_TABLE2.values(), key=lambda item: item[1])
-    out.append(f"This run's best validation score at the fixed threshold 0.5 is {fmt_score(best['sample_f1@0.5'])} "
+    out.append(f"This run's best validation score at the fixed threshold 0.5 is {fmt_score(best[F1_AT_05])} "
                f"({best['best model']}, {best['input']} input); the paper's best is {paper_best[1]:.4f} "
-               f"({paper_best[0]}), a gap of {paper_best[1] - float(best['sample_f1@0.5']):+.4f}.")
+               f"({paper_best[0]}), a gap of {paper_best[1] - float(best[F1_AT_05]):+.4f}.")
     fused = table2[table2["input"] == "image+caption"]
     single = _best_single(table2)
     if not fused.empty and single is not None:
-        delta = float(fused["sample_f1@0.5"].iloc[0]) - single[1]
+        delta = float(fused[F1_AT_05].iloc[0]) - single[1]
         agrees = delta <= 0
         out.append(f"Fusion {'does not beat' if agrees else 'beats'} the best single-input model here "
                    f"({_signed(delta)}), which {'agrees' if agrees else 'disagrees'} with the paper, "
                    "where captions added nothing to Swin-V2-L.")
-    table3 = recorded_table(summaries, "ablation", TABLE3)
+    table3 = recorded_table(summaries, TABLES.table3)
     if table3 is not None and len(table3) > 1:
         mix = table3[table3["switch"].astype(str).str.contains("mixup")]
         if not mix.empty:
@@ -323,10 +320,13 @@ def method_frame(params) -> pd.DataFrame:
 # --- error analysis --------------------------------------------------------------------------------
 def missed_labels(y_val, probs, threshold: float = 0.5, names=None) -> pd.DataFrame:
     """Per label: validation images carrying it, how many the model missed (false negatives) and
-    how many it added wrongly (false positives), most missed first."""
+    how many it added wrongly (false positives), most missed first; predictions by the submission's
+    rule (:func:`~mlc_utils.data.labels.decide`), so these counts are the submitted labels' errors."""
     import numpy as np
+
+    from mlc_utils.data.labels import decide
     y = np.asarray(y_val) > 0.5
-    pred = np.asarray(probs) >= threshold
+    pred = decide(probs, threshold)
     frame = pd.DataFrame({"class": np.arange(y.shape[1]), "support": y.sum(0),
                           "missed": (y & ~pred).sum(0), "false positives": (~y & pred).sum(0)})
     if names:
@@ -339,20 +339,23 @@ def missed_labels(y_val, probs, threshold: float = 0.5, names=None) -> pd.DataFr
 def error_examples(val_df: pd.DataFrame, y_val, probs, labels=None, threshold: float = 0.5,
                    classes=(), per_class: int = 2, kind: str = "missed") -> pd.DataFrame:
     """A few validation rows where each of ``classes`` was missed (``kind="missed"``: a false
-    negative) or added wrongly (``kind="added"``: a false positive): id, caption, truth, prediction."""
+    negative) or added wrongly (``kind="added"``: a false positive): id, caption, truth, prediction;
+    labels by the names of ``labels`` (a LabelSpace; numbers without one), as the tables beside them."""
     import numpy as np
     if kind not in ("missed", "added"):
         raise ValueError(f"kind: 'missed' or 'added' (got {kind!r})")
+    from mlc_utils.data.labels import LabelSpace, decide
     y = np.asarray(y_val) > 0.5
-    pred = np.asarray(probs) >= threshold
+    pred = decide(probs, threshold)
+    labels = labels or LabelSpace(y.shape[1])
     rows = []
     for c in classes:
         wrong = y[:, c] & ~pred[:, c] if kind == "missed" else ~y[:, c] & pred[:, c]
         for i in np.flatnonzero(wrong)[:per_class]:
-            rows.append({"label": int(c), "error": kind, "ImageID": val_df.ImageID.iloc[i],
+            rows.append({"label": labels.names[int(c)], "error": kind, "ImageID": val_df.ImageID.iloc[i],
                          "caption": " ".join(str(val_df.Caption.iloc[i]).split()),
-                         "truth": " ".join(map(str, np.flatnonzero(y[i]))),
-                         "predicted": " ".join(map(str, np.flatnonzero(pred[i]))) or "(none)",
+                         "truth": labels.describe(np.flatnonzero(y[i])),
+                         "predicted": labels.describe(np.flatnonzero(pred[i])) or "(none)",
                          "score of the label": float(np.asarray(probs)[i, c])})
     return pd.DataFrame(rows)
 
@@ -413,17 +416,15 @@ def stage_findings(stage: str, summary: dict) -> str:
             lines.append(f"Its folds' label shares differ by {fmt_score(head['freq_gap_stratified'])} on average, "
                          f"against {fmt_score(head['freq_gap_random'])} for a random split.")
     elif stage in ("image", "text", "fusion"):
-        name = {"image": "image models by threshold", "text": "caption model by threshold",
-                "fusion": "fusion against single models"}[stage]
-        table = recorded_table(tables, stage, name)
+        table = recorded_table(tables, THRESHOLD_TABLES[stage])
         if table is not None and not table.empty:
-            ranked = table.sort_values("F1@0.50", ascending=False, kind="stable")
+            ranked = table.sort_values(F1_AT_05, ascending=False, kind="stable")
             best = ranked.iloc[0]
-            lines.append(f"Best at threshold 0.5: **{best['model']}** with {fmt_score(best['F1@0.50'])} "
-                         f"({fmt_score(best['F1 tuned global'])} at its tuned threshold "
+            lines.append(f"Best at threshold 0.5: **{best['model']}** with {fmt_score(best[F1_AT_05])} "
+                         f"({fmt_score(best[F1_TUNED])} at its tuned threshold "
                          f"{float(best['tuned threshold']):.2f}, in-sample).")
             if len(ranked) > 1:
-                lines.append("Then " + ", ".join(f"{r['model']} {fmt_score(r['F1@0.50'])}"
+                lines.append("Then " + ", ".join(f"{r['model']} {fmt_score(r[F1_AT_05])}"
                                                  for r in ranked.iloc[1:].to_dict("records")) + ".")
         times = {k[: -len(" seconds")]: v for k, v in head.items() if k.endswith(" seconds")}
         if "seconds" in head:

@@ -19,7 +19,7 @@ from typing import Callable
 
 from mlc_utils.core.fingerprint import data_fingerprint, digest, source_digest
 from mlc_utils.core.io import atomic_write_text, sha256_file
-from mlc_utils.evaluation.ensemble import Member, load_probs, save_probs
+from mlc_utils.evaluation.ensemble import FOLD_DIR, Member, load_probs, save_probs
 
 MEMBER_FILE = "member.json"
 
@@ -123,7 +123,7 @@ def cross_fit_member(ctx, name: str, kind: str, out_dir: Path, config: dict,
     out_dir = Path(out_dir)
     folds = []
     for k, rows in enumerate(ctx.cv_labelled_folds()):
-        fold_dir = out_dir / f"fold{k}"
+        fold_dir = out_dir / FOLD_DIR.format(k)
         ids = {"train": list(rows[0].ImageID), "val": list(rows[1].ImageID)}
         log(f"{name}: fold {k + 1}, {len(ids['train'])} train / {len(ids['val'])} out-of-fold rows")
         folds.append(reuse_or_train(ctx, fold_dir, config, lambda rows=rows, fold_dir=fold_dir: fit_fold(rows, fold_dir),

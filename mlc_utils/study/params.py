@@ -202,6 +202,31 @@ def _merged_training(settings: TrainSettings, stage_defaults: TrainSettings, def
     return TrainConfig.from_dict({**defaults, **unset, **given}, where)
 
 
+# --- the names of the members the ensemble can choose (``ensemble.members``) ---------------------
+# The stages name their members by these rules (study/text.py:text_member_name, study/fusion.py);
+# ``ensemble.members`` is checked against them when params load, not when stage 7 runs.
+LATE_FUSION_MEMBER = "late fusion"
+
+
+def caption_member_name(model_name: str, kind: str = "finetune") -> str:
+    """``caption:<encoder>`` for the fine-tuned model (the paper's BERT row), a suffix for the others."""
+    if kind == "tfidf":
+        return "caption:tfidf"
+    name = "caption:" + Path(str(model_name)).name
+    return name if kind == "finetune" else f"{name}-{kind}"
+
+
+def fusion_member_name(head: str, mode: str = "frozen") -> str:
+    return f"fusion:{head}" + ("-e2e" if mode == "end_to_end" else "")
+
+
+def ensemble_candidates(params: "StudyParams") -> list[str]:
+    """Every member name the image, text and fusion stages can save with these params."""
+    return ([m.label or m.name for m in params.image.models]
+            + [caption_member_name(params.text.model_name, kind) for kind in params.text.members]
+            + [fusion_member_name(head, params.fusion.mode) for head in params.fusion.heads] + [LATE_FUSION_MEMBER])
+
+
 @dataclass
 class EnsembleStageParams:
     members: list[str] = field(default_factory=list)   # probability sets by name; empty = every one saved
@@ -269,6 +294,12 @@ class StudyParams:
             close = difflib.get_close_matches(stage, STAGE_NAMES, n=1)
             require(stage in STAGE_NAMES, f"stages[{i}]: {stage!r} is not one of {' | '.join(map(repr, STAGE_NAMES))}"
                                           + (f" (did you mean {close[0]!r}?)" if close else ""))
+        candidates = ensemble_candidates(self)
+        for i, name in enumerate(self.ensemble.members):
+            close = difflib.get_close_matches(str(name), candidates, n=1)
+            require(name in candidates, f"ensemble.members[{i}]: {name!r} is not a member these stages save "
+                                        f"({', '.join(map(repr, candidates))})"
+                                        + (f" (did you mean {close[0]!r}?)" if close else ""))
         self.text.training()  # the caption stage's training fields, checked before any work
         self.text.head_training()
         if self.split.folds:

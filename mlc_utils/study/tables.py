@@ -6,6 +6,7 @@ import pandas as pd
 
 from mlc_utils.evaluation import metrics
 from mlc_utils.evaluation.ensemble import Member
+from mlc_utils.study.artifacts import F1_TUNED, f1_at
 
 
 def threshold_rows(members: list[Member], y_val: np.ndarray, folds: np.ndarray | None = None) -> pd.DataFrame:
@@ -20,8 +21,9 @@ def threshold_rows(members: list[Member], y_val: np.ndarray, folds: np.ndarray |
     for member in members:
         table = metrics.threshold_table(y_val, member.val_probs).set_index("threshold")["sample_f1"]
         t_global, _ = metrics.tune_global_threshold(y_val, member.val_probs)
-        row = {"model": member.name, "input": member.kind, **{f"F1@{t}": table[t] for t in ("0.40", "0.50", "0.60")},
-               "F1 tuned global": table[f"tuned global ({t_global:.2f})"], "tuned threshold": t_global,
+        row = {"model": member.name, "input": member.kind,
+               **{f1_at(t): table[f"{t:.2f}"] for t in metrics.PAPER_THRESHOLDS},
+               F1_TUNED: table[f"tuned global ({t_global:.2f})"], "tuned threshold": t_global,
                "F1 tuned per class": table["tuned per class"]}
         if folds is not None:
             row.update(_fold_scores(member, y_val, folds))
@@ -40,18 +42,22 @@ def _fold_scores(member: Member, y_val: np.ndarray, folds: np.ndarray) -> dict:
 
 
 def epoch_curves(members: list[Member]):
-    """Per-epoch training loss and validation sample-F1 of every member with a log."""
+    """Per-epoch training loss and validation sample-F1 of every member with a log; a cross-validated
+    member's curve is the mean of its folds' (each fold validates on its own out-of-fold rows)."""
     import matplotlib.pyplot as plt
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 3.6))
     for member in members:
-        log = member.history()
+        log, name = member.history(), member.name
         if log.empty:
             continue
+        if "fold" in log and "epoch" in log:
+            name = f"{name} (mean of {log['fold'].nunique()} folds)"
+            log = log.drop(columns="fold").groupby("epoch", as_index=False).mean(numeric_only=True)
         x = log["epoch"] + 1 if "epoch" in log else np.arange(1, len(log) + 1)
         if "train_loss" in log:
-            ax_loss.plot(x, log["train_loss"], marker="o", label=member.name)
+            ax_loss.plot(x, log["train_loss"], marker="o", label=name)
         if "sample_f1" in log:
-            ax_f1.plot(x, log["sample_f1"], marker="o", label=member.name)
+            ax_f1.plot(x, log["sample_f1"], marker="o", label=name)
     ax_loss.set(title="training loss", xlabel="epoch")
     ax_f1.set(title="validation sample-F1 (threshold 0.5)", xlabel="epoch")
     for ax in (ax_loss, ax_f1):
