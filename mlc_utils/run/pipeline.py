@@ -245,7 +245,7 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         if not_enabled:
             raise ParamError(f"--only: stage(s) {', '.join(not_enabled)} are not in this params file's 'stages'")
     from mlc_utils.study.preflight import preflight
-    problems = preflight(params, chosen, study.root)
+    problems = preflight(params, chosen, study.root, log)
     if problems:
         raise ParamError("cannot start: " + "; ".join(problems))
     data_dir = params.data_path(study.root)

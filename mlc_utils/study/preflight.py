@@ -17,12 +17,47 @@ def data_problems(params, stages, root=None) -> list[str]:
     return [f"data_dir: {p}" for p in empty_tables(root, rows, need_test=any(s in PREDICTING for s in stages))]
 
 
-def preflight(params, stages, root=None) -> list[str]:
-    """Problems that would stop a stage hours in, found in seconds: weights that cannot be had.
+def device_problems(params, stages, log=print) -> list[str]:
+    """The study's ``device`` and ``image.gpus`` against the CUDA devices visible here, so a GPU
+    profile never trains on the CPU unless ``device: cpu`` says so; a card without native bf16
+    is said (training takes fp16 with a GradScaler there, :mod:`mlc_utils.train.loop`)."""
+    if params.device == "cpu" or not any(s in PREDICTING for s in stages):
+        return []
+    from mlc_utils.core.device import visible_cuda_devices
+    count, why = visible_cuda_devices()
+    gpus = params.image.gpus if ("image" in stages or "ablation" in stages) else 0
+    device = params.device
+    if count == 0:
+        if device.startswith("cuda"):
+            return [f"device: {device!r} but no CUDA device is usable here ({why}); install a torch built "
+                    "for this machine's driver, or set device: cpu to run on the CPU"]
+        if gpus:
+            return [f"image.gpus: {gpus} but no CUDA device is usable here ({why}), and device: auto would "
+                    "train on the CPU; fix CUDA, or set device: cpu and image.gpus: 0 to run on the CPU"]
+        return []
+    index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
+    if index >= count:
+        return [f"device: {device!r} but {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1}); "
+                "set device: auto or a visible cuda:N"]
+    if gpus > count:
+        return [f"image.gpus: {gpus} but {count} CUDA device(s) are visible; set image.gpus: {count} "
+                "(or make the others visible with CUDA_VISIBLE_DEVICES)"]
+    import torch
+    from mlc_utils.core.device import native_autocast_dtype
+    card = torch.device("cuda", index)
+    if native_autocast_dtype(card) == torch.float16:
+        log(f"note: {torch.cuda.get_device_name(card)} has no native bf16: training sections with "
+            "amp_dtype: bfloat16 train in float16 with a GradScaler (set amp_dtype: float16 to silence this)")
+    return []
+
+
+def preflight(params, stages, root=None, log=print) -> list[str]:
+    """Problems that would stop a stage hours in (or waste them), found in seconds: empty tables, a
+    device that is not there, weights that cannot be had. Notes that do not stop it go to ``log``.
 
     Offline, a hub model name fails here with the offline choices, before EDA or the split run.
     """
-    problems = data_problems(params, stages, root)
+    problems = data_problems(params, stages, root) + device_problems(params, stages, log)
     if "image" in stages or "ablation" in stages:
         from mlc_utils.models.weights import resolve_pretrained
         for spec in params.image.models:
