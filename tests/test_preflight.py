@@ -108,3 +108,25 @@ def test_the_hub_probe_goes_through_the_users_proxy(monkeypatch):
     finally:
         close_session()
         server.shutdown()
+
+
+def test_a_run_that_would_fill_the_disk_is_refused(monkeypatch, tmp_path):
+    """Three trained Swins write about 14 GB of checkpoints (last.pt and best.pt, each with AdamW's
+    state) and the hub cache 2.4 GB more: 10 GB free is refused at once, naming what to change."""
+    import shutil
+    from collections import namedtuple
+
+    from mlc_utils.models import weights as weights_module
+    from mlc_utils.study.preflight import disk_problems
+    usage = namedtuple("usage", "total used free")
+    free = [10e9]
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1e12, 0, free[0]))
+    monkeypatch.setattr(weights_module, "_hub_cached_file", lambda arch: None)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    params = gpu_profile()
+    [problem] = disk_problems(params, params.stages, tmp_path)
+    assert problem.startswith("run: 'comp5329-gpu' writes about 16.") and "has 10.0 GB free" in problem
+    assert "split.folds" in problem and "\n" not in problem
+    free[0] = 20e9
+    assert disk_problems(params, params.stages, tmp_path) == []
+    assert disk_problems(params, ["eda", "split"], tmp_path) == []

@@ -1,6 +1,8 @@
 """Checks that run before any stage: problems that would stop a stage hours in, found in seconds."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from mlc_utils.study.context import PROJECT_ROOT
 
 
@@ -51,13 +53,47 @@ def device_problems(params, stages, log=print) -> list[str]:
     return []
 
 
+def _free_bytes(path: Path) -> tuple[Path, int, int]:
+    """(the nearest existing folder of ``path``, its free bytes, its filesystem)."""
+    import shutil
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path, shutil.disk_usage(path).free, path.stat().st_dev
+
+
+def disk_problems(params, stages, root=None) -> list[str]:
+    """What the run writes (every model's checkpoints in every fold, features, probabilities, reports:
+    :mod:`mlc_utils.study.plan`) against the free space of ``runs/`` and of the hub cache."""
+    from mlc_utils.models.hub import cache_dir
+    from mlc_utils.study.context import StudyPaths
+    from mlc_utils.study.plan import human_size, make_plan
+    root = Path(root or PROJECT_ROOT)
+    plan = make_plan(params, root, stages, calibration=False)
+    run_dir, run_free, run_fs = _free_bytes(StudyPaths(root, params.run).run_dir)
+    hub_dir, hub_free, hub_fs = _free_bytes(cache_dir())
+    need, hub_need = plan.disk_bytes, plan.hub_bytes
+    if hub_fs == run_fs:
+        need, hub_need = need + hub_need, 0
+    problems = []
+    if need > run_free:
+        problems.append(f"run: '{params.run}' writes about {human_size(need)} (checkpoints of every model and fold, "
+                        f"features, probabilities, reports{', hub downloads' if hub_fs == run_fs and plan.hub_bytes else ''}) "
+                        f"but {run_dir} has {human_size(run_free)} free; free space there, or train fewer models or folds "
+                        "(image.models, split.folds)")
+    if hub_need > hub_free:
+        problems.append(f"hub cache: the run downloads about {human_size(hub_need)} of weights but {hub_dir} has "
+                        f"{human_size(hub_free)} free; set HF_HOME to a folder on a disk with room")
+    return problems
+
+
 def preflight(params, stages, root=None, log=print) -> list[str]:
     """Problems that would stop a stage hours in (or waste them), found in seconds: empty tables, a
     device that is not there, weights that cannot be had. Notes that do not stop it go to ``log``.
 
     Offline, a hub model name fails here with the offline choices, before EDA or the split run.
     """
-    problems = data_problems(params, stages, root) + device_problems(params, stages, log)
+    problems = data_problems(params, stages, root) + device_problems(params, stages, log) + \
+        disk_problems(params, stages, root)
     if "image" in stages or "ablation" in stages:
         from mlc_utils.models.weights import resolve_pretrained
         for spec in params.image.models:
