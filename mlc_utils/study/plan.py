@@ -48,7 +48,7 @@ class Training:
     feature_bytes: int = 0     # the cached features / embeddings of ``once_rows``
     batch_size: int = 32
     processes: int = 1
-    build: object = None       # () -> (model, example batch): random weights for calibration
+    build: object = None       # () -> (model with random weights, batch size -> example batch): calibration
     seconds: float | None = None
     peak_bytes: int | None = None
     peak_measured: bool = False    # else a floor: weights, gradients, optimizer (no activations)
@@ -211,9 +211,8 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
     hub = total * 4 if spec.pretrained is True and _needs_download(spec.name) else 0
     size = spec.img_size
 
-    def build(batch: int):
-        model = _image_model(params, spec, "cpu")
-        return model, torch.randn(batch, 3, size, size)
+    def build():
+        return _image_model(params, spec, "cpu"), lambda batch: torch.randn(batch, 3, size, size)
     if spec.mode == "frozen":
         n_views = len(params.image.tta)
         return Training(label or spec.label, "image-features", runs, cfg.epochs, train_rows * views, 0,
@@ -261,10 +260,12 @@ def _caption_trainings(params, n_train: int, n_test: int) -> list[Training]:
     total, dim = found if found else (0, 0)
     length = params.text.max_length
 
-    def build(batch: int):
-        model = _caption_model(params)
+    def batch_of(batch: int):
         ids = torch.randint(1000, 2000, (batch, length))
-        return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def build():
+        return _caption_model(params), batch_of
     out = []
     for kind in params.text.members:
         probs = _probs(params, n_train, n_test, runs)
@@ -422,10 +423,11 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
             if key not in timed:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                model, batch = t.build(t.batch_size)
-                train_s = _time_batches(model, batch, True, device, amp, steps) if t.kind in TRAINED else 0.0
+                model, batch_of = t.build()
+                train_s = _time_batches(model, batch_of(t.batch_size), True, device, amp, steps) \
+                    if t.kind in TRAINED else 0.0
                 peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-                eval_s = _time_batches(model, t.build(eval_batch)[1], False, device, amp, steps)
+                eval_s = _time_batches(model, batch_of(eval_batch), False, device, amp, steps)
                 timed[key] = (train_s, eval_s, peak)
                 del model
             train_s, eval_s, peak = timed[key]

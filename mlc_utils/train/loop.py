@@ -521,7 +521,7 @@ class _Trainer:
             if self.rank == 0:
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                 print(f"epoch {epoch + 1}/{cfg.epochs} train_loss={train_loss:.4f} {shown}"
-                      f"{' *' if is_best else ''}", flush=True)
+                      f"{' *' if is_best else ''} ({self.history[-1]['seconds']:.0f} s)", flush=True)
             if self.world > 1:
                 dist.barrier()
         _set_frozen(self.model, False)  # hand the model back trainable, whatever the last phase was
