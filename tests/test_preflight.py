@@ -6,7 +6,6 @@ import http.server
 import threading
 from pathlib import Path
 
-import pytest
 import torch
 
 from mlc_utils.study.params import load_params

@@ -6,7 +6,7 @@ and backward at the run's batch size and precision, with random weights of the s
 so nothing is downloaded), the disk it writes and the peak memory of one process. Where this
 machine lacks the profile's device the time is "not measurable here" and the rest still shows.
 
-Row counts come from ``--rows TRAIN,TEST``, else the data folder, else the data the profile names:
+Row counts come from ``--rows TRAIN/TEST``, else the data folder, else the data the profile names:
 ``data/demo`` is the demo generator's defaults, anything else the competition's 30,000 labelled
 and 10,000 test rows. Small steps (EDA, the split, heads on saved outputs, TF-IDF, the ensemble)
 have nominal times, marked ``~``.
@@ -162,7 +162,7 @@ def row_counts(params, root: Path, rows: tuple[int, int] | None = None) -> tuple
         from mlc_utils.data.demo import DEFAULT_N, DEFAULT_TEST_FRACTION
         test = round(DEFAULT_N * DEFAULT_TEST_FRACTION)
         return (DEFAULT_N - test, test), f"{params.data_dir} not found: the demo generator's defaults"
-    return COMPETITION_ROWS, f"{params.data_dir} not found: the competition's counts; --rows TRAIN,TEST to change"
+    return COMPETITION_ROWS, f"{params.data_dir} not found: the competition's counts; --rows TRAIN/TEST to change"
 
 
 def _fits(params, n_train: int) -> tuple[int, int, int]:

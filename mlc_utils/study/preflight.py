@@ -5,7 +5,6 @@ from pathlib import Path
 
 from mlc_utils.study.context import PROJECT_ROOT
 
-
 # stages that predict test.csv (the data stages, eda and split, read only train.csv)
 PREDICTING = ("image", "text", "fusion", "ablation", "ensemble", "explore")
 
@@ -31,20 +30,21 @@ def device_problems(params, stages, log=print) -> list[str]:
     device = params.device
     if count == 0:
         if device.startswith("cuda"):
-            return [f"device: {device!r} but no CUDA device is usable here ({why}); install a torch built "
-                    "for this machine's driver, or set device: cpu to run on the CPU"]
+            return [(f"device: {device!r} but no CUDA device is usable here ({why}); install a torch built "
+                     "for this machine's driver, or set device: cpu to run on the CPU")]
         if gpus:
-            return [f"image.gpus: {gpus} but no CUDA device is usable here ({why}), and device: auto would "
-                    "train on the CPU; fix CUDA, or set device: cpu and image.gpus: 0 to run on the CPU"]
+            return [(f"image.gpus: {gpus} but no CUDA device is usable here ({why}), and device: auto would "
+                     "train on the CPU; fix CUDA, or set device: cpu and image.gpus: 0 to run on the CPU")]
         return []
     index = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
     if index >= count:
-        return [f"device: {device!r} but {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1}); "
-                "set device: auto or a visible cuda:N"]
+        return [(f"device: {device!r} but {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1}); "
+                 "set device: auto or a visible cuda:N")]
     if gpus > count:
-        return [f"image.gpus: {gpus} but {count} CUDA device(s) are visible; set image.gpus: {count} "
-                "(or make the others visible with CUDA_VISIBLE_DEVICES)"]
+        return [(f"image.gpus: {gpus} but {count} CUDA device(s) are visible; set image.gpus: {count} "
+                 "(or make the others visible with CUDA_VISIBLE_DEVICES)")]
     import torch
+
     from mlc_utils.core.device import native_autocast_dtype
     card = torch.device("cuda", index)
     if native_autocast_dtype(card) == torch.float16:
