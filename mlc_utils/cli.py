@@ -11,6 +11,7 @@ import sys
 COMMANDS = {
     "validate": ("mlc_utils.data.folder", "check a data folder: both CSVs and every image"),
     "demo-data": ("mlc_utils.data.demo", "write a synthetic dataset in the competition layout"),
+    "plan": ("mlc_utils.study.plan", "print a run's work, time, disk and peak memory, stage by stage"),
     "run": ("mlc_utils.run.pipeline", "execute the notebooks with papermill and render the reports"),
     "predict": ("mlc_utils.evaluation.predict", "predict a CSV with a checkpoint and write a Kaggle submission"),
 }

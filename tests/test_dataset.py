@@ -44,3 +44,34 @@ def test_real_pack_validates(real_data):
     assert report.ok, report.render()
     assert report.counts["train rows"] == 10_000 and report.counts["test rows"] == 1_000
     assert report.counts["absent classes"] == "0, 12"
+
+
+def _header_only(path):
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+
+
+def test_a_table_with_only_its_header_is_a_named_problem(tiny_data):
+    """A header-only train.csv reads as valid; validate names it and exits 1, and so for test.csv."""
+    _header_only(tiny_data / "train.csv")
+    report = validate_folder(tiny_data, progress=False)
+    assert not report.ok and report.counts["train rows"] == 0
+    assert any("train.csv: no labelled rows" in p for p in report.problems), report.render()
+    done = subprocess.run([sys.executable, "-m", "mlc_utils", "validate", "--data", str(tiny_data), "--no-images"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "no labelled rows" in done.stdout
+    _header_only(tiny_data / "test.csv")
+    assert any("test.csv: no rows to predict" in p for p in validate_folder(tiny_data, progress=False).problems)
+    assert not any("test.csv" in p for p in validate_folder(tiny_data, progress=False, need_test=False).problems)
+
+
+def test_preflight_refuses_a_study_on_empty_tables(tiny_data):
+    from mlc_utils.study.params import load_params
+    from mlc_utils.study.preflight import preflight
+    params = load_params(None, {"data_dir": str(tiny_data), "stages": ["eda", "split"]})
+    assert preflight(params, params.stages) == []
+    _header_only(tiny_data / "test.csv")
+    assert preflight(params, params.stages) == []   # the data stages predict nothing
+    problems = preflight(params, ["eda", "split", "text"])
+    assert len(problems) == 1 and problems[0].startswith("data_dir: ") and "test.csv: no rows to predict" in problems[0]
+    _header_only(tiny_data / "train.csv")
+    assert "train.csv: no labelled rows" in preflight(params, params.stages)[0]

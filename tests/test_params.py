@@ -101,9 +101,15 @@ def test_parse_override():
 
 @pytest.mark.parametrize("name", ["comp5329-gpu.yaml", "comp5329-gpu-timm.yaml"])
 def test_gpu_profiles_pass_preflight_but_for_the_offline_weights(name, monkeypatch):
-    """Offline, the only problems are the hub weights, each with the offline choices."""
+    """Offline, on a machine with the profile's two GPUs, the only problems are the hub weights, each with
+    the offline choices."""
+    import torch
+
     from mlc_utils.models import weights as weights_module
     from mlc_utils.study.preflight import preflight
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(weights_module, "_hub_cached_file", lambda arch: None)
     params = load_params(PARAMS_DIR / name)

@@ -39,6 +39,24 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 
+def visible_cuda_devices() -> tuple[int, str]:
+    """CUDA devices this process can use, and why none when 0: torch's own warning when it has one
+    (e.g. "The NVIDIA driver on your system is too old"), since ``is_available()`` only says False."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable:
+        return torch.cuda.device_count(), ""
+    said = next((str(w.message).strip().splitlines()[0] for w in caught if str(w.message).strip()), "")
+    if said:
+        return 0, said
+    built = torch.version.cuda
+    return 0, f"torch {torch.__version__} is built for CUDA {built} and finds no usable GPU" if built else \
+        f"torch {torch.__version__} is built without CUDA"
+
+
+
 def native_autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The reduced precision ``device`` computes natively, None for fp32: bf16 on CUDA cards that
     have it (Ampere and later), fp16 on older cards (T4, V100, RTX 20xx, where recent torch would

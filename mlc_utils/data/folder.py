@@ -84,6 +84,31 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+def table_rows(root: str | Path, labels: LabelSpace | None = None) -> dict[str, int]:
+    """Readable data rows of ``train.csv`` and ``test.csv`` (those present and with a valid header):
+    what a study would train on and predict."""
+    root, rows = Path(root), {}
+    for kind in ("train", "test"):
+        path = root / f"{kind}.csv"
+        if path.is_file():
+            try:
+                rows[kind] = len(read_with_problems(path, kind, labels)[0])
+            except CsvFormatError:
+                continue
+    return rows
+
+
+def empty_tables(root: str | Path, rows: dict[str, int], need_test: bool = True) -> list[str]:
+    """A table with a header and no rows reads as valid; the study would start on it and fail
+    (or predict nothing) hours later, so it is a problem of its own."""
+    wanted = {"train": "no labelled rows (only a header): add ImageID,Labels,Caption rows, or point data_dir "
+                       "at the folder that has them",
+              "test": "no rows to predict (only a header): add ImageID,Caption rows, or point data_dir "
+                      "at the folder that has them"}
+    return [f"{Path(root) / f'{kind}.csv'}: {why}" for kind, why in wanted.items()
+            if rows.get(kind) == 0 and (kind == "train" or need_test)]
+
+
 @dataclass
 class ValidationReport:
     root: Path
@@ -105,8 +130,11 @@ class ValidationReport:
 
 
 def validate_folder(root: str | Path, labels: LabelSpace | None = None, check_images: bool = True,
-                    progress: bool = True) -> ValidationReport:
-    """Check everything and collect every problem instead of stopping at the first."""
+                    progress: bool = True, need_test: bool = True) -> ValidationReport:
+    """Check everything and collect every problem instead of stopping at the first.
+
+    ``need_test``: an empty ``test.csv`` is a problem (the study predicts it unless it runs only
+    its data stages)."""
     root = Path(root)
     labels = labels or LabelSpace()
     report = ValidationReport(root)
@@ -127,6 +155,7 @@ def validate_folder(root: str | Path, labels: LabelSpace | None = None, check_im
         except CsvFormatError as err:
             report.problems += [str(p) for p in err.problems]
     train, test = frames.get("train"), frames.get("test")
+    report.problems += empty_tables(root, {k: len(f) for k, f in frames.items()}, need_test)
     if train is not None:
         y = labels.encode(list(train.Labels))
         per_image = Counter(int(n) for n in y.sum(axis=1))

@@ -2,7 +2,7 @@
 
 Offline, ``from_pretrained`` and timm's hub loader may retry for minutes before failing; this
 answers within ``timeout`` seconds (the probe runs in a daemon thread because DNS lookups ignore
-socket timeouts), so a run can stop at once with the offline choices instead.
+timeouts), so a run can stop at once with the offline choices instead.
 
 The cache is looked up where the environment says *now* (:func:`cache_dir`): huggingface_hub reads
 ``HF_HOME``/``HF_HUB_CACHE`` once, at import, so a notebook (or a test) that sets them afterwards
@@ -11,10 +11,8 @@ would otherwise probe one folder and be told about another.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -46,26 +44,30 @@ def cached_file(repo_id: str, filename: str) -> str | None:
 
 
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be used now (None when it can); never blocks longer than ``timeout``."""
+    """Why the hub cannot be used now (None when it can); never blocks longer than ``timeout``.
+
+    The probe is a HEAD request through huggingface_hub's own client, so it goes the way downloads
+    go: through ``HTTPS_PROXY``/``HTTP_PROXY`` (a raw socket would refuse a proxied network whose
+    downloads work). Any HTTP answer means reachable."""
     flag = offline_flag()
     if flag:
         return f"{flag} is set"
     try:
         from huggingface_hub import constants
-        url = urlparse(constants.ENDPOINT)
-        host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+        from huggingface_hub.utils import get_session
     except ImportError:
-        host, port = "huggingface.co", 443
+        return "huggingface_hub is not installed"
+    endpoint = constants.ENDPOINT
     result: list[str | None] = []
 
     def probe():
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            get_session().head(endpoint, timeout=timeout)
             result.append(None)
-        except OSError as err:
-            result.append(f"cannot reach {host} ({err})")
+        except Exception as err:  # noqa: BLE001 - connection, proxy, TLS, offline mode: all "unreachable"
+            result.append(f"cannot reach {endpoint} ({type(err).__name__}: {err})")
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout + 0.5)
-    return result[0] if result else f"no answer from {host} within {timeout:.0f} s"
+    return result[0] if result else f"no answer from {endpoint} within {timeout:.0f} s"

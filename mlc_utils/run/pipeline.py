@@ -114,17 +114,24 @@ def invalidate_members(stage_dir: Path) -> list[Path]:
 class StageProgress:
     """A file-like sink for the kernel's streamed stdout (papermill's ``stdout_file``): each line goes
     to the terminal (``log``) as the cell prints it, prefixed with the stage. The training loop's
-    ``epoch k/N train_loss=...`` lines get the time left for that model, from the time its epochs
-    have taken so far (counted from the last line that was neither an epoch's nor a progress line,
-    such as the one that announces the model)."""
+    ``epoch k/N train_loss=... (S s)`` lines get the time left for that model from the epochs' own
+    times: the ``(S s)`` the loop prints, else the time since the model's previous epoch line (the
+    first epoch without it: since the last line that was neither an epoch's nor a progress line, such
+    as the one that announces the model). A feature pass before epoch 1 is thus not an epoch.
+    ``planned`` (the plan's seconds for this stage) and ``later`` (for the stages after it) add the
+    stage's and the run's time left: the plan's figure, or what the epochs measured if that is more."""
 
     EPOCH = re.compile(r"^epoch (\d+)/(\d+) train_loss")
+    EPOCH_SECONDS = re.compile(r"\((\d+(?:\.\d+)?) s\)\s*$")
     PROGRESS = re.compile(r"\): \d+(/\d+)? ")   # core.progress lines: "desc (batches): k/N (p%), ..."
 
-    def __init__(self, stage: str, log=print, clock=time.time):
+    def __init__(self, stage: str, log=print, clock=time.time, planned: float | None = None, later: float = 0.0):
         self.stage, self.log, self.clock = stage, log, clock
+        self.planned, self.later = planned, later
         self.buffer = ""
-        self.started = clock()
+        self.started = self.stage_started = clock()
+        self.last_epoch: float | None = None
+        self.epoch_seconds: list[float] = []
 
     def write(self, text: str) -> int:
         self.buffer += text
@@ -143,13 +150,23 @@ class StageProgress:
         match = self.EPOCH.search(line)
         if match:
             done, total = int(match.group(1)), int(match.group(2))
-            left = (now - self.started) / max(done, 1) * (total - done)
-            line = f"{line}  [{done}/{total} epochs, about {_duration(left)} left for this model]"
+            said = self.EPOCH_SECONDS.search(line)
+            since = self.last_epoch if self.last_epoch is not None else self.started
+            self.epoch_seconds.append(float(said.group(1)) if said else now - since)
+            left = sum(self.epoch_seconds) / len(self.epoch_seconds) * (total - done)
+            line = f"{line}  [{done}/{total} epochs, about {_duration(left)} left for this model{self.overall(now, left)}]"
+            self.last_epoch = now
             if done >= total:
-                self.started = now
+                self.started, self.last_epoch, self.epoch_seconds = now, None, []
         elif not self.PROGRESS.search(line):
-            self.started = now
+            self.started, self.last_epoch, self.epoch_seconds = now, None, []
         self.log(f"[{self.stage}] {line}")
+
+    def overall(self, now: float, model_left: float) -> str:
+        if self.planned is None:
+            return ""
+        stage_left = max(self.planned - (now - self.stage_started), model_left)
+        return f", {_duration(stage_left)} for the stage, {_duration(stage_left + self.later)} for the run"
 
 
 def _duration(seconds: float) -> str:
@@ -174,7 +191,8 @@ def ipc_kernel_manager(socket_dir: str | os.PathLike):
     return IPCKernelManager
 
 
-def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool = False) -> StageResult:
+def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool = False,
+                  planned: float | None = None, later: float = 0.0) -> StageResult:
     """Run one notebook with papermill; render its HTML whether it passed or failed.
 
     ``retrain``: forget the stage's saved members first, so they are trained again (``--force``).
@@ -210,7 +228,7 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     try:
         pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
                             kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
-                            progress_bar=False, log_output=False, stdout_file=StageProgress(stage, log),
+                            progress_bar=False, log_output=False, stdout_file=StageProgress(stage, log, planned=planned, later=later),
                             request_save_on_cell_execute=True, kernel_manager_class=ipc_kernel_manager(socket_dir))
     except pm.PapermillExecutionError as err:
         error = f"{out}: cell {err.exec_count} raised {err.ename}: {err.evalue}"
@@ -245,7 +263,7 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         if not_enabled:
             raise ParamError(f"--only: stage(s) {', '.join(not_enabled)} are not in this params file's 'stages'")
     from mlc_utils.study.preflight import preflight
-    problems = preflight(params, chosen)
+    problems = preflight(params, chosen, study.root, log)
     if problems:
         raise ParamError("cannot start: " + "; ".join(problems))
     data_dir = params.data_path(study.root)
@@ -260,6 +278,7 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         raise OSError(f"{err} to start a run (set MLC_MIN_FREE_MB to change this minimum)") from None
     ensure_writable_dir(study.paths.report_dir)
     data_fp = data_fingerprint(data_dir)
+    plan = _print_plan(params, chosen, study.root, log)
     results: list[StageResult] = []
     for stage in chosen:
         missing = _missing_upstream(study, stage, chosen)
@@ -276,7 +295,10 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
             log(f"[{stage}] unchanged (notebook, parameters, data and inputs): skipped; use --force to re-run")
             continue
         log(f"[{stage}] running {study.paths.notebook_in(stage).relative_to(study.root)} ...")
-        result = execute_stage(study, stage, key, log, retrain=force)
+        times = [plan.stage_seconds(s) if plan else None for s in chosen]
+        at = chosen.index(stage)
+        result = execute_stage(study, stage, key, log, retrain=force, planned=times[at],
+                               later=sum(t or 0.0 for t in times[at + 1:]))
         results.append(result)
         if result.status == "failed":
             log(f"[{stage}] FAILED after {result.seconds:.0f}s: {result.error}")
@@ -296,6 +318,23 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
     if pdf is not None:
         log(f"report: {pdf}")
     return results
+
+
+PLAN_CALIBRATION_S = 30.0   # run's plan: architectures left untimed past this much calibration
+
+
+def _print_plan(params, chosen, root, log):
+    """The plan (:mod:`mlc_utils.study.plan`) before the first stage, with a bounded calibration; a plan
+    that cannot be made is said and never stops the run."""
+    from mlc_utils.study.plan import make_plan
+    try:
+        plan = make_plan(params, root, chosen, budget_s=PLAN_CALIBRATION_S)
+    except Exception as err:  # noqa: BLE001 - the plan informs; the run goes on without it
+        log(f"plan: not available ({type(err).__name__}: {err})")
+        return None
+    for line in plan.render().splitlines():
+        log(line)
+    return plan
 
 
 def cli(argv: list[str]) -> int:

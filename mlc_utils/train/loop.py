@@ -26,7 +26,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from mlc_utils.core.allocator import tune_glibc
 from mlc_utils.core.device import (
+    native_autocast_dtype,
     place_model,
     rank_and_world,
     resolve_device,
@@ -240,6 +241,18 @@ def _loader(dataset, cfg: TrainConfig, batch_size: int, train: bool, epoch: int,
     return loader, sampler
 
 
+def native_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """bf16 asked on a card that lacks it natively (T4, V100, RTX 20xx): recent torch emulates it,
+    slowly, so such a card trains in fp16 with a GradScaler instead, and says so once."""
+    if not (cfg.amp and device.type == "cuda" and cfg.amp_dtype == "bfloat16") or \
+            native_autocast_dtype(device) != torch.float16:
+        return cfg
+    if rank_and_world()[0] == 0:
+        print(f"amp_dtype: bfloat16 is not native on {torch.cuda.get_device_name(device)}; "
+              "training in float16 with a GradScaler", flush=True)
+    return replace(cfg, amp_dtype="float16")
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     enabled = cfg.amp and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.amp_dtype], enabled=enabled)
@@ -282,6 +295,7 @@ class _Trainer:
         self.out_dir = Path(out_dir)
         self.rank, self.world = rank_and_world()
         self.device = resolve_device(cfg.device)
+        self.cfg = cfg = native_precision(cfg, self.device)
         tune_glibc()  # keep freed activations in the process (core.allocator): the CPU's largest cost
         self.model = place_model(model, self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
@@ -506,7 +520,7 @@ class _Trainer:
             if self.rank == 0:
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                 print(f"epoch {epoch + 1}/{cfg.epochs} train_loss={train_loss:.4f} {shown}"
-                      f"{' *' if is_best else ''}", flush=True)
+                      f"{' *' if is_best else ''} ({self.history[-1]['seconds']:.0f} s)", flush=True)
             if self.world > 1:
                 dist.barrier()
         _set_frozen(self.model, False)  # hand the model back trainable, whatever the last phase was

@@ -1,0 +1,503 @@
+"""``python -m mlc_utils plan --params FILE``: what a run will do before it does it, stage by stage.
+
+For each stage: the work (models x folds x epochs over images x views, captions x epochs), the time
+(from a short calibration of each architecture on this machine's device: a few timed batches forward
+and backward at the run's batch size and precision, with random weights of the same architecture,
+so nothing is downloaded), the disk it writes and the peak memory of one process. Where this
+machine lacks the profile's device the time is "not measurable here" and the rest still shows.
+
+Row counts come from ``--rows TRAIN/TEST``, else the data folder, else the data the profile names:
+``data/demo`` is the demo generator's defaults, anything else the competition's 30,000 labelled
+and 10,000 test rows. Small steps (EDA, the split, heads on saved outputs, TF-IDF, the ensemble)
+have nominal times, marked ``~``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlc_utils.study.context import PROJECT_ROOT
+
+COMPETITION_ROWS = (30_000, 10_000)
+STAGE_OVERHEAD_BYTES = 5 * 2**20      # executed notebook, its HTML, tables and figures
+PROBS_BYTES = 4                       # float32 probabilities per row and class
+NOMINAL_S = {"eda": 20.0, "split": 10.0, "fusion": 20.0, "ensemble": 20.0, "explore": 20.0}
+NOMINAL_ROW_S = {"eda": 0.005, "split": 0.002, "tfidf": 0.004, "head": 2e-5}   # per row (x epochs for heads)
+TRAINED = ("image", "caption")       # kinds whose whole model trains (the rest: heads on features)
+OPTIMIZER_STATES = {"adamw": 2, "timm_adamw": 2, "sgd": 1}  # tensors of the parameters' size it keeps
+
+
+@dataclass
+class Training:
+    """One model trained ``runs`` times (folds, or once), and its forward passes."""
+    label: str
+    kind: str                  # image | caption | image-features | caption-features | tfidf | head
+    runs: int
+    epochs: int
+    train_rows: int            # rows one epoch trains on (x views where they are extra samples)
+    eval_rows: int             # rows each run predicts once training is over (x TTA views) + each epoch's validation
+    once_rows: int = 0         # rows computed once (cached features, caption embeddings)
+    params: int = 0            # parameters of the trained model (checkpoints, memory)
+    backbone_params: int = 0   # of the frozen backbone / encoder that computes features
+    checkpoint_bytes: int = 0  # one of last.pt / best.pt
+    extra_bytes: int = 0       # probabilities
+    feature_bytes: int = 0     # the cached features / embeddings of ``once_rows``
+    batch_size: int = 32
+    processes: int = 1
+    build: object = None       # () -> (model with random weights, batch size -> example batch): calibration
+    seconds: float | None = None
+    peak_bytes: int | None = None
+    peak_measured: bool = False    # else a floor: weights, gradients, optimizer (no activations)
+    hub_bytes: int = 0         # weights to download into the hub cache
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.runs * 2 * self.checkpoint_bytes + self.extra_bytes + self.feature_bytes  # last.pt, best.pt
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    trainings: list[Training] = field(default_factory=list)
+    work: str = ""
+    nominal_s: float = 0.0
+    disk_bytes: int = STAGE_OVERHEAD_BYTES
+    time_note: str = ""        # why there is no time ("not measurable here ...")
+
+    @property
+    def seconds(self) -> float | None:
+        if self.time_note:
+            return None
+        return self.nominal_s + sum(t.seconds or 0.0 for t in self.trainings)
+
+    @property
+    def peak_bytes(self) -> int | None:
+        peaks = [t.peak_bytes for t in self.trainings if t.peak_bytes]
+        return max(peaks) if peaks else None
+
+
+@dataclass
+class Plan:
+    params: object
+    stages: list[StagePlan]
+    rows: tuple[int, int]
+    rows_from: str
+    device: str                # where the profile runs, as this machine would run it
+    measurable: bool
+    note: str = ""
+
+    @property
+    def seconds(self) -> float | None:
+        times = [s.seconds for s in self.stages]
+        return None if any(t is None for t in times) else sum(times)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(s.disk_bytes for s in self.stages)
+
+    @property
+    def hub_bytes(self) -> int:
+        return sum(t.hub_bytes for s in self.stages for t in s.trainings)
+
+    def stage_seconds(self, stage: str) -> float | None:
+        return next((s.seconds for s in self.stages if s.stage == stage), None)
+
+    def render(self) -> str:
+        gpus = self.params.image.gpus
+        lines = [f"plan of run '{self.params.run}' ({self.params.source or 'defaults'}): {self.rows[0]:,} labelled "
+                 f"and {self.rows[1]:,} test rows ({self.rows_from}); device {self.device}"
+                 + (f", {gpus} GPU processes for fine-tuning" if gpus > 1 else "")]
+        if self.note:
+            lines.append(f"  {self.note}")
+        for s in self.stages:
+            peak = "peak memory small" if not s.peak_bytes else f"peak memory {human_size(s.peak_bytes)} a process" \
+                if all(t.peak_measured for t in s.trainings if t.peak_bytes) else \
+                f"peak memory >= {human_size(s.peak_bytes)} a process (weights, gradients, optimizer; activations not measured)"
+            lines.append(f"  {s.stage:<9} time {_time_of(s)}, disk {human_size(s.disk_bytes)}, {peak}")
+            lines.append(f"            {s.work}")
+        total = _duration(self.seconds) if self.seconds is not None else "not measurable here"
+        hub = f"; hub downloads {human_size(self.hub_bytes)}" if self.hub_bytes else ""
+        lines.append(f"  total     time {total}, disk {human_size(self.disk_bytes)}{hub}")
+        return "\n".join(lines)
+
+
+def _time_of(stage: StagePlan) -> str:
+    if stage.seconds is None:
+        return stage.time_note
+    measured = any(t.seconds is not None and t.build is not None for t in stage.trainings)
+    return ("" if measured else "~") + _duration(stage.seconds)
+
+
+def _duration(seconds: float) -> str:
+    from mlc_utils.core.progress import _duration as duration
+    return duration(seconds)
+
+
+def human_size(n: float | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+# ---------------------------------------------------------------------------------------------
+# the work of each stage
+
+def row_counts(params, root: Path, rows: tuple[int, int] | None = None) -> tuple[tuple[int, int], str]:
+    """(labelled, test) rows and where they came from (see the module docstring)."""
+    if rows:
+        return rows, "--rows"
+    from mlc_utils.data.folder import table_rows
+    found = table_rows(params.data_path(root))
+    if "train" in found:
+        return (found["train"], found.get("test", 0)), str(params.data_path(root))
+    if Path(params.data_dir).name == "demo":
+        from mlc_utils.data.demo import DEFAULT_N, DEFAULT_TEST_FRACTION
+        test = round(DEFAULT_N * DEFAULT_TEST_FRACTION)
+        return (DEFAULT_N - test, test), f"{params.data_dir} not found: the demo generator's defaults"
+    return COMPETITION_ROWS, f"{params.data_dir} not found: the competition's counts; --rows TRAIN/TEST to change"
+
+
+def _fits(params, n_train: int) -> tuple[int, int, int]:
+    """(runs, train rows, validation rows) of one member: K folds or the holdout."""
+    k = params.split.folds
+    if k:
+        return k, n_train - n_train // k, n_train // k
+    val = round(n_train * params.split.val_fraction)
+    return 1, n_train - val, val
+
+
+def _checkpoint_bytes(n_params: int, cfg) -> int:
+    """What ``train.loop`` saves as last.pt (and, on a better epoch, best.pt, the same checkpoint):
+    the weights, the optimizer's state and the EMA copy, all float32."""
+    copies = 1 + OPTIMIZER_STATES.get(cfg.optimizer, 2) + (1 if cfg.ema else 0)
+    return n_params * 4 * copies
+
+
+def _image_model(params, spec, device: str = "meta"):
+    import torch
+
+    from mlc_utils.models import create_image_model
+    with torch.device(device):
+        return create_image_model(spec.name, params.num_classes, spec.head, False, spec.img_size, spec.drop_rate,
+                                  global_pool=spec.global_pool, attention_grid=spec.attention_grid)
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | None = None,
+                    cross_validate: bool = True, cache: dict | None = None) -> Training:
+    import torch
+    runs, train_rows, val_rows = _fits(params, n_train)
+    if not cross_validate:   # the ablation trains on the holdout
+        val_rows = round(n_train * params.split.val_fraction)
+        runs, train_rows = 1, n_train - val_rows
+    views = len(params.image.tta) if spec.tta else 1
+    key = (spec.name, spec.head, spec.img_size, spec.global_pool, spec.attention_grid)
+    cache = {} if cache is None else cache
+    if key not in cache:
+        model = _image_model(params, spec)
+        cache[key] = (_count(model), _count(model.head), int(getattr(model.head, "in_features", 0)))
+    total, head, dim = cache[key]
+    hub = total * 4 if spec.pretrained is True and _needs_download(spec.name) else 0
+    size = spec.img_size
+
+    def build():
+        return _image_model(params, spec, "cpu"), lambda batch: torch.randn(batch, 3, size, size)
+    if spec.mode == "frozen":
+        n_views = len(params.image.tta)
+        return Training(label or spec.label, "image-features", runs, cfg.epochs, train_rows * views, 0,
+                        once_rows=(n_train + n_test) * n_views, params=head, backbone_params=total,
+                        checkpoint_bytes=_checkpoint_bytes(head, cfg),
+                        feature_bytes=(n_train + n_test) * n_views * dim * 4,
+                        extra_bytes=_probs(params, n_train, n_test, runs),
+                        batch_size=cfg.batch_size, build=build, hub_bytes=hub)
+    processes = max(params.image.torchrun_processes(), 1)
+    return Training(label or spec.label, "image", runs, cfg.epochs, train_rows,
+                    cfg.epochs * val_rows + (val_rows + n_test) * views, params=total,
+                    checkpoint_bytes=_checkpoint_bytes(total, cfg),
+                    extra_bytes=_probs(params, n_train, n_test, runs), batch_size=cfg.batch_size,
+                    processes=processes, build=build, hub_bytes=hub)
+
+
+def _probs(params, n_train: int, n_test: int, runs: int) -> int:
+    return (n_train + runs * n_test) * params.num_classes * PROBS_BYTES
+
+
+def _needs_download(name: str) -> bool:
+    from mlc_utils.models.weights import PACKAGED_WEIGHTS, _hub_cached_file
+    arch = name.split(".")[0]
+    return arch not in PACKAGED_WEIGHTS and _hub_cached_file(name) is None
+
+
+def _caption_model(params, device: str = "cpu"):
+    """The caption model with random weights, or None where its config is not available here."""
+    import torch
+
+    from mlc_utils.models.text import create_text_model
+    try:
+        with torch.device(device):
+            model = create_text_model(params.text.model_name, params.num_classes, params.text.pooling,
+                                      params.text.pretrained, load_weights=False)
+    except Exception:  # noqa: BLE001 - offline and not cached: no architecture to count or time
+        return None
+    return model
+
+
+def _caption_trainings(params, n_train: int, n_test: int) -> list[Training]:
+    import torch
+    runs, train_rows, val_rows = _fits(params, n_train)
+    found = _caption_model_facts(params)
+    total, dim = found if found else (0, 0)
+    length = params.text.max_length
+
+    def batch_of(batch: int):
+        ids = torch.randint(1000, 2000, (batch, length))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def build():
+        return _caption_model(params), batch_of
+    out = []
+    for kind in params.text.members:
+        probs = _probs(params, n_train, n_test, runs)
+        if kind == "finetune":
+            cfg = params.text.training(**params.training_defaults())
+            out.append(Training(f"caption {kind}", "caption", runs, cfg.epochs, train_rows,
+                                cfg.epochs * val_rows + val_rows + n_test, params=total,
+                                checkpoint_bytes=_checkpoint_bytes(total, cfg), extra_bytes=probs,
+                                batch_size=cfg.batch_size, build=build if found else None))
+        elif kind == "frozen":
+            cfg = params.text.head_training(**params.training_defaults())
+            head = dim * params.num_classes
+            out.append(Training(f"caption {kind}", "caption-features", runs, cfg.epochs, train_rows, 0,
+                                once_rows=n_train + n_test, params=head, backbone_params=total,
+                                checkpoint_bytes=_checkpoint_bytes(head, cfg),
+                                feature_bytes=(n_train + n_test) * dim * 4, extra_bytes=probs,
+                                batch_size=cfg.batch_size,
+                                build=build if found else None))
+        else:
+            out.append(Training("caption tfidf", "tfidf", runs, 1, train_rows, 0, extra_bytes=probs,
+                                seconds=runs * train_rows * NOMINAL_ROW_S["tfidf"]))
+    return out
+
+
+def _caption_model_facts(params) -> tuple[int, int] | None:
+    import torch
+    with torch.device("meta"):
+        model = _caption_model(params, "meta")
+    return (_count(model), int(model.head.in_features)) if model is not None else None
+
+
+def stage_plans(params, n_train: int, n_test: int, stages) -> list[StagePlan]:
+    """Work and disk of every stage in ``stages`` (times come from :func:`calibrate`)."""
+    from mlc_utils.study.image import image_train_config
+
+    class Ctx:  # what image_train_config reads
+        pass
+    Ctx.params = params
+    cache: dict = {}
+    out = []
+    for stage in stages:
+        plan = StagePlan(stage)
+        if stage == "eda":
+            sample = params.eda.image_size_sample or n_train + n_test
+            plan.work = f"reads {n_train + n_test:,} rows and the size of {min(sample, n_train + n_test):,} images"
+            plan.nominal_s = NOMINAL_S[stage] + min(sample, n_train + n_test) * NOMINAL_ROW_S[stage]
+        elif stage == "split":
+            folds = params.split.folds
+            plan.work = (f"{folds} folds" if folds else f"a {params.split.val_fraction:.0%} holdout") + \
+                f" of {n_train:,} rows ({params.split.method})"
+            plan.nominal_s = NOMINAL_S[stage] + n_train * NOMINAL_ROW_S[stage]
+        elif stage == "image":
+            plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
+                                              cache=cache) for spec in params.image.models]
+        elif stage == "ablation":   # the holdout baseline is the image stage's model; features are shared
+            from mlc_utils.study.ablation import ablation_specs
+            plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
+                                              f"{name}: {spec.label}", cross_validate=False, cache=cache)
+                              for name, spec in ablation_specs(Ctx)
+                              if name != "tta" and (name != "baseline" or params.split.folds)]
+            for t in plan.trainings:
+                t.once_rows = t.feature_bytes = 0
+        elif stage == "text":
+            plan.trainings = _caption_trainings(params, n_train, n_test)
+        else:   # heads on saved outputs, the ensemble, the views of the mistakes
+            runs = _fits(params, n_train)[0]
+            heads = len(params.fusion.heads) if stage == "fusion" else 0
+            epochs = params.fusion.train.epochs or 50
+            plan.work = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {n_train:,} rows of saved outputs" \
+                if heads else f"combines the saved probabilities of {n_train + n_test:,} rows"
+            plan.nominal_s = NOMINAL_S[stage] + heads * runs * epochs * n_train * NOMINAL_ROW_S["head"]
+            plan.disk_bytes += (heads + 1) * _probs(params, n_train, n_test, runs)
+        if plan.trainings:
+            plan.work = "; ".join(_work(t) for t in plan.trainings)
+            plan.disk_bytes += sum(t.disk_bytes for t in plan.trainings)
+        out.append(plan)
+    return out
+
+
+def _work(t: Training) -> str:
+    runs = f"{t.runs} fits x " if t.runs > 1 else ""
+    if t.kind == "tfidf":
+        return f"{t.label}: {runs}{t.train_rows:,} captions"
+    if t.kind.endswith("features"):
+        return f"{t.label}: features of {t.once_rows:,} rows once, then a head {runs}{t.epochs} epochs x {t.train_rows:,}"
+    what = "images" if t.kind == "image" else "captions"
+    return f"{t.label}: {runs}{t.epochs} epochs x {t.train_rows:,} {what} (+ {t.eval_rows:,} predicted per fit)"
+
+
+# ---------------------------------------------------------------------------------------------
+# time and memory: a few timed batches of each architecture on this machine's device
+
+def plan_device(params) -> tuple[str | None, str]:
+    """The device the profile runs on as this machine would run it, or None with why not here."""
+    from mlc_utils.core.device import visible_cuda_devices
+    count, why = visible_cuda_devices()
+    wants_cuda = params.device.startswith("cuda") or (params.device == "auto" and params.image.gpus > 0)
+    if params.device == "cpu" or (params.device == "auto" and not wants_cuda and not count):
+        return "cpu", ""
+    if not count:
+        return None, f"not measurable here (the profile runs on CUDA: {why})"
+    index = int(params.device.partition(":")[2] or 0) if params.device.startswith("cuda") else 0
+    return f"cuda:{index}", ""
+
+
+def _time_batches(model, batch, train: bool, device, amp_dtype, steps: int) -> float:
+    """Seconds per batch: one untimed warm-up, then ``steps`` timed ones."""
+    import torch
+
+    from mlc_utils.core.device import place_model, to_device
+    model = place_model(model, device).train(train)
+    batch = to_device(batch, device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6) if train else None
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    def step():
+        with torch.set_grad_enabled(train), autocast:
+            out = model(batch)
+        if train:
+            out.float().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / steps
+
+
+def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=None) -> None:
+    """Time each architecture (train steps at its batch size, forward passes at the inference batch
+    size) on the plan's device and fill in every training's seconds and peak memory. Past
+    ``budget_s`` seconds of calibration the rest are left without a time ("not calibrated")."""
+    import torch
+
+    from mlc_utils.core.device import native_autocast_dtype
+    if not plan.measurable:
+        return
+    device = torch.device(plan.device)
+    amp = native_autocast_dtype(device)
+    eval_batch = plan.params.inference.batch_size or (128 if device.type == "cuda" else 16)
+    started, timed = time.perf_counter(), {}
+    for stage in plan.stages:
+        for t in stage.trainings:
+            if t.build is None or t.seconds is not None:
+                continue
+            if budget_s is not None and time.perf_counter() - started > budget_s:
+                stage.time_note = f"not calibrated (calibration stopped after {budget_s:.0f} s)"
+                continue
+            key = (t.kind, t.label.split(": ")[-1], t.batch_size)
+            if key not in timed:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                model, batch_of = t.build()
+                train_s = _time_batches(model, batch_of(t.batch_size), True, device, amp, steps) \
+                    if t.kind in TRAINED else 0.0
+                peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+                eval_s = _time_batches(model, batch_of(eval_batch), False, device, amp, steps)
+                timed[key] = (train_s, eval_s, peak)
+                del model
+            train_s, eval_s, peak = timed[key]
+            per_process = math.ceil(t.train_rows / t.processes)
+            if t.kind in TRAINED:
+                fit_s = t.epochs * math.ceil(per_process / t.batch_size) * train_s
+            else:   # a head on saved features: nominal
+                fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"]
+            eval_rows = t.runs * math.ceil(t.eval_rows / t.processes) + t.once_rows
+            t.seconds = t.runs * fit_s + math.ceil(eval_rows / eval_batch) * eval_s
+            t.peak_bytes, t.peak_measured = (peak, True) if peak else (_memory_floor(t), False)
+            if log:
+                log(f"calibrated {t.label} on {device}: {train_s:.3f} s a training batch of {t.batch_size}, "
+                    f"{eval_s:.3f} s a forward batch of {eval_batch}")
+
+
+def _memory_floor(t: Training) -> int:
+    """Weights, gradients and AdamW's two moments of what trains, plus the frozen part's weights
+    (activations come on top: measured only on a GPU)."""
+    return t.params * 4 * 4 + t.backbone_params * 4
+
+
+def make_plan(params, root: Path = PROJECT_ROOT, stages=None, rows: tuple[int, int] | None = None,
+              calibration: bool = True, budget_s: float | None = None, log=None) -> Plan:
+    (n_train, n_test), rows_from = row_counts(params, Path(root), rows)
+    device, why = plan_device(params)
+    plans = stage_plans(params, n_train, n_test, stages or params.stages)
+    plan = Plan(params, plans, (n_train, n_test), rows_from, device or params.device, device is not None)
+    for stage in plans:
+        for t in stage.trainings:
+            if t.peak_bytes is None and t.params:
+                t.peak_bytes = _memory_floor(t)
+        if device is None and any(t.build is not None for t in stage.trainings):
+            stage.time_note = why
+    if device is not None and not calibration:
+        plan.note = "time: not calibrated (--no-calibrate)"
+        for stage in plans:
+            if any(t.seconds is None for t in stage.trainings):
+                stage.time_note = "not calibrated (--no-calibrate)"
+    elif calibration:
+        calibrate(plan, budget_s=budget_s, log=log)
+    for stage in plans:  # a stage with a training nothing could time (no architecture available here)
+        if not stage.time_note and any(t.seconds is None for t in stage.trainings):
+            stage.time_note = "not measurable here (the model's configuration is not available offline)"
+    return plan
+
+
+def _rows(text: str) -> tuple[int, int]:
+    try:
+        train, test = (int(v.replace(",", "").replace("_", "")) for v in text.split(":" if ":" in text else "/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rows: expected TRAIN/TEST row counts such as 30000/10000 (got {text!r})")
+    return train, test
+
+
+def cli(argv: list[str]) -> int:
+    from mlc_utils.study.params import ParamError, load_params
+    parser = argparse.ArgumentParser(prog="python -m mlc_utils plan",
+                                     description="Print, stage by stage, the work, time, disk and peak memory of a run.")
+    parser.add_argument("--params", required=True, help="params YAML, e.g. params/comp5329-gpu.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, as for run")
+    parser.add_argument("--rows", type=_rows, metavar="TRAIN/TEST",
+                        help="row counts to plan for (default: the data folder's, see the docs)")
+    parser.add_argument("--no-calibrate", action="store_true", help="skip the timed batches (no times)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params, args.overrides)
+    except ParamError as err:
+        print(f"mlc_utils plan: {err}", file=sys.stderr)
+        return 2
+    print(make_plan(params, rows=args.rows, calibration=not args.no_calibrate).render())
+    return 0
