@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlc_utils.models.tfidf import TfidfCaptionClassifier
 from mlc_utils.core.inference import Inference
+from mlc_utils.models.tfidf import TfidfCaptionClassifier
 
 CAPTIONS = ["a man riding a motorcycle down a street", "a dog sitting on a couch", "a red car parked by the road",
             "two men riding motorcycles", "a brown dog playing in the grass", "cars and a bus in traffic",

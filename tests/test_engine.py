@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from mlc_utils.core.config import ParamError
+from mlc_utils.core.inference import Inference
 from mlc_utils.data.images import image_dataset
 from mlc_utils.evaluation.predict import predict_probs
 from mlc_utils.models import create_image_model
@@ -23,7 +24,6 @@ from mlc_utils.models.checkpoint import (
 from mlc_utils.train import features
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import fit
-from mlc_utils.core.inference import Inference
 
 CPU = Inference("cpu")
 

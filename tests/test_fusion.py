@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from mlc_utils.core.inference import Inference
 from mlc_utils.evaluation.ensemble import late_fusion, tune_late_fusion
 from mlc_utils.models.fusion import (
     FUSION_HEADS,
@@ -19,7 +20,6 @@ from mlc_utils.models.fusion import (
     create_head,
     output_dim,
 )
-from mlc_utils.core.inference import Inference
 
 C = 5
 

@@ -27,6 +27,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mlc_utils import cli as mlc_cli
+from mlc_utils.core.inference import Inference
 from mlc_utils.data.csvio import (
     CsvFormatError,
     read_test_csv,
@@ -42,7 +43,6 @@ from mlc_utils.run import pipeline
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.features import compute_features
 from mlc_utils.train.loop import fit
-from mlc_utils.core.inference import Inference
 
 torch.set_num_threads(1)
 

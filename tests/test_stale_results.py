@@ -16,13 +16,13 @@ import pytest
 import torch
 from conftest import PROJECT, draw, make_project
 
+from mlc_utils.core.inference import Inference
 from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.models import create_image_model
 from mlc_utils.study import members as study
 from mlc_utils.study.context import StageContext, open_stage
 from mlc_utils.study.params import load_params
 from mlc_utils.train.features import FeatureCache, cached_features, compute_features
-from mlc_utils.core.inference import Inference
 
 CPU = Inference("cpu")
 

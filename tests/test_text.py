@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mlc_utils.core.config import ParamError, from_dict
+from mlc_utils.core.inference import Inference
 from mlc_utils.data.caption_tokens import CaptionDataset, trim_padding_collate
 from mlc_utils.data.captions import CLEANING_STEPS, CaptionCleaner
 from mlc_utils.models.text import (
@@ -17,7 +18,6 @@ from mlc_utils.models.text import (
     resolve_model_source,
 )
 from mlc_utils.study.params import TextStageParams
-from mlc_utils.core.inference import Inference
 
 ALL_OFF = {name: False for name in CLEANING_STEPS}
 

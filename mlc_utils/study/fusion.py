@@ -34,8 +34,7 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
     out = {}
     for split, ids in ids_by_split.items():
         if member.kind == "image" and member.info.get("mode") == "frozen":
-            from mlc_utils.train.features import FeatureCache, cached_features
-            from mlc_utils.train.features import head_outputs
+            from mlc_utils.train.features import FeatureCache, cached_features, head_outputs
             features = cached_features(model, root, ids, "center", ctx.inference,
                                        FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features")))
             out[split] = features if fusion_input == "features" else head_outputs(model, features, ctx.inference)

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mlc_utils.core.inference import Inference, run_model
 from mlc_utils.core.fingerprint import IMAGE_FOLDER, file_stamp, source_digest
+from mlc_utils.core.inference import Inference, run_model
 from mlc_utils.core.io import atomic_write_text, save_npy
 from mlc_utils.data.images import image_dataset
 from mlc_utils.evaluation.predict import predict_probs

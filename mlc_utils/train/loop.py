@@ -45,9 +45,9 @@ from mlc_utils.core.device import (
     seed_everything,
     to_device,
 )
+from mlc_utils.core.inference import Inference, make_loader, run_model
 from mlc_utils.core.io import atomic_save, atomic_write_text, save_npy
 from mlc_utils.evaluation.metrics import evaluate
-from mlc_utils.core.inference import Inference, make_loader, run_model
 from mlc_utils.models.checkpoint import (
     check_identity,
     inference_state,
