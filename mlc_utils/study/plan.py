@@ -531,53 +531,64 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
             if t.build is None or t.seconds is not None:
                 continue
             eval_batch = inference.batch_for("images" if t.kind in IMAGE_KINDS else "tokens")
-            key = cache.key(**t.arch, **machine, train=t.kind in TRAINED, batch=t.batch_size, eval_batch=eval_batch)
-            decode_key = cache.key(decode=t.data_config, data=str(data_dir), images=images, **machine) \
-                if t.kind in IMAGE_KINDS and images else None
-            if cache.get(key) is None or (decode_key and cache.get(decode_key) is None):
+            keys = {"forward": cache.key(**t.arch, **machine, forward_batch=eval_batch)}
+            if t.kind in TRAINED:
+                keys["train"] = cache.key(**t.arch, **machine, train_batch=t.batch_size)
+            if t.kind in IMAGE_KINDS and images:
+                keys["decode"] = cache.key(decode=t.data_config, data=str(data_dir), images=images, **machine)
+            missing = [what for what, key in keys.items() if cache.get(key) is None]
+            if missing:
                 if budget_s is not None and time.perf_counter() - started > budget_s:
                     stage.time_note = f"not calibrated (calibration stopped after {budget_s:.0f} s)"
                     continue
-                if cache.get(key) is None:
-                    cache.put(key, _calibrate_model(t, device, amp, steps, eval_batch))
-                if decode_key and cache.get(decode_key) is None:
-                    cache.put(decode_key, {"train_s": _time_decode(t.data_config, data_dir, images, True),
-                                           "eval_s": _time_decode(t.data_config, data_dir, images, False)})
+                _calibrate(t, missing, keys, cache, device, amp, steps, eval_batch, data_dir, images)
                 if log:
-                    log(f"calibrated {t.label} on {device}: {cache.get(key)}")
-            timed = cache.get(key)
-            decode = cache.get(decode_key) if decode_key else \
-                {"train_s": DECODE_S["train"], "eval_s": DECODE_S["eval"]} if t.kind in IMAGE_KINDS else \
-                {"train_s": 0.0, "eval_s": 0.0}
-            t.seconds = _seconds(t, timed["train_s"], timed["eval_s"] / eval_batch, decode)
-            peak = timed.get("peak")
+                    log(f"calibrated {t.label} on {device}: " + ", ".join(
+                        f"{what} {cache.get(keys[what])['s']:.3f} s" for what in missing))
+            found = {what: cache.get(key) for what, key in keys.items()}
+            decode = found.get("decode") or ({"s": DECODE_S["train"], "eval_s": DECODE_S["eval"]}
+                                            if t.kind in IMAGE_KINDS else {"s": 0.0, "eval_s": 0.0})
+            t.seconds = _seconds(t, (found.get("train") or {"s": 0.0})["s"], found["forward"]["s"] / eval_batch,
+                                 decode["s"], decode["eval_s"])
+            peak = (found.get("train") or {}).get("peak")
             t.peak_bytes, t.peak_measured = (peak, True) if peak else (_memory_floor(t), False)
     cache.save()
 
 
-def _calibrate_model(t: Training, device, amp, steps: int, eval_batch: int) -> dict:
-    """Seconds of one training batch and of one forward batch of ``t``'s architecture, random weights."""
+def _calibrate(t: Training, missing: list[str], keys: dict, cache: CalibrationCache, device, amp, steps: int,
+               eval_batch: int, data_dir: Path | None, images: list[str]) -> None:
+    """Time what ``missing`` names for ``t`` into ``cache``: a training batch (and its peak memory on
+    a GPU) and a forward batch of its architecture with random weights; the decoding of ``images``
+    (seconds a training image in ``s``, an evaluation image in ``eval_s``)."""
     import torch
+    if "decode" in missing:
+        cache.put(keys["decode"], {"s": _time_decode(t.data_config, data_dir, images, True),
+                                   "eval_s": _time_decode(t.data_config, data_dir, images, False)})
+    if "train" not in missing and "forward" not in missing:
+        return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, batch_of = t.build()
-    train_s = _time_batches(model, batch_of(t.batch_size), True, device, amp, steps) if t.kind in TRAINED else 0.0
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    eval_s = _time_batches(model, batch_of(eval_batch), False, device, amp, steps)
+    if "train" in missing:
+        train_s = _time_batches(model, batch_of(t.batch_size), True, device, amp, steps)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        cache.put(keys["train"], {"s": train_s, "peak": peak})
+    if "forward" in missing:
+        cache.put(keys["forward"], {"s": _time_batches(model, batch_of(eval_batch), False, device, amp, steps)})
     del model
-    return {"train_s": train_s, "eval_s": eval_s, "peak": peak}
 
 
-def _seconds(t: Training, train_batch_s: float, forward_row_s: float, decode: dict) -> float:
+def _seconds(t: Training, train_batch_s: float, forward_row_s: float, decode_train_s: float,
+             decode_eval_s: float) -> float:
     """The model of time of one training (module docstring): its fits, then its forward passes."""
     per_process = math.ceil(t.train_rows / t.processes)
     if t.kind in TRAINED:   # epochs that train the head alone cost about a forward pass of their rows
         fit_s = (t.epochs - t.frozen_epochs) * math.ceil(per_process / t.batch_size) * train_batch_s + \
-            t.frozen_epochs * per_process * forward_row_s + t.epochs * per_process * decode["train_s"]
+            t.frozen_epochs * per_process * forward_row_s + t.epochs * per_process * decode_train_s
     else:   # a head on saved features: nominal
         fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"]
     forward_rows = t.runs * math.ceil(t.eval_rows / t.processes) + t.once_rows
-    return t.runs * fit_s + forward_rows * (forward_row_s + decode["eval_s"])
+    return t.runs * fit_s + forward_rows * (forward_row_s + decode_eval_s)
 
 
 def _memory_floor(t: Training) -> int:
