@@ -73,7 +73,7 @@ class Training:
     processes: int = 1
     build: object = None       # () -> (model with random weights, batch size -> example batch): calibration
     arch: dict = field(default_factory=dict)   # what the time depends on besides the settings (calibration cache)
-    data_config: dict | None = None            # the image transform's settings (decode timing)
+    data_config: dict | None = None            # the image transform's settings + auto_augment (decode timing)
     frozen_epochs: int = 0     # first epochs that train the head alone (``freeze_epochs``): forward passes
     seconds: float | None = None
     peak_bytes: int | None = None
@@ -244,7 +244,8 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
 
     def build():
         return _image_model(params, spec, "cpu"), lambda batch: torch.randn(batch, 3, size, size)
-    common = dict(build=build, arch=arch, data_config=data_config, batch_size=cfg.batch_size)
+    common = dict(build=build, arch=arch, batch_size=cfg.batch_size,
+                  data_config={**data_config, "auto_augment": spec.auto_augment or None})
     if predict_only:
         return Training(label or spec.label, "image-predict", 1, 0, 0, (val_rows + n_test) * views, **common)
     probs = _probs(params, n_train, n_test, runs)
@@ -352,8 +353,10 @@ def stage_plans(params, n_train: int, n_test: int, stages) -> list[StagePlan]:
         elif stage == "image":
             plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
                                               cache=cache) for spec in params.image.models]
-        elif stage == "ablation":   # the holdout baseline is the image stage's model; features are shared;
-            from mlc_utils.study.ablation import ablation_specs   # TTA of a fine-tuned model only predicts
+        elif stage == "ablation":
+            # the holdout baseline is the image stage's model; features are shared; the TTA switch of
+            # a fine-tuned model only predicts again
+            from mlc_utils.study.ablation import ablation_specs
             plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
                                               f"{name}: {spec.label}", cross_validate=False, cache=cache,
                                               predict_only=name == "tta" and spec.mode == "finetune")
@@ -437,7 +440,9 @@ def _time_decode(data_config: dict, data_dir: Path, image_ids: list[str], train:
     """Seconds to decode and transform one image (as the training or evaluation pass does, in this
     process: the CPU's loaders have no workers): one untimed image, then the rest."""
     from mlc_utils.data.images import image_dataset
-    dataset = image_dataset(data_dir, image_ids, None, data_config, train=train)
+    settings = dict(data_config)
+    augment = settings.pop("auto_augment", None)
+    dataset = image_dataset(data_dir, image_ids, None, settings, train=train, auto_augment=augment)
     dataset[0]
     started = time.perf_counter()
     for i in range(1, len(dataset)):
