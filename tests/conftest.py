@@ -12,6 +12,10 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `run` prints a plan before its first stage, calibrating each architecture it trains (seconds to a
+# minute on a CPU the first time on a machine): the many tests that run studies are not about the
+# plan, so they go without it; tests/test_plan.py switches it back on where it tests it.
+os.environ.setdefault("MLC_PLAN", "off")
 
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(os.environ.get("MLC_REAL_DATA", PROJECT.parent / "shared" / "comp5329-dev"))

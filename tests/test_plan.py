@@ -1,7 +1,9 @@
 """`plan` for every shipped profile on this CPU: a figure for every stage (work, disk, memory and a
-time, or the time marked as not measurable here), and `run` prints the plan before the first stage."""
+time, or the time marked as not measurable here), and `run` prints the plan before the first stage.
+Calibration is paid once a machine (a cache), and `run` plans only the stages it will run."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,92 @@ def test_run_prints_the_plan_before_the_first_stage(tiny_data):
     assert [line.split()[0] for line in lines[1:] if line.startswith("  ") and not line.startswith("   ")] == \
         ["eda", "split", "total"]
     assert plan.stage_seconds("split") is not None
+
+
+def _tiny_params(tiny_data, root: Path, **overrides):
+    return load_params(None, {"data_dir": str(tiny_data), "stages": ["eda", "split", "image", "ablation"],
+                              "image.models": [{"name": "test_vit", "img_size": 32, "pretrained": False}],
+                              "image.train.epochs": 1, "ablation.switches": ["tta"], **overrides})
+
+
+def test_a_second_plan_on_the_same_machine_calibrates_nothing(tiny_data, tmp_path, monkeypatch):
+    from mlc_utils.study import plan as planning
+    params = _tiny_params(tiny_data, tmp_path)
+    first = make_plan(params, tmp_path)
+    cached = planning.calibration_path(params, tmp_path)
+    assert cached.is_file() and first.stage_seconds("image") > 0
+    entries = json.loads(cached.read_text())
+    assert any(json.loads(key).get("decode") for key in entries), "the images' decoding was timed"
+
+    calls = []
+
+    def timed(*args, **kwargs):
+        calls.append(args)
+        return 0.01
+    monkeypatch.setattr(planning, "_time_batches", timed)
+    monkeypatch.setattr(planning, "_time_decode", timed)
+    second = make_plan(params, tmp_path)
+    assert calls == [] and [s.seconds for s in second.stages] == [s.seconds for s in first.stages]
+    # another training batch size is another calibration of the training batch only
+    make_plan(_tiny_params(tiny_data, tmp_path, **{"image.train.batch_size": 4}), tmp_path)
+    assert len(calls) == 1 and calls[0][2] is True
+
+
+def test_the_ablation_only_predicts_for_tta_and_every_stage_pays_its_overhead(tiny_data, tmp_path):
+    from mlc_utils.study.plan import STAGE_OVERHEAD_S
+    plan = make_plan(_tiny_params(tiny_data, tmp_path), tmp_path, calibration=False)
+    ablation = next(s for s in plan.stages if s.stage == "ablation")
+    assert [t.kind for t in ablation.trainings] == ["image-predict"] and ablation.trainings[0].epochs == 0
+    assert all(s.nominal_s >= STAGE_OVERHEAD_S for s in plan.stages)
+
+
+def _all_skipped_project(tmp_path, tiny_data, monkeypatch):
+    """A project whose stages all ran before with the keys a run computes now (faked: no notebook runs)."""
+    from conftest import make_project
+
+    from mlc_utils.run import pipeline, report
+    root, params_file = make_project(tmp_path, tiny_data)
+    monkeypatch.setattr(pipeline, "stage_key", lambda study, stage, data_fp: f"key-{stage}")
+    monkeypatch.setattr(report, "write_index", lambda study, results: root / "index.html")
+    monkeypatch.setattr(report, "write_pdf", lambda index, log: None)
+    for stage in ("eda", "split"):
+        paths = pipeline.Study(load_params(params_file), {}, root).paths
+        paths.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        (paths.stage_dir(stage) / "stage.json").write_text(json.dumps({"key": f"key-{stage}", "status": "ok"}))
+        paths.notebook_out(stage).parent.mkdir(parents=True, exist_ok=True)
+        paths.notebook_out(stage).write_text("{}")
+    return root, params_file
+
+
+def test_a_run_with_every_stage_unchanged_prints_no_plan_and_calibrates_nothing(tmp_path, tiny_data, monkeypatch):
+    from mlc_utils.run.pipeline import run_study
+    from mlc_utils.study import plan as planning
+    monkeypatch.delenv("MLC_PLAN", raising=False)
+    root, params_file = _all_skipped_project(tmp_path, tiny_data, monkeypatch)
+    monkeypatch.setattr(planning, "calibrate", lambda *a, **k: pytest.fail("calibrated for a run with nothing to run"))
+    logs = []
+    results = run_study(str(params_file), root=root, log=logs.append)
+    assert [r.status for r in results] == ["skipped", "skipped"]
+    assert not any(line.startswith("plan of run") for line in logs), logs
+
+
+def test_run_plans_only_the_stages_it_will_run_and_mlc_plan_off_switches_the_plan_off(tmp_path, tiny_data,
+                                                                                        monkeypatch):
+    from mlc_utils.run import pipeline
+    root, params_file = _all_skipped_project(tmp_path, tiny_data, monkeypatch)
+    study = pipeline.Study(load_params(params_file), {}, root)
+    (study.paths.stage_dir("split") / "stage.json").unlink()     # split changed, eda did not
+    assert pipeline.stages_to_run(study, ["eda", "split"], {}) == ["split"]
+    assert pipeline.stages_to_run(study, ["eda", "split"], {}, force=True) == ["eda", "split"]
+    planned = []
+    monkeypatch.setattr(pipeline, "_print_plan", lambda params, chosen, root, log: planned.append(chosen))
+    monkeypatch.setattr(pipeline, "execute_stage", lambda study, stage, key, log, **kw: pipeline.StageResult(
+        stage, "ran", 0.0, study.paths.notebook_out(stage)))
+    monkeypatch.delenv("MLC_PLAN", raising=False)
+    pipeline.run_study(str(params_file), root=root, log=lambda line: None)
+    assert planned == [["split"]]
+    monkeypatch.setenv("MLC_PLAN", "off")
+    pipeline.run_study(str(params_file), root=root, log=lambda line: None)
+    monkeypatch.delenv("MLC_PLAN")
+    pipeline.run_study(str(params_file), root=root, log=lambda line: None, plan=False)   # run --no-plan
+    assert planned == [["split"]]

@@ -248,9 +248,29 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     return StageResult(stage, "ran", seconds, out)
 
 
+def _unchanged(study: Study, stage: str, key: str) -> bool:
+    """Whether ``stage`` ran before with ``key`` and its executed notebook is there (skip it)."""
+    manifest = study.paths.manifest(stage)
+    return bool(manifest) and manifest.get("key") == key and manifest.get("status") == "ok" \
+        and study.paths.notebook_out(stage).is_file()
+
+
+def stages_to_run(study: Study, chosen: list[str], data_fp: dict, force: bool = False) -> list[str]:
+    """The stages of ``chosen`` a run will execute: the changed ones, and every one that reads a stage
+    that runs (its new run changes their key)."""
+    out: list[str] = []
+    for stage in chosen:
+        if force or any(dep in out for dep in STAGES[stage].reads) or \
+                not _unchanged(study, stage, stage_key(study, stage, data_fp)):
+            out.append(stage)
+    return out
+
+
 def run_study(params_file: str | None, overrides: list[str] | dict = (), only: list[str] | None = None,
-              force: bool = False, root: Path = PROJECT_ROOT, log=print) -> list[StageResult]:
-    """Run (or skip) each stage in order; stop at the first failure. Returns one result per stage."""
+              force: bool = False, root: Path = PROJECT_ROOT, log=print, plan: bool = True) -> list[StageResult]:
+    """Run (or skip) each stage in order; stop at the first failure. Returns one result per stage.
+
+    ``plan``: print the plan of the stages that will run first (:func:`plan_wanted`)."""
     override_map = dict(parse_override(o) for o in overrides) if not isinstance(overrides, dict) else dict(overrides)
     params = load_params(params_file, override_map)
     study = Study(params, override_map, Path(root))
@@ -278,7 +298,8 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         raise OSError(f"{err} to start a run (set MLC_MIN_FREE_MB to change this minimum)") from None
     ensure_writable_dir(study.paths.report_dir)
     data_fp = data_fingerprint(data_dir)
-    plan = _print_plan(params, chosen, study.root, log)
+    will_run = stages_to_run(study, chosen, data_fp, force) if plan_wanted(plan) else []
+    plan = _print_plan(params, will_run, study.root, log) if will_run else None
     results: list[StageResult] = []
     for stage in chosen:
         missing = _missing_upstream(study, stage, chosen)
@@ -288,9 +309,7 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
             log(f"[{stage}] {results[-1].error}")
             break
         key = stage_key(study, stage, data_fp)
-        manifest = study.paths.manifest(stage)
-        if not force and manifest and manifest.get("key") == key and manifest.get("status") == "ok" \
-                and study.paths.notebook_out(stage).is_file():
+        if not force and _unchanged(study, stage, key):
             results.append(StageResult(stage, "skipped", 0.0, study.paths.notebook_out(stage)))
             log(f"[{stage}] unchanged (notebook, parameters, data and inputs): skipped; use --force to re-run")
             continue
@@ -321,11 +340,18 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
 
 
 PLAN_CALIBRATION_S = 30.0   # run's plan: architectures left untimed past this much calibration
+PLAN_ENV = "MLC_PLAN"       # "off" (or 0, no, false): run prints no plan and calibrates nothing
+
+
+def plan_wanted(flag: bool = True) -> bool:
+    """Whether ``run`` prints its plan: not with ``--no-plan`` (``flag`` False) nor with ``MLC_PLAN=off``."""
+    return flag and os.environ.get(PLAN_ENV, "").strip().lower() not in ("off", "0", "no", "false")
 
 
 def _print_plan(params, chosen, root, log):
-    """The plan (:mod:`mlc_utils.study.plan`) before the first stage, with a bounded calibration; a plan
-    that cannot be made is said and never stops the run."""
+    """The plan (:mod:`mlc_utils.study.plan`) of the stages ``chosen`` (those that will run) before the
+    first one, with a bounded calibration (cached: paid once a machine); a plan that cannot be made is
+    said and never stops the run."""
     from mlc_utils.study.plan import make_plan
     try:
         plan = make_plan(params, root, chosen, budget_s=PLAN_CALIBRATION_S)
@@ -343,12 +369,14 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--params", required=True, help="params YAML, e.g. params/demo.yaml")
     parser.add_argument("--only", nargs="+", metavar="STAGE", help=f"run only these stages ({', '.join(STAGE_NAMES)})")
     parser.add_argument("--force", action="store_true", help="re-run stages even when unchanged")
+    parser.add_argument("--no-plan", action="store_true",
+                        help=f"print no plan before the first stage (no calibration; also {PLAN_ENV}=off)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. --set data_dir=/elsewhere --set image.train.epochs=2")
     args = parser.parse_args(argv)
     try:
         results = run_study(args.params, args.overrides, args.only, args.force,
-                            log=lambda line: print(line, flush=True))
+                            log=lambda line: print(line, flush=True), plan=not args.no_plan)
     except (ParamError, FileNotFoundError, PermissionError, OSError) as err:
         print(f"mlc_utils run: {err}", file=sys.stderr)
         return 2

@@ -10,11 +10,28 @@ Row counts come from ``--rows TRAIN/TEST``, else the data folder, else the data 
 ``data/demo`` is the demo generator's defaults, anything else the competition's 30,000 labelled
 and 10,000 test rows. Small steps (EDA, the split, heads on saved outputs, TF-IDF, the ensemble)
 have nominal times, marked ``~``.
+
+The model of time follows what each stage does: every stage pays ``STAGE_OVERHEAD_S`` (kernel start,
+imports, report rendering); a fine-tuned image model pays, per fit, its epochs of training batches
+and of decoded, augmented images plus each epoch's validation pass, then the forward passes that
+predict the validation and test rows in each TTA view; a frozen one pays one feature pass over
+every image and view (cached, shared by its folds and by the ablation) and cheap head epochs; the
+ablation's baseline is the image stage's model where the image stage has no folds, and its TTA
+switch only predicts again; caption models likewise (the frozen one embeds every caption once).
+
+Calibration runs at the run's settings (training batch size, inference batch size of the device,
+precision, torch's thread count), one untimed warm-up batch then ``steps`` timed ones, and times the
+decoding + transform of a few of the data folder's images. Its results are kept in
+``<cache_dir>/plan/calibration.json`` keyed by architecture, settings and machine (device name,
+torch version, thread count, CPU model): a second plan on the same machine calibrates nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,9 +42,15 @@ from mlc_utils.study.context import PROJECT_ROOT
 COMPETITION_ROWS = (30_000, 10_000)
 STAGE_OVERHEAD_BYTES = 5 * 2**20      # executed notebook, its HTML, tables and figures
 PROBS_BYTES = 4                       # float32 probabilities per row and class
-NOMINAL_S = {"eda": 20.0, "split": 10.0, "fusion": 20.0, "ensemble": 20.0, "explore": 20.0}
+STAGE_OVERHEAD_S = 15.0              # every stage: kernel start, imports, rendering the report
+NOMINAL_S = {"eda": 5.0, "split": 0.0, "fusion": 5.0, "ensemble": 5.0, "explore": 5.0}   # on top of the overhead
 NOMINAL_ROW_S = {"eda": 0.005, "split": 0.002, "tfidf": 0.004, "head": 2e-5}   # per row (x epochs for heads)
-TRAINED = ("image", "caption")       # kinds whose whole model trains (the rest: heads on features)
+# seconds to decode and transform one image where the data folder has none to time: one core, no
+# loader workers (benchmarks/README.md, input_pipeline: decode + train / eval transform)
+DECODE_S = {"train": 0.0029, "eval": 0.0026}
+DECODE_SAMPLE = 8                    # images timed per transform (after one untimed)
+TRAINED = ("image", "caption")       # kinds whose whole model trains (the rest: heads on features, predictions)
+IMAGE_KINDS = ("image", "image-features", "image-predict")   # rows are decoded images
 OPTIMIZER_STATES = {"adamw": 2, "timm_adamw": 2, "sgd": 1}  # tensors of the parameters' size it keeps
 
 
@@ -49,6 +72,9 @@ class Training:
     batch_size: int = 32
     processes: int = 1
     build: object = None       # () -> (model with random weights, batch size -> example batch): calibration
+    arch: dict = field(default_factory=dict)   # what the time depends on besides the settings (calibration cache)
+    data_config: dict | None = None            # the image transform's settings + auto_augment (decode timing)
+    frozen_epochs: int = 0     # first epochs that train the head alone (``freeze_epochs``): forward passes
     seconds: float | None = None
     peak_bytes: int | None = None
     peak_measured: bool = False    # else a floor: weights, gradients, optimizer (no activations)
@@ -195,7 +221,9 @@ def _count(module) -> int:
 
 
 def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | None = None,
-                    cross_validate: bool = True, cache: dict | None = None) -> Training:
+                    cross_validate: bool = True, cache: dict | None = None, predict_only: bool = False) -> Training:
+    """One image model of ``image.models`` (or of the ablation: ``cross_validate`` False trains on the
+    holdout; ``predict_only``: a trained model's checkpoint predicting in other views, no training)."""
     import torch
     runs, train_rows, val_rows = _fits(params, n_train)
     if not cross_validate:   # the ablation trains on the holdout
@@ -206,27 +234,31 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
     cache = {} if cache is None else cache
     if key not in cache:
         model = _image_model(params, spec)
-        cache[key] = (_count(model), _count(model.head), int(getattr(model.head, "in_features", 0)))
-    total, head, dim = cache[key]
-    hub = total * 4 if spec.pretrained is True and _needs_download(spec.name) else 0
+        cache[key] = (_count(model), _count(model.head), int(getattr(model.head, "in_features", 0)),
+                      dict(model.spec["data"]))
+    total, head, dim, data_config = cache[key]
+    hub = total * 4 if spec.pretrained is True and _needs_download(spec.name) and not predict_only else 0
     size = spec.img_size
+    arch = {"image": spec.name, "head": spec.head, "img_size": size, "pool": spec.global_pool,
+            "grid": spec.attention_grid}
 
     def build():
         return _image_model(params, spec, "cpu"), lambda batch: torch.randn(batch, 3, size, size)
-    if spec.mode == "frozen":
-        n_views = len(params.image.tta)
+    common = dict(build=build, arch=arch, batch_size=cfg.batch_size,
+                  data_config={**data_config, "auto_augment": spec.auto_augment or None})
+    if predict_only:
+        return Training(label or spec.label, "image-predict", 1, 0, 0, (val_rows + n_test) * views, **common)
+    probs = _probs(params, n_train, n_test, runs)
+    if spec.mode == "frozen":   # one feature pass per image and view (cached), then head epochs on its rows
         return Training(label or spec.label, "image-features", runs, cfg.epochs, train_rows * views, 0,
-                        once_rows=(n_train + n_test) * n_views, params=head, backbone_params=total,
-                        checkpoint_bytes=_checkpoint_bytes(head, cfg),
-                        feature_bytes=(n_train + n_test) * n_views * dim * 4,
-                        extra_bytes=_probs(params, n_train, n_test, runs),
-                        batch_size=cfg.batch_size, build=build, hub_bytes=hub)
+                        once_rows=(n_train + n_test) * views, params=head, backbone_params=total,
+                        checkpoint_bytes=_checkpoint_bytes(head, cfg), feature_bytes=(n_train + n_test) * views * dim * 4,
+                        extra_bytes=probs, hub_bytes=hub, **common)
     processes = max(params.image.torchrun_processes(), 1)
     return Training(label or spec.label, "image", runs, cfg.epochs, train_rows,
                     cfg.epochs * val_rows + (val_rows + n_test) * views, params=total,
-                    checkpoint_bytes=_checkpoint_bytes(total, cfg),
-                    extra_bytes=_probs(params, n_train, n_test, runs), batch_size=cfg.batch_size,
-                    processes=processes, build=build, hub_bytes=hub)
+                    checkpoint_bytes=_checkpoint_bytes(total, cfg), extra_bytes=probs,
+                    processes=processes, hub_bytes=hub, frozen_epochs=min(cfg.freeze_epochs, cfg.epochs), **common)
 
 
 def _probs(params, n_train: int, n_test: int, runs: int) -> int:
@@ -266,6 +298,7 @@ def _caption_trainings(params, n_train: int, n_test: int) -> list[Training]:
 
     def build():
         return _caption_model(params), batch_of
+    arch = {"caption": params.text.model_name, "pooling": params.text.pooling, "max_length": length}
     out = []
     for kind in params.text.members:
         probs = _probs(params, n_train, n_test, runs)
@@ -274,7 +307,8 @@ def _caption_trainings(params, n_train: int, n_test: int) -> list[Training]:
             out.append(Training(f"caption {kind}", "caption", runs, cfg.epochs, train_rows,
                                 cfg.epochs * val_rows + val_rows + n_test, params=total,
                                 checkpoint_bytes=_checkpoint_bytes(total, cfg), extra_bytes=probs,
-                                batch_size=cfg.batch_size, build=build if found else None))
+                                batch_size=cfg.batch_size, build=build if found else None, arch=arch,
+                                frozen_epochs=min(cfg.freeze_epochs, cfg.epochs)))
         elif kind == "frozen":
             cfg = params.text.head_training(**params.training_defaults())
             head = dim * params.num_classes
@@ -282,8 +316,7 @@ def _caption_trainings(params, n_train: int, n_test: int) -> list[Training]:
                                 once_rows=n_train + n_test, params=head, backbone_params=total,
                                 checkpoint_bytes=_checkpoint_bytes(head, cfg),
                                 feature_bytes=(n_train + n_test) * dim * 4, extra_bytes=probs,
-                                batch_size=cfg.batch_size,
-                                build=build if found else None))
+                                batch_size=cfg.batch_size, build=build if found else None, arch=arch))
         else:
             out.append(Training("caption tfidf", "tfidf", runs, 1, train_rows, 0, extra_bytes=probs,
                                 seconds=runs * train_rows * NOMINAL_ROW_S["tfidf"]))
@@ -307,25 +340,27 @@ def stage_plans(params, n_train: int, n_test: int, stages) -> list[StagePlan]:
     cache: dict = {}
     out = []
     for stage in stages:
-        plan = StagePlan(stage)
+        plan = StagePlan(stage, nominal_s=STAGE_OVERHEAD_S)
         if stage == "eda":
             sample = params.eda.image_size_sample or n_train + n_test
             plan.work = f"reads {n_train + n_test:,} rows and the size of {min(sample, n_train + n_test):,} images"
-            plan.nominal_s = NOMINAL_S[stage] + min(sample, n_train + n_test) * NOMINAL_ROW_S[stage]
+            plan.nominal_s += NOMINAL_S[stage] + min(sample, n_train + n_test) * NOMINAL_ROW_S[stage]
         elif stage == "split":
             folds = params.split.folds
             plan.work = (f"{folds} folds" if folds else f"a {params.split.val_fraction:.0%} holdout") + \
                 f" of {n_train:,} rows ({params.split.method})"
-            plan.nominal_s = NOMINAL_S[stage] + n_train * NOMINAL_ROW_S[stage]
+            plan.nominal_s += NOMINAL_S[stage] + n_train * NOMINAL_ROW_S[stage]
         elif stage == "image":
             plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
                                               cache=cache) for spec in params.image.models]
-        elif stage == "ablation":   # the holdout baseline is the image stage's model; features are shared
+        elif stage == "ablation":
+            # the holdout baseline is the image stage's model; features are shared; the TTA switch of
+            # a fine-tuned model only predicts again
             from mlc_utils.study.ablation import ablation_specs
             plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
-                                              f"{name}: {spec.label}", cross_validate=False, cache=cache)
-                              for name, spec in ablation_specs(Ctx)
-                              if name != "tta" and (name != "baseline" or params.split.folds)]
+                                              f"{name}: {spec.label}", cross_validate=False, cache=cache,
+                                              predict_only=name == "tta" and spec.mode == "finetune")
+                              for name, spec in ablation_specs(Ctx) if name != "baseline" or params.split.folds]
             for t in plan.trainings:
                 t.once_rows = t.feature_bytes = 0
         elif stage == "text":
@@ -336,7 +371,7 @@ def stage_plans(params, n_train: int, n_test: int, stages) -> list[StagePlan]:
             epochs = params.fusion.train.epochs or 50
             plan.work = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {n_train:,} rows of saved outputs" \
                 if heads else f"combines the saved probabilities of {n_train + n_test:,} rows"
-            plan.nominal_s = NOMINAL_S[stage] + heads * runs * epochs * n_train * NOMINAL_ROW_S["head"]
+            plan.nominal_s += NOMINAL_S[stage] + heads * runs * epochs * n_train * NOMINAL_ROW_S["head"]
             plan.disk_bytes += (heads + 1) * _probs(params, n_train, n_test, runs)
         if plan.trainings:
             plan.work = "; ".join(_work(t) for t in plan.trainings)
@@ -349,6 +384,8 @@ def _work(t: Training) -> str:
     runs = f"{t.runs} fits x " if t.runs > 1 else ""
     if t.kind == "tfidf":
         return f"{t.label}: {runs}{t.train_rows:,} captions"
+    if t.kind == "image-predict":
+        return f"{t.label}: predicts {t.eval_rows:,} images (no training)"
     if t.kind.endswith("features"):
         return f"{t.label}: features of {t.once_rows:,} rows once, then a head {runs}{t.epochs} epochs x {t.train_rows:,}"
     what = "images" if t.kind == "image" else "captions"
@@ -399,49 +436,164 @@ def _time_batches(model, batch, train: bool, device, amp_dtype, steps: int) -> f
     return (time.perf_counter() - started) / steps
 
 
-def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=None) -> None:
-    """Time each architecture (train steps at its batch size, forward passes at the inference batch
-    size) on the plan's device and fill in every training's seconds and peak memory. Past
-    ``budget_s`` seconds of calibration the rest are left without a time ("not calibrated")."""
+def _time_decode(data_config: dict, data_dir: Path, image_ids: list[str], train: bool) -> float:
+    """Seconds to decode and transform one image (as the training or evaluation pass does, in this
+    process: the CPU's loaders have no workers): one untimed image, then the rest."""
+    from mlc_utils.data.images import image_dataset
+    settings = dict(data_config)
+    augment = settings.pop("auto_augment", None)
+    dataset = image_dataset(data_dir, image_ids, None, settings, train=train, auto_augment=augment)
+    dataset[0]
+    started = time.perf_counter()
+    for i in range(1, len(dataset)):
+        dataset[i]
+    return (time.perf_counter() - started) / max(len(dataset) - 1, 1)
+
+
+def _sample_images(data_dir: Path, n: int = DECODE_SAMPLE + 1) -> list[str]:
+    folder = Path(data_dir) / "data"
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if e.name.lower().endswith((".jpg", ".jpeg", ".png")) and e.is_file()]
+        return sorted(names)[:n]
+
+
+def machine_facts(device) -> dict:
+    """What a calibration's seconds depend on besides the model and its settings."""
+    import torch
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+class CalibrationCache:
+    """Calibrated seconds by key (JSON of the architecture, settings and machine) in one JSON file;
+    a missing or unreadable file is an empty cache, a file that cannot be written is no error."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.changed = path, False
+        try:
+            self.entries = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        except (OSError, ValueError):
+            self.entries = {}
+
+    @staticmethod
+    def key(**facts) -> str:
+        return json.dumps(facts, sort_keys=True, default=str)
+
+    def get(self, key: str):
+        return self.entries.get(key)
+
+    def put(self, key: str, value) -> None:
+        self.entries[key], self.changed = value, True
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        from mlc_utils.core.io import atomic_write_text
+        try:
+            atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
+        except OSError:
+            pass
+
+
+def calibration_path(params, root: Path) -> Path:
+    return Path(root, params.image.cache_dir, "plan", "calibration.json")
+
+
+def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=None,
+              cache: CalibrationCache | None = None, data_dir: Path | None = None) -> None:
+    """Time each architecture (training steps at its batch size, forward passes at the inference
+    batch size of its input, at the run's precision and torch's thread count) and the decoding of
+    the data's images on the plan's device, unless ``cache`` has them; fill in every training's
+    seconds and peak memory. Past ``budget_s`` seconds of calibration the rest are left without a
+    time ("not calibrated")."""
     import torch
 
-    from mlc_utils.core.device import native_autocast_dtype
+    from mlc_utils.core.inference import Inference
     if not plan.measurable:
         return
-    device = torch.device(plan.device)
-    amp = native_autocast_dtype(device)
-    eval_batch = plan.params.inference.batch_size or (128 if device.type == "cuda" else 16)
-    started, timed = time.perf_counter(), {}
+    settings = plan.params.inference
+    inference = Inference(plan.device, settings.batch_size, settings.num_workers, settings.precision)
+    device, amp = inference.torch_device, inference.autocast_dtype()
+    cache = cache or CalibrationCache(None)
+    machine = {**machine_facts(device), "precision": str(amp or torch.float32)}
+    images = _sample_images(data_dir) if data_dir is not None else []
+    started = time.perf_counter()
     for stage in plan.stages:
         for t in stage.trainings:
             if t.build is None or t.seconds is not None:
                 continue
-            if budget_s is not None and time.perf_counter() - started > budget_s:
-                stage.time_note = f"not calibrated (calibration stopped after {budget_s:.0f} s)"
-                continue
-            key = (t.kind, t.label.split(": ")[-1], t.batch_size)
-            if key not in timed:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                model, batch_of = t.build()
-                train_s = _time_batches(model, batch_of(t.batch_size), True, device, amp, steps) \
-                    if t.kind in TRAINED else 0.0
-                peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-                eval_s = _time_batches(model, batch_of(eval_batch), False, device, amp, steps)
-                timed[key] = (train_s, eval_s, peak)
-                del model
-            train_s, eval_s, peak = timed[key]
-            per_process = math.ceil(t.train_rows / t.processes)
+            eval_batch = inference.batch_for("images" if t.kind in IMAGE_KINDS else "tokens")
+            keys = {"forward": cache.key(**t.arch, **machine, forward_batch=eval_batch)}
             if t.kind in TRAINED:
-                fit_s = t.epochs * math.ceil(per_process / t.batch_size) * train_s
-            else:   # a head on saved features: nominal
-                fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"]
-            eval_rows = t.runs * math.ceil(t.eval_rows / t.processes) + t.once_rows
-            t.seconds = t.runs * fit_s + math.ceil(eval_rows / eval_batch) * eval_s
+                keys["train"] = cache.key(**t.arch, **machine, train_batch=t.batch_size)
+            if t.kind in IMAGE_KINDS and images:
+                keys["decode"] = cache.key(decode=t.data_config, data=str(data_dir), images=images, **machine)
+            missing = [what for what, key in keys.items() if cache.get(key) is None]
+            if missing:
+                if budget_s is not None and time.perf_counter() - started > budget_s:
+                    stage.time_note = f"not calibrated (calibration stopped after {budget_s:.0f} s)"
+                    continue
+                _calibrate(t, missing, keys, cache, device, amp, steps, eval_batch, data_dir, images)
+                if log:
+                    log(f"calibrated {t.label} on {device}: " + ", ".join(
+                        f"{what} {cache.get(keys[what])['s']:.3f} s" for what in missing))
+            found = {what: cache.get(key) for what, key in keys.items()}
+            decode = found.get("decode") or ({"s": DECODE_S["train"], "eval_s": DECODE_S["eval"]}
+                                            if t.kind in IMAGE_KINDS else {"s": 0.0, "eval_s": 0.0})
+            t.seconds = _seconds(t, (found.get("train") or {"s": 0.0})["s"], found["forward"]["s"] / eval_batch,
+                                 decode["s"], decode["eval_s"])
+            peak = (found.get("train") or {}).get("peak")
             t.peak_bytes, t.peak_measured = (peak, True) if peak else (_memory_floor(t), False)
-            if log:
-                log(f"calibrated {t.label} on {device}: {train_s:.3f} s a training batch of {t.batch_size}, "
-                    f"{eval_s:.3f} s a forward batch of {eval_batch}")
+    cache.save()
+
+
+def _calibrate(t: Training, missing: list[str], keys: dict, cache: CalibrationCache, device, amp, steps: int,
+               eval_batch: int, data_dir: Path | None, images: list[str]) -> None:
+    """Time what ``missing`` names for ``t`` into ``cache``: a training batch (and its peak memory on
+    a GPU) and a forward batch of its architecture with random weights; the decoding of ``images``
+    (seconds a training image in ``s``, an evaluation image in ``eval_s``)."""
+    import torch
+    if "decode" in missing:
+        cache.put(keys["decode"], {"s": _time_decode(t.data_config, data_dir, images, True),
+                                   "eval_s": _time_decode(t.data_config, data_dir, images, False)})
+    if "train" not in missing and "forward" not in missing:
+        return
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, batch_of = t.build()
+    if "train" in missing:
+        train_s = _time_batches(model, batch_of(t.batch_size), True, device, amp, steps)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        cache.put(keys["train"], {"s": train_s, "peak": peak})
+    if "forward" in missing:
+        cache.put(keys["forward"], {"s": _time_batches(model, batch_of(eval_batch), False, device, amp, steps)})
+    del model
+
+
+def _seconds(t: Training, train_batch_s: float, forward_row_s: float, decode_train_s: float,
+             decode_eval_s: float) -> float:
+    """The model of time of one training (module docstring): its fits, then its forward passes."""
+    per_process = math.ceil(t.train_rows / t.processes)
+    if t.kind in TRAINED:   # epochs that train the head alone cost about a forward pass of their rows
+        fit_s = (t.epochs - t.frozen_epochs) * math.ceil(per_process / t.batch_size) * train_batch_s + \
+            t.frozen_epochs * per_process * forward_row_s + t.epochs * per_process * decode_train_s
+    else:   # a head on saved features: nominal
+        fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"]
+    forward_rows = t.runs * math.ceil(t.eval_rows / t.processes) + t.once_rows
+    return t.runs * fit_s + forward_rows * (forward_row_s + decode_eval_s)
 
 
 def _memory_floor(t: Training) -> int:
@@ -468,7 +620,8 @@ def make_plan(params, root: Path = PROJECT_ROOT, stages=None, rows: tuple[int, i
             if any(t.seconds is None for t in stage.trainings):
                 stage.time_note = "not calibrated (--no-calibrate)"
     elif calibration:
-        calibrate(plan, budget_s=budget_s, log=log)
+        calibrate(plan, budget_s=budget_s, log=log, cache=CalibrationCache(calibration_path(params, Path(root))),
+                  data_dir=params.data_path(Path(root)))
     for stage in plans:  # a stage with a training nothing could time (no architecture available here)
         if not stage.time_note and any(t.seconds is None for t in stage.trainings):
             stage.time_note = "not measurable here (the model's configuration is not available offline)"
