@@ -144,7 +144,7 @@ def test_class_attention_round_trips_and_names_its_errors():
     assert torch.allclose(rebuilt.eval()(x), model(x))
     with pytest.raises(ValueError, match="global_pool: applies to head: replace .*class_attention"):
         create_image_model("test_resnet", head="class_attention", global_pool="catavgmax")
-    with pytest.raises(ValueError, match="attention_grid: must be a positive integer"):
+    with pytest.raises(ValueError, match="attention_grid: must be an integer >= 1"):
         create_image_model("test_resnet", head="class_attention", attention_grid=0)
     vit = create_image_model("test_vit", head="class_attention", img_size=32)
     with pytest.raises(ValueError, match="class_attention needs a backbone that outputs a feature map"):

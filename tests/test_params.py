@@ -45,7 +45,7 @@ def test_overrides_and_types(tmp_path):
     ("image:\n  models:\n    - {name: resnet18, head: class_attention, global_pool: avg}\n", [],
      "image.models[0].global_pool: applies to head: replace (the class_attention head"),
     ("image:\n  models:\n    - {name: resnet18, head: class_attention, attention_grid: 0}\n", [],
-     "image.models[0].attention_grid: must be >= 1 (got 0)"),
+     "image.models[0].attention_grid: must be an integer >= 1 (got 0)"),
     ("image:\n  models:\n    - {name: resnet18, head: attention}\n", [],
      "image.models[0].head: 'attention' is not one of"),
     ("image:\n  models:\n    - {name: resnet18, crop_mode: fill}\n", [], "image.models[0].crop_mode: 'fill' is not one of"),

@@ -5,55 +5,56 @@ Other stages (text, fusion) add their builders to :data:`MODEL_BUILDERS` under t
 """
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+from mlc_utils.models.image_config import DEFAULT_TTA_VIEWS, ImageModelConfig
 
-from mlc_utils.models.image import (
-    DEFAULT_TTA_VIEWS,
-    HEADS,
-    ImageModel,
-    build_image_model,
-    create_image_model,
-)
-from mlc_utils.models.weights import (
-    PACKAGED_WEIGHTS,
-    OfflineWeightsError,
-    WeightSource,
-    lukemelas_to_timm,
-    offline_choices,
-    resolve_pretrained,
-)
+if TYPE_CHECKING:
+    from torch import nn
 
-MODEL_BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
-    "image": build_image_model,
-}
+# kind -> fn(spec) -> model; each kind's module registers its builder when imported
+MODEL_BUILDERS: dict[str, Callable[[dict], "nn.Module"]] = {}
 
-
-# kinds whose module registers its builder when imported (imported on first use, keeping torch-only
-# users free of transformers)
+# the module of each kind (imported on first use: importing this package imports neither torch nor
+# transformers, so params and ``validate`` stay light)
 LAZY_KINDS: dict[str, str] = {
+    "image": "mlc_utils.models.image",
     "text": "mlc_utils.models.text",
     "fusion": "mlc_utils.models.fusion",
     "fusion_head": "mlc_utils.models.fusion",
 }
 
+# the names this package gives, from the module that defines them (imported on first use)
+_LAZY_NAMES = {
+    **dict.fromkeys(("HEADS", "ImageModel", "build_image_model", "create_image_model"), "mlc_utils.models.image"),
+    **dict.fromkeys(("PACKAGED_WEIGHTS", "OfflineWeightsError", "WeightSource", "lukemelas_to_timm",
+                     "offline_choices", "resolve_pretrained"), "mlc_utils.models.weights"),
+}
 
-def register_model_kind(kind: str, builder: Callable[[dict], nn.Module]) -> None:
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def register_model_kind(kind: str, builder: Callable[[dict], "nn.Module"]) -> None:
     MODEL_BUILDERS[kind] = builder
 
 
-def build_model(spec: dict) -> nn.Module:
+def build_model(spec: dict) -> "nn.Module":
     """Rebuild the model a checkpoint's ``spec`` describes (weights not loaded)."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind not in MODEL_BUILDERS and kind in LAZY_KINDS:
-        import importlib
         importlib.import_module(LAZY_KINDS[kind])
     if kind not in MODEL_BUILDERS:
         raise ValueError(f"model spec kind {kind!r} has no builder; known kinds: {sorted(MODEL_BUILDERS)}")
     return MODEL_BUILDERS[kind](spec)
 
 
-__all__ = ["DEFAULT_TTA_VIEWS", "HEADS", "ImageModel", "MODEL_BUILDERS", "OfflineWeightsError",
+__all__ = ["DEFAULT_TTA_VIEWS", "HEADS", "ImageModel", "ImageModelConfig", "MODEL_BUILDERS", "OfflineWeightsError",
            "PACKAGED_WEIGHTS", "WeightSource", "build_image_model", "build_model", "create_image_model",
            "lukemelas_to_timm", "offline_choices", "register_model_kind", "resolve_pretrained"]

@@ -21,7 +21,9 @@ size instead of centre-cropping it, so objects at the borders (a car at the edge
 stay in the picture: a multi-label target describes the whole image.
 
 The model returns logits; the loss and prediction apply the sigmoid. ``spec`` is a JSON-able
-description (architecture, head, class count, preprocessing, TTA views) that checkpoints carry,
+description that checkpoints carry: the :class:`~mlc_utils.models.image_config.ImageModelConfig`
+serialised (its fields at the top level), plus the resolved timm ``arch``, class count, weights'
+source, preprocessing and TTA views,
 so a model is rebuilt for prediction without the params file and a checkpoint loaded into the
 wrong model fails with a clear message.
 """
@@ -33,10 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlc_utils.models.image_config import (  # noqa: F401  (re-exported)
+    CROP_MODES,
+    DEFAULT_TTA_VIEWS,
+    GLOBAL_POOLS,
+    ImageModelConfig,
+    check_pooling,
+)
 from mlc_utils.models.weights import create_backbone, resolve_pretrained
-
-DEFAULT_TTA_VIEWS = ("center", "hflip")
-GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptivePool2d types; "" = the model's own
 
 
 class RegionPool(nn.Module):
@@ -118,18 +124,6 @@ HEADS: dict[str, Callable[..., HeadParts]] = {
 }
 
 
-def check_pooling(head: str, global_pool: str) -> None:
-    """The ``global_pool`` values a head accepts; params files run this before any work is done."""
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"global_pool: must be one of {list(GLOBAL_POOLS)} (got {global_pool!r})")
-    if global_pool and head == "extra_linear":
-        raise ValueError("global_pool: applies to head: replace (the extra_linear head keeps the pretrained "
-                         f"ImageNet classifier and its pooling, so {global_pool!r} would not be used)")
-    if global_pool and head == "class_attention":
-        raise ValueError("global_pool: applies to head: replace (the class_attention head pools the feature map "
-                         f"to its own grid of regions, so {global_pool!r} would not be used)")
-
-
 class ImageModel(nn.Module):
     """``head(embed(x))``: ``embed`` is the (possibly frozen) backbone and its pooling, ``head`` the
     trained classifier (a Linear, or the class-attention head over regions)."""
@@ -170,6 +164,11 @@ class ImageModel(nn.Module):
         return prefix_matcher(own(coarse=coarse), "backbone.")
 
     @property
+    def config(self) -> ImageModelConfig:
+        """The :class:`ImageModelConfig` the spec records (fields an older checkpoint lacks at their defaults)."""
+        return ImageModelConfig.from_spec(self.spec)
+
+    @property
     def data_config(self) -> dict:
         return dict(self.spec["data"])
 
@@ -183,9 +182,6 @@ def prefix_matcher(matcher: dict, prefix: str) -> dict:
             return "^" + escaped + "(?:" + pattern.removeprefix("^") + ")"  # '^a|b': b under prefix too
         return [(move(regex), rank) for regex, rank in pattern]
     return {key: move(value) for key, value in matcher.items()}
-
-
-CROP_MODES = ("center", "squash")  # timm's evaluation crop modes this project offers
 
 
 def _data_config(backbone: nn.Module, img_size: int | None, crop_mode: str = "center") -> dict:
@@ -211,55 +207,53 @@ def _timm_size_kwargs(arch: str, img_size: int | None) -> dict:
     return {"img_size": img_size} if fixed and img_size else {}
 
 
-def create_image_model(name: str, num_classes: int = 20, head: str = "extra_linear",
-                       pretrained: bool | str = False, img_size: int | None = 224, drop_rate: float = 0.0,
-                       tta_views: Sequence[str] = DEFAULT_TTA_VIEWS, crop_mode: str = "center",
-                       global_pool: str = "", attention_grid: int = 3, **timm_kwargs) -> ImageModel:
-    """A timm backbone named ``name`` with a multi-label head; weights via :func:`resolve_pretrained`.
+def create_image_model(config: ImageModelConfig | str, num_classes: int = 20,
+                       tta_views: Sequence[str] = DEFAULT_TTA_VIEWS, **kwargs) -> ImageModel:
+    """The model ``config`` describes, for ``num_classes`` labels, predicting with ``tta_views``.
 
-    ``pretrained``: False (random init), True (packaged offline weights, else the timm hub), or a
-    checkpoint path. Raises ``OfflineWeightsError`` when only the hub could serve and it is offline.
-    ``crop_mode`` is the evaluation preprocessing (``center`` or ``squash``); ``global_pool`` one
-    of timm's poolings for the ``replace`` head ("" keeps the model's own); ``attention_grid`` the
-    regions per side of the ``class_attention`` head.
+    ``config`` may be a timm name instead: the keyword arguments that are :class:`ImageModelConfig`
+    fields complete it (``create_image_model("resnet18", head="replace", img_size=32)``); the other
+    keyword arguments go to timm's ``create_model``. Weights come from :func:`resolve_pretrained`
+    (raises ``OfflineWeightsError`` when only the hub could serve and it is offline).
     """
     import timm
-    if head not in HEADS:
-        raise ValueError(f"head: must be one of {sorted(HEADS)} (got {head!r})")
-    if crop_mode not in CROP_MODES:
-        raise ValueError(f"crop_mode: must be one of {list(CROP_MODES)} (got {crop_mode!r})")
-    check_pooling(head, global_pool)
-    if not isinstance(attention_grid, int) or isinstance(attention_grid, bool) or attention_grid < 1:
-        raise ValueError(f"attention_grid: must be a positive integer (got {attention_grid!r})")
+    if isinstance(config, str):
+        config, kwargs = ImageModelConfig.split_kwargs(config, kwargs)
+    else:
+        config.check()
+    timm_kwargs = dict(kwargs)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes: must be a positive integer (got {num_classes!r})")
     from mlc_utils.data.images import VIEWS
     unknown = [v for v in tta_views if v not in VIEWS]
     if unknown or not tta_views:
         raise ValueError(f"tta_views: must be a non-empty list of {sorted(VIEWS)} (got {list(tta_views)})")
-    if not timm.is_model(name):
+    if not timm.is_model(config.name):
         import difflib
-        close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise ValueError(f"name: '{name}' is not a timm model" + (f" (did you mean {close}?)" if close else ""))
-    source = resolve_pretrained(name, pretrained)
-    kwargs = {"drop_rate": drop_rate, **_timm_size_kwargs(source.arch, img_size), **timm_kwargs}
+        close = difflib.get_close_matches(config.name, timm.list_models(), n=3)
+        raise ValueError(f"name: '{config.name}' is not a timm model" + (f" (did you mean {close}?)" if close else ""))
+    source = resolve_pretrained(config.name, config.pretrained)
+    kwargs = {"drop_rate": config.drop_rate, **_timm_size_kwargs(source.arch, config.img_size), **timm_kwargs}
     backbone = create_backbone(source, **kwargs)
-    parts = HEADS[head](backbone, num_classes, global_pool, attention_grid)
-    spec = {"kind": "image", "name": name, "arch": source.arch, "num_classes": num_classes, "head": head,
-            "img_size": img_size, "drop_rate": drop_rate, "timm_kwargs": dict(timm_kwargs),
-            "weights": source.ident, "data": _data_config(parts.backbone, img_size, crop_mode),
-            "tta_views": list(tta_views), "crop_mode": crop_mode, "global_pool": global_pool}
-    if head == "class_attention":
-        spec["attention_grid"] = attention_grid
+    parts = HEADS[config.head](backbone, num_classes, config.global_pool, config.attention_grid)
+    spec = {"kind": "image", **config.as_dict(), "arch": source.arch, "num_classes": num_classes,
+            "timm_kwargs": timm_kwargs, "weights": source.ident,
+            "data": _data_config(parts.backbone, config.img_size, config.crop_mode), "tta_views": list(tta_views)}
     return ImageModel(parts.backbone, parts.head, spec, parts.pool)
 
 
 def build_image_model(spec: dict) -> ImageModel:
-    """The model ``spec`` describes, randomly initialised (a checkpoint's weights are loaded next)."""
-    model = create_image_model(spec["arch"], spec["num_classes"], spec["head"], pretrained=False,
-                               img_size=spec.get("img_size"), drop_rate=spec.get("drop_rate", 0.0),
-                               tta_views=spec.get("tta_views", DEFAULT_TTA_VIEWS),
-                               crop_mode=spec.get("crop_mode", "center"), global_pool=spec.get("global_pool", ""),
-                               attention_grid=spec.get("attention_grid", 3), **spec.get("timm_kwargs", {}))
+    """The model ``spec`` describes, randomly initialised (a checkpoint's weights are loaded next).
+
+    The config is read back from the spec's fields (an older checkpoint's missing ones take their
+    defaults) and built from the resolved ``arch`` without pretrained weights."""
+    config = ImageModelConfig.from_spec({**spec, "name": spec["arch"], "pretrained": False})
+    model = create_image_model(config, spec["num_classes"], spec.get("tta_views", DEFAULT_TTA_VIEWS),
+                               **spec.get("timm_kwargs", {}))
     model.spec = dict(spec)
     return model
+
+
+from mlc_utils.models import register_model_kind  # noqa: E402  (the registry imports this module lazily)
+
+register_model_kind("image", build_image_model)

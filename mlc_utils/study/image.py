@@ -55,9 +55,7 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
     root = ctx.params.data_path(ctx.root)
     train_df, val_df, y_train, y_val = rows
     test_ids = list(ctx.data.test.ImageID)
-    model = create_image_model(spec.name, ctx.params.num_classes, spec.head, spec.pretrained, spec.img_size,
-                               spec.drop_rate, tta_views=views, crop_mode=spec.crop_mode,
-                               global_pool=spec.global_pool, attention_grid=spec.attention_grid)
+    model = create_image_model(spec.model_config(), ctx.params.num_classes, views)
     log(f"{spec.label}: {spec.name} ({model.spec['weights']}), {spec.mode}, {spec.img_size}px, "
         f"{len(train_df)} train / {len(val_df)} val images")
     if spec.mode == "frozen":
@@ -111,9 +109,7 @@ def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple):
     split_path = save_split(split_frame(labelled, [position[i] for i in train_df.ImageID],
                                         [position[i] for i in val_df.ImageID]), Path(out_dir) / "split.csv")
     config = {
-        "model": {"name": spec.name, "pretrained": spec.pretrained, "head": spec.head, "img_size": spec.img_size,
-                  "drop_rate": spec.drop_rate, "tta_views": views, "crop_mode": spec.crop_mode,
-                  "global_pool": spec.global_pool, "attention_grid": spec.attention_grid},
+        "model": spec.as_dict(), "tta_views": views,
         "data": {"root": str(ctx.params.data_path(ctx.root).resolve()), "split": str(split_path),
                  "num_classes": ctx.params.num_classes, "auto_augment": spec.auto_augment or None},
         "train": asdict(cfg), "out_dir": str(out_dir), "teacher": spec.teacher or None,

@@ -24,6 +24,7 @@ from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
     to_dict,
 )
 from mlc_utils.data.captions import CaptionCleaner
+from mlc_utils.models.image_config import ImageModelConfig
 from mlc_utils.study.stages import DEFAULT_STAGES, STAGE_NAMES
 from mlc_utils.train.config import TrainConfig, TrainSettings
 
@@ -54,17 +55,11 @@ class SplitParams:
 
 
 @dataclass
-class ImageModelSpec:
-    """One backbone to train in the image stage; ``train`` overrides the stage-wide ``image.train``."""
-    name: str
-    pretrained: bool | str = False      # true (offline package or hub), false, or a checkpoint path
-    head: Literal["extra_linear", "replace", "class_attention"] = "extra_linear"
+class ImageModelSpec(ImageModelConfig):
+    """One backbone to train in the image stage: its :class:`ImageModelConfig` (name, pretrained, head,
+    img_size ...: the model's own keys, defaults and checks) and how the study trains and names it;
+    ``train`` overrides the stage-wide ``image.train``."""
     mode: Literal["finetune", "frozen"] = "finetune"  # frozen = cached backbone features + trained head
-    img_size: int = 224
-    crop_mode: Literal["center", "squash"] = "center"  # evaluation resize: squash keeps the whole image
-    global_pool: str = ""                # timm pooling for head: replace ("" = the model's own; catavgmax)
-    attention_grid: int = 3              # head: class_attention scores attention_grid x attention_grid regions
-    drop_rate: float = 0.0               # dropout on the pooled features before the head (timm's)
     label: str = ""                      # display name in tables (default: name)
     auto_augment: str = "rand-m9-mstd0.5"  # timm RandAugment policy for fine-tuning; "" = off
     tta: bool = True                     # average the stage's ``tta`` views (else centre crop only)
@@ -72,12 +67,7 @@ class ImageModelSpec:
     train: TrainSettings = field(default_factory=TrainSettings)  # over the stage's image.train
 
     def check(self):
-        require(bool(self.name.strip()), "name: must name a timm model")
-        require(self.img_size >= 16, f"img_size: must be >= 16 (got {self.img_size})")
-        require(0.0 <= self.drop_rate < 1.0, f"drop_rate: must be in [0, 1) (got {self.drop_rate})")
-        require(self.attention_grid >= 1, f"attention_grid: must be >= 1 (got {self.attention_grid})")
-        from mlc_utils.models.image import check_pooling
-        check_pooling(self.head, self.global_pool)
+        super().check()
         if not self.label:
             self.label = self.name
 

@@ -34,7 +34,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlc_utils.study.context import PROJECT_ROOT
@@ -212,8 +212,7 @@ def _image_model(params, spec, device: str = "meta"):
 
     from mlc_utils.models import create_image_model
     with torch.device(device):
-        return create_image_model(spec.name, params.num_classes, spec.head, False, spec.img_size, spec.drop_rate,
-                                  global_pool=spec.global_pool, attention_grid=spec.attention_grid)
+        return create_image_model(replace(spec.model_config(), pretrained=False), params.num_classes)
 
 
 def _count(module) -> int:
@@ -230,7 +229,7 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
         val_rows = round(n_train * params.split.val_fraction)
         runs, train_rows = 1, n_train - val_rows
     views = len(params.image.tta) if spec.tta else 1
-    key = (spec.name, spec.head, spec.img_size, spec.global_pool, spec.attention_grid)
+    key = json.dumps({**spec.as_dict(), "pretrained": False}, sort_keys=True)
     cache = {} if cache is None else cache
     if key not in cache:
         model = _image_model(params, spec)

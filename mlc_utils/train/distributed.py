@@ -14,7 +14,8 @@ a non-zero exit; an interrupted :func:`launch_torchrun` ends torchrun and all it
 Config (JSON)::
 
     {"model": {"name": "efficientnet_lite0", "pretrained": true, "head": "extra_linear",
-               "img_size": 224, "drop_rate": 0.0, "tta_views": ["center", "hflip"]},
+               "img_size": 224, "drop_rate": 0.0, ...},   # models.image_config.ImageModelConfig
+     "tta_views": ["center", "hflip"],      # the views the checkpoint records for prediction
      "data":  {"root": "data/demo", "split": "runs/demo/split/split.csv", "num_classes": 20,
                "augment": true, "auto_augment": "rand-m9-mstd0.5"},
      "train": {... TrainConfig fields ...},
@@ -42,21 +43,9 @@ from mlc_utils.core.device import rank_and_world, seed_everything
 from mlc_utils.core.io import atomic_write_text
 from mlc_utils.data.images import DEFAULT_AUTO_AUGMENT
 from mlc_utils.models.checkpoint import load_checkpoint, state_digest
+from mlc_utils.models.image_config import DEFAULT_TTA_VIEWS, ImageModelConfig
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import FitResult, fit
-
-
-@dataclass
-class ModelSection:
-    name: str
-    pretrained: bool | str = False
-    head: str = "extra_linear"
-    img_size: int = 224
-    drop_rate: float = 0.0
-    tta_views: list[str] = field(default_factory=lambda: ["center", "hflip"])
-    crop_mode: str = "center"
-    global_pool: str = ""
-    attention_grid: int = 3
 
 
 @dataclass
@@ -70,15 +59,19 @@ class DataSection:
 
 @dataclass
 class RunConfig:
-    model: ModelSection
+    model: ImageModelConfig                   # the model's config serialised (dataclasses.asdict)
     data: DataSection
     out_dir: str
     train: dict = field(default_factory=dict)
     teacher: str | None = None
+    tta_views: list[str] = field(default_factory=lambda: list(DEFAULT_TTA_VIEWS))  # recorded in the checkpoint
 
 
 def parse_config(data: dict) -> tuple[RunConfig, TrainConfig]:
     from mlc_utils.core.config import from_dict
+    model = dict(data.get("model") or {})
+    if "tta_views" in model:  # a config.json written before the views left the model section
+        data = {"tta_views": model.pop("tta_views"), **data, "model": model}
     run = from_dict(RunConfig, data, "config")
     return run, TrainConfig.from_dict(run.train, "config.train")
 
@@ -108,10 +101,7 @@ def build_run(data: dict):
     from mlc_utils.models import create_image_model
     run, cfg = parse_config(data)
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = create_image_model(run.model.name, run.data.num_classes, run.model.head, run.model.pretrained,
-                               run.model.img_size, run.model.drop_rate, run.model.tta_views,
-                               crop_mode=run.model.crop_mode, global_pool=run.model.global_pool,
-                               attention_grid=run.model.attention_grid)
+    model = create_image_model(run.model, run.data.num_classes, run.tta_views)
     train, val = build_datasets(run, model.spec["data"])
     teacher = load_checkpoint(run.teacher)[0] if run.teacher else None
     return cfg, model, train, val, teacher, Path(run.out_dir)

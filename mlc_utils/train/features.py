@@ -42,7 +42,7 @@ from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import FitResult, fit
 
 DEFAULT_CACHE_DIR = "cache/features"
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 # what a cached row is computed by: an edit to any of these recomputes the features
 FEATURE_CODE = ("mlc_utils.train.features", "mlc_utils.data.images", "mlc_utils.models.image", "mlc_utils.models.weights")
 
@@ -51,9 +51,8 @@ def feature_key(model, root: str | os.PathLike, view: str, inference: Inference)
     """Everything a cached row depends on besides its ImageID (JSON-able): the precision of the pass
     too (bf16 rows on a GPU are not the CPU's fp32 rows)."""
     dtype = inference.autocast_dtype()
-    return {"version": CACHE_VERSION, "precision": str(dtype).replace("torch.", "") if dtype else "float32", "arch": model.spec["arch"], "head": model.spec["head"],
-            "pool": model.spec.get("global_pool", ""), "grid": model.spec.get("attention_grid", 0),
-            "weights": state_digest(model.backbone), "data": model.spec["data"], "view": view,
+    return {"version": CACHE_VERSION, "precision": str(dtype).replace("torch.", "") if dtype else "float32", "arch": model.spec["arch"],
+            "model": model.config.feature_identity(), "weights": state_digest(model.backbone), "data": model.spec["data"], "view": view,
             "root": str(Path(root).resolve()), "code": source_digest(FEATURE_CODE)}
 
 
