@@ -98,7 +98,7 @@ def save_image_weights(arch: str, img_size: int, folder: Path) -> Path:
     path = folder / f"{arch}-{img_size}-random.pth"
     if not path.is_file():
         torch.manual_seed(0)
-        backbone = create_image_model(arch, 20, "extra_linear", False, img_size).backbone
+        backbone = create_image_model(arch, 20, head="extra_linear", pretrained=False, img_size=img_size).backbone
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"state_dict": backbone.state_dict()}, path)
     return path

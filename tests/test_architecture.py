@@ -43,6 +43,24 @@ def test_light_commands_do_not_import_torch(command, tiny_data):
     assert not report["torch"] and not report["timm"], f"{' '.join(argv)} imported torch"
 
 
+def test_an_image_model_entry_is_read_and_checked_without_torch():
+    """ImageModelSpec extends models.image_config.ImageModelConfig, whose checks need no torch."""
+    code = ("import sys; from mlc_utils.core.config import from_dict; from mlc_utils.study.params import ImageModelSpec; "
+            "spec = from_dict(ImageModelSpec, {'name': 'resnet18', 'head': 'class_attention', 'attention_grid': 2}); "
+            "assert spec.attention_grid == 2 and spec.label == 'resnet18'; "
+            "print('torch' in sys.modules, 'timm' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["False", "False"], done.stdout + done.stderr
+
+
+def test_image_heads_are_the_configs_choices():
+    from typing import get_args
+
+    from mlc_utils.models.image import HEADS
+    from mlc_utils.models.image_config import HeadName
+    assert set(get_args(HeadName)) == set(HEADS)
+
+
 def test_training_choices_are_the_registries_names():
     """TrainConfig's Literal choices (checked without torch) name exactly what the loop implements."""
     from mlc_utils.train import loop, losses

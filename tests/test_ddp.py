@@ -189,3 +189,18 @@ def test_torchrun_config_builds_the_class_attention_grid_it_names(tiny_images, t
     config["model"].update(name="test_resnet", head="class_attention", attention_grid=2)
     _, model, *_ = train.build_run(config)
     assert model.spec["attention_grid"] == 2 and model.head.in_features == 4 * model.backbone.num_features
+
+
+def test_torchrun_model_section_is_the_image_model_config_and_reads_an_older_config(tiny_images, tmp_path):
+    """The config.json's model section is ImageModelConfig serialised; the views sit beside it (a
+    file written when they were in the model section still reads)."""
+    from dataclasses import asdict
+
+    from mlc_utils.models import ImageModelConfig
+    config = make_ddp_config(tiny_images, tmp_path)
+    config["model"] = asdict(ImageModelConfig("test_resnet", head="class_attention", img_size=32, attention_grid=2))
+    run, _ = train.parse_config({**config, "tta_views": ["center"]})
+    assert run.model == ImageModelConfig(**config["model"]) and run.tta_views == ["center"]
+    older = {**config, "model": {**config["model"], "tta_views": ["center", "full"]}}
+    _, model, *_ = train.build_run(older)
+    assert model.spec["tta_views"] == ["center", "full"] and model.config == run.model

@@ -134,6 +134,27 @@ def test_class_attention_pools_regions_and_lets_one_corner_speak():
     assert logit > 4 * mean  # the average alone would dilute it nine times
 
 
+def test_the_image_config_is_what_params_checkpoints_and_the_feature_key_serialise():
+    """One definition: params' ImageModelSpec extends ImageModelConfig, the checkpoint's spec holds it
+    serialised and rebuilds it, and an older spec without the newer fields takes their defaults."""
+    from dataclasses import asdict, fields
+
+    from mlc_utils.models import ImageModelConfig
+    from mlc_utils.study.params import ImageModelSpec
+    config = ImageModelConfig("test_resnet", head="replace", img_size=32, global_pool="catavgmax", drop_rate=0.25)
+    assert {f.name for f in fields(ImageModelConfig)} <= {f.name for f in fields(ImageModelSpec)}
+    assert ImageModelSpec(**asdict(config), label="x").model_config() == config
+    model = create_image_model(config, num_classes=3)
+    assert {k: model.spec[k] for k in asdict(config)} == asdict(config) and model.config == config
+    assert "drop_rate" not in config.feature_identity() and config.feature_identity()["global_pool"] == "catavgmax"
+    older = {k: v for k, v in model.spec.items() if k not in ("pretrained", "attention_grid")}
+    rebuilt = build_model(older)
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.config == config and rebuilt.spec == older
+    with pytest.raises(TypeError):
+        create_image_model(config, num_classes=3, head="replace")  # a field goes in the config, not beside it
+
+
 def test_class_attention_round_trips_and_names_its_errors():
     model = create_image_model("test_resnet", num_classes=3, head="class_attention", img_size=32,
                                attention_grid=2).eval()

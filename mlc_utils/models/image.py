@@ -217,11 +217,7 @@ def create_image_model(config: ImageModelConfig | str, num_classes: int = 20,
     (raises ``OfflineWeightsError`` when only the hub could serve and it is offline).
     """
     import timm
-    if isinstance(config, str):
-        config, kwargs = ImageModelConfig.split_kwargs(config, kwargs)
-    else:
-        config.check()
-    timm_kwargs = dict(kwargs)
+    config, timm_kwargs = ImageModelConfig.and_timm_kwargs(config, kwargs)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes: must be a positive integer (got {num_classes!r})")
     from mlc_utils.data.images import VIEWS

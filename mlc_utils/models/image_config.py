@@ -84,10 +84,14 @@ class ImageModelConfig:
         return from_dict(cls, {k: v for k, v in spec.items() if k in names and v is not None}, where)
 
     @classmethod
-    def split_kwargs(cls, name: str, kwargs: Mapping) -> tuple[ImageModelConfig, dict]:
-        """``(config, rest)``: the config ``name`` and the keyword arguments that are its fields give,
-        and the other arguments (timm's)."""
+    def and_timm_kwargs(cls, config: ImageModelConfig | str, kwargs: Mapping) -> tuple[ImageModelConfig, dict]:
+        """``(config, timm's keyword arguments)``, checked: ``config`` as given, or a timm name that the
+        keyword arguments which are fields complete; the other keyword arguments are timm's."""
         names = {f.name for f in dataclasses.fields(cls)}
-        config = cls(name, **{k: v for k, v in kwargs.items() if k in names})
+        given = {k: v for k, v in kwargs.items() if k in names}
+        if isinstance(config, str):
+            config = cls(config, **given)
+        elif given:
+            raise TypeError(f"{sorted(given)}: fields of the ImageModelConfig given, set them there")
         config.check()
         return config, {k: v for k, v in kwargs.items() if k not in names}
