@@ -229,7 +229,7 @@ def create_image_model(config: ImageModelConfig | str, num_classes: int = 20,
         close = difflib.get_close_matches(config.name, timm.list_models(), n=3)
         raise ValueError(f"name: '{config.name}' is not a timm model" + (f" (did you mean {close}?)" if close else ""))
     source = resolve_pretrained(config.name, config.pretrained)
-    kwargs = {"drop_rate": config.drop_rate, **_timm_size_kwargs(source.arch, config.img_size), **timm_kwargs}
+    kwargs = {**config.timm_kwargs(), **_timm_size_kwargs(source.arch, config.img_size), **timm_kwargs}
     backbone = create_backbone(source, **kwargs)
     parts = HEADS[config.head](backbone, num_classes, config.global_pool, config.attention_grid)
     spec = {"kind": "image", **config.as_dict(), "arch": source.arch, "num_classes": num_classes,

@@ -25,8 +25,10 @@ GLOBAL_POOLS = ("", "avg", "max", "avgmax", "catavgmax")  # timm's SelectAdaptiv
 CROP_MODES = ("center", "squash")  # timm's evaluation crop modes this project offers
 HeadName = Literal["extra_linear", "replace", "class_attention"]  # models.image.HEADS implements each
 
-#: field metadata: the field changes the head only, not the backbone's output (the feature cache ignores it)
-HEAD_ONLY = {"features": False}
+#: field metadata. TIMM: passed by its name to timm's ``create_model``. TRAINING_ONLY: changes training
+#: alone, not what the backbone outputs in evaluation (the feature cache's key leaves it out)
+TIMM = {"timm": True}
+TRAINING_ONLY = {"features": False}
 
 
 def check_pooling(head: str, global_pool: str) -> None:
@@ -51,7 +53,7 @@ class ImageModelConfig:
     crop_mode: Literal["center", "squash"] = "center"  # evaluation resize: squash keeps the whole image
     global_pool: str = ""                # timm pooling for head: replace ("" = the model's own; catavgmax)
     attention_grid: int = 3              # head: class_attention scores attention_grid x attention_grid regions
-    drop_rate: float = field(default=0.0, metadata=HEAD_ONLY)  # dropout on the pooled features (timm's)
+    drop_rate: float = field(default=0.0, metadata={**TIMM, **TRAINING_ONLY})  # dropout before the head
 
     def check(self):
         require(bool(str(self.name).strip()), "name: must name a timm model")
@@ -70,6 +72,10 @@ class ImageModelConfig:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self.model_config())
+
+    def timm_kwargs(self) -> dict:
+        """The fields timm's ``create_model`` takes by their own names."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ImageModelConfig) if f.metadata.get("timm")}
 
     def feature_identity(self) -> dict:
         """The fields the backbone's output (a feature-cache row) depends on, serialised."""
