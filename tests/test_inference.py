@@ -82,6 +82,23 @@ def test_precision_follows_what_the_card_does_natively(monkeypatch):
     assert Inference("auto").batch_for("images") == BATCH_SIZES[("cuda", "images")]
 
 
+def test_tensors_in_memory_are_fetched_a_batch_at_a_time_with_the_same_batches():
+    x, y = torch.arange(10.0).reshape(10, 1), torch.zeros(10, 1)
+    batches = [b[0].flatten().tolist() for b in inference.make_loader(TensorDataset(x, y), 4)]
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert inference.indexes_batches(TensorDataset(x, y))
+
+    class OneByOne(TensorDataset):  # overrides __getitem__: may expect one index, so row by row
+        calls = 0
+
+        def __getitem__(self, index):
+            OneByOne.calls += 1
+            return super().__getitem__(index)
+    assert not inference.indexes_batches(OneByOne(x, y))
+    assert [b[0].flatten().tolist() for b in inference.make_loader(OneByOne(x, y), 4)] == batches
+    assert OneByOne.calls == 10
+
+
 def test_input_kinds():
     images = TensorDataset(torch.zeros(2, 3, 8, 8), torch.zeros(2, 1))
     rows = TensorDataset(torch.zeros(2, 5), torch.zeros(2, 1))

@@ -107,8 +107,11 @@ def input_kind(dataset: Dataset) -> str:
 
 def indexes_batches(dataset: Dataset) -> bool:
     """Whether ``dataset[list_of_indices]`` returns the whole batch (tensors in memory): a
-    ``TensorDataset``, or a dataset that says so with ``indexes_batches = True``."""
-    return isinstance(dataset, TensorDataset) or bool(getattr(dataset, "indexes_batches", False))
+    ``TensorDataset`` with torch's own ``__getitem__`` (a subclass that overrides it may expect one
+    index), or a dataset that says so with ``indexes_batches = True``."""
+    if getattr(dataset, "indexes_batches", False):
+        return True
+    return isinstance(dataset, TensorDataset) and type(dataset).__getitem__ is TensorDataset.__getitem__
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler=None, *, num_workers: int = 0, collate_fn=None,
