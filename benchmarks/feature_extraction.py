@@ -7,7 +7,7 @@ cores: ``limit = 1 / (1 / model + 1 / decode)`` images/s. Every row runs in a fr
 under one allocator, because the allocator is fixed when a process starts:
 
 - ``glibc``: the system malloc as it comes (``MLC_ALLOCATOR=system``: the project does not tune it);
-- ``glibc, tuned``: glibc with ``core.allocator.tune_glibc`` (mallopt), what a kernel started by hand gets;
+- ``glibc-tuned``: glibc with ``core.allocator.tune_glibc`` (mallopt), what a kernel started by hand gets;
 - ``tcmalloc``: Debian's libtcmalloc-minimal4 preloaded, what ``make`` and ``run`` start processes with.
 
 Rows per allocator: the bare forward (``model.embed`` under ``torch.inference_mode``, channels_last)
@@ -34,7 +34,7 @@ import time
 import _common  # noqa: F401  (puts the repository on sys.path)
 from _common import HelpFormatter, add_data_argument, load_rows, machine_line, print_table, require_data
 
-ALLOCATORS = ("glibc", "glibc, tuned", "tcmalloc")
+ALLOCATORS = ("glibc", "glibc-tuned", "tcmalloc")
 
 
 def parse_args(argv=None):
