@@ -42,9 +42,13 @@ from mlc_utils.study.context import PROJECT_ROOT
 COMPETITION_ROWS = (30_000, 10_000)
 STAGE_OVERHEAD_BYTES = 5 * 2**20      # executed notebook, its HTML, tables and figures
 PROBS_BYTES = 4                       # float32 probabilities per row and class
-STAGE_OVERHEAD_S = 15.0              # every stage: kernel start, imports, rendering the report
-NOMINAL_S = {"eda": 5.0, "split": 0.0, "fusion": 5.0, "ensemble": 5.0, "explore": 5.0}   # on top of the overhead
-NOMINAL_ROW_S = {"eda": 0.005, "split": 0.002, "tfidf": 0.004, "head": 2e-5}   # per row (x epochs for heads)
+# Fitted to the stage times of the demo and the dev-pack CPU profile on a 2-core EPYC (2026-12-02,
+# benchmarks/plan_accuracy.py): eda 8/12 s, split 6/10 s, fusion 26/52 s, ensemble 6/37 s, explore 5 s;
+# TF-IDF 13 s for 8,000 captions on every core
+STAGE_OVERHEAD_S = 5.0               # every stage: kernel start, imports, rendering the report
+NOMINAL_S = {"eda": 0.0, "split": 0.0, "fusion": 15.0, "ensemble": 0.0, "explore": 0.0}   # on top of the overhead
+NOMINAL_ROW_S = {"eda": 0.005, "split": 0.0005, "tfidf": 0.0015, "head": 2e-5, "fusion": 1e-5,
+                 "ensemble": 5e-4}   # per row (x epochs for heads, x fits for the ensemble)
 # seconds to decode and transform one image where the data folder has none to time: one core, no
 # loader workers (benchmarks/README.md, input_pipeline: decode + train / eval transform)
 DECODE_S = {"train": 0.0029, "eval": 0.0026}
@@ -370,7 +374,9 @@ def stage_plans(params, n_train: int, n_test: int, stages) -> list[StagePlan]:
             epochs = params.fusion.train.epochs or 50
             plan.work = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {n_train:,} rows of saved outputs" \
                 if heads else f"combines the saved probabilities of {n_train + n_test:,} rows"
-            plan.nominal_s += NOMINAL_S[stage] + heads * runs * epochs * n_train * NOMINAL_ROW_S["head"]
+            plan.nominal_s += NOMINAL_S[stage] + heads * runs * epochs * n_train * NOMINAL_ROW_S["fusion"]
+            if stage == "ensemble":  # weights and threshold searched once, and again per fold when cross-fitted
+                plan.nominal_s += n_train * (1 + params.split.folds) * NOMINAL_ROW_S["ensemble"]
             plan.disk_bytes += (heads + 1) * _probs(params, n_train, n_test, runs)
         if plan.trainings:
             plan.work = "; ".join(_work(t) for t in plan.trainings)
