@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
@@ -87,9 +87,6 @@ class Inference:
         if self.torch_device.type == "cuda":
             return min(8, os.cpu_count() or 1)
         return 0
-
-    def with_(self, **changes) -> "Inference":
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def input_kind(dataset: Dataset) -> str:

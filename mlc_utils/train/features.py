@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from mlc_utils.core.fingerprint import IMAGE_FOLDER, file_stamp, source_digest
-from mlc_utils.core.inference import Inference, run_model
+from mlc_utils.core.inference import Inference, logits, run_model
 from mlc_utils.core.io import atomic_write_text, save_npy
 from mlc_utils.data.images import image_dataset
 from mlc_utils.evaluation.predict import predict_probs
@@ -179,7 +179,7 @@ def head_outputs(model, features: np.ndarray, inference: Inference) -> np.ndarra
     """The model's logits on cached features (what fusion heads read from a frozen image member)."""
     dummy = torch.zeros(len(features), model.spec["num_classes"])
     return run_model(FeatureHead(model.head, model.spec), TensorDataset(torch.from_numpy(features), dummy), inference,
-                     name=f"{model.spec['arch']} head logits", output=lambda head, x: head(x), progress=False)
+                     name=f"{model.spec['arch']} head logits", output=logits, progress=False)
 
 
 def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_targets: np.ndarray,
