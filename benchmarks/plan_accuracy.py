@@ -10,16 +10,23 @@ Run it after a real run on the same machine, idle, with the run's parameters and
 
 The plan is made as ``run`` makes it (rows from the data folder, torch's default thread count, so
 leave ``OMP_NUM_THREADS`` as the run had it) and reads the calibration cache the run left in
-``cache/plan/calibration.json``; with nothing cached it calibrates first (a minute or so). Stages
+``cache/plan/calibration.json``; with nothing cached it calibrates first (a minute or so), on tcmalloc
+where it is installed, as ``python -m mlc_utils`` does. Stages
 the run skipped as unchanged keep the seconds of the run that last executed them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from _common import REPO, machine_line
+
+from mlc_utils.core.allocator import restart_on_tcmalloc
+
+if __name__ == "__main__":  # calibrate under the allocator `run` gives its processes
+    restart_on_tcmalloc([sys.executable, *sys.argv])
 
 TOLERANCE = 0.30
 

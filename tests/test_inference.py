@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -140,3 +141,35 @@ def test_tcmalloc_is_preloaded_for_child_processes_when_installed(monkeypatch):
     assert "LD_PRELOAD" not in allocator.allocator_env({"MLC_ALLOCATOR": "system"})
     monkeypatch.setattr(allocator, "tcmalloc_path", lambda: "")
     assert "LD_PRELOAD" not in allocator.allocator_env({})                     # not installed: nothing to do
+
+
+def test_the_command_line_restarts_itself_on_tcmalloc_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator.os, "execve", lambda path, argv, env: calls.append((argv, env)))
+    monkeypatch.setattr(allocator, "tcmalloc_path", lambda: "/lib/libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(allocator, "loaded_allocator", lambda: "glibc")
+    for name in ("MLC_ALLOCATOR", "MLC_ALLOCATOR_RESTARTED", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    allocator.restart_on_tcmalloc(["/usr/bin/python3", "-m", "mlc_utils", "plan"])
+    (argv, env), = calls
+    assert argv == ["/usr/bin/python3", "-m", "mlc_utils", "plan"]
+    assert env["LD_PRELOAD"] == "/lib/libtcmalloc_minimal.so.4" and env["MLC_ALLOCATOR_RESTARTED"] == "1"
+    monkeypatch.setenv("MLC_ALLOCATOR_RESTARTED", "1")          # the restarted process: no second restart
+    allocator.restart_on_tcmalloc(["python3"])
+    monkeypatch.delenv("MLC_ALLOCATOR_RESTARTED")
+    monkeypatch.setenv("MLC_ALLOCATOR", "system")               # the user's choice
+    allocator.restart_on_tcmalloc(["python3"])
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(not allocator.tcmalloc_path(), reason="libtcmalloc-minimal4 is not installed (make setup installs it as root)")
+def test_a_process_restarted_on_tcmalloc_runs_on_it():
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MLC_ALLOCATOR", "MLC_ALLOCATOR_RESTARTED")}
+    child = "from mlc_utils.core.allocator import loaded_allocator; print(loaded_allocator())"
+    code = ("import sys; from mlc_utils.core.allocator import restart_on_tcmalloc; "
+            f"restart_on_tcmalloc([sys.executable, '-c', {child!r}]); print('not restarted')")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["tcmalloc"]
+

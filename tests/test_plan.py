@@ -140,3 +140,11 @@ def test_run_plans_only_the_stages_it_will_run_and_mlc_plan_off_switches_the_pla
     monkeypatch.delenv("MLC_PLAN")
     pipeline.run_study(str(params_file), root=root, log=lambda line: None, plan=False)   # run --no-plan
     assert planned == [["split"]]
+
+
+def test_calibrations_on_a_cpu_are_keyed_by_the_allocator():
+    import torch
+
+    from mlc_utils.core.allocator import loaded_allocator
+    from mlc_utils.study.plan import machine_facts
+    assert machine_facts(torch.device("cpu"))["allocator"] == loaded_allocator()

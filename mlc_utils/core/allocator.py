@@ -10,6 +10,9 @@ tcmalloc keeps freed memory for reuse: about 150x fewer faults and 2-3x the imag
 * :func:`tcmalloc_path`: Debian's ``libtcmalloc-minimal4`` (``make setup`` installs it where it can);
 * :func:`allocator_env`: ``LD_PRELOAD`` for the processes the project starts (``make test``, the
   notebook kernels and torchrun workers of ``run``), which inherit it;
+* :func:`restart_on_tcmalloc`: the command line (``python -m mlc_utils ...``) restarts itself once on
+  tcmalloc before it imports torch, so ``run``, ``plan`` (whose calibration times the model in that
+  process) and ``predict`` get it however they are started;
 * :func:`tune_glibc`: for a process already running on glibc's malloc (a kernel started by hand in
   JupyterLab): mallopt keeps blocks up to 32 MiB (glibc's ceiling) on the heap and freed memory in
   the process. With a small CPU batch (``core.inference.BATCH_SIZES``) most activations fit under it.
@@ -61,6 +64,24 @@ def allocator_env(environ: dict | None = None) -> dict:
     if path and env.get("MLC_ALLOCATOR", "") != "system" and "tcmalloc" not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = " ".join(filter(None, [path, env.get("LD_PRELOAD", "")]))
     return env
+
+
+def restart_on_tcmalloc(argv: list[str]) -> None:
+    """Replace this process by ``argv`` with tcmalloc preloaded, when it is installed and not loaded yet
+    (no return then); otherwise return at once. The environment marks the restart, so it happens once."""
+    if os.environ.get("MLC_ALLOCATOR", "") == "system" or os.environ.get(_RESTARTED) or loaded_allocator() == "tcmalloc":
+        return
+    env = allocator_env()
+    if "tcmalloc" not in env.get("LD_PRELOAD", ""):
+        return
+    env[_RESTARTED] = "1"
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError:  # cannot exec (odd interpreter path): carry on under glibc, tuned in-process
+        return
+
+
+_RESTARTED = "MLC_ALLOCATOR_RESTARTED"
 
 
 def tune_glibc() -> bool:

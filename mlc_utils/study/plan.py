@@ -21,9 +21,12 @@ switch only predicts again; caption models likewise (the frozen one embeds every
 
 Calibration runs at the run's settings (training batch size, inference batch size of the device,
 precision, torch's thread count), one untimed warm-up batch then ``steps`` timed ones, and times the
-decoding + transform of a few of the data folder's images. Its results are kept in
+decoding + transform of a few of the data folder's images. Caption batches are cut to their longest
+caption, so captions are timed at the padded length the run's batches will have, measured on the
+data folder's captions (sorted for embeddings, shuffled for training). Its results are kept in
 ``<cache_dir>/plan/calibration.json`` keyed by architecture, settings and machine (device name,
-torch version, thread count, CPU model): a second plan on the same machine calibrates nothing.
+torch version, thread count, CPU model, and on a CPU the allocator): a second plan on the same
+machine calibrates nothing.
 """
 from __future__ import annotations
 
@@ -43,16 +46,21 @@ COMPETITION_ROWS = (30_000, 10_000)
 STAGE_OVERHEAD_BYTES = 5 * 2**20      # executed notebook, its HTML, tables and figures
 PROBS_BYTES = 4                       # float32 probabilities per row and class
 # Fitted to the stage times of the demo and the dev-pack CPU profile on a 2-core EPYC (2026-12-02,
-# benchmarks/plan_accuracy.py): eda 8/12 s, split 6/10 s, fusion 26/52 s, ensemble 6/37 s, explore 5 s;
-# TF-IDF 13 s for 8,000 captions on every core
+# benchmarks/plan_accuracy.py): eda 8/7 s, split 6/6 s, fusion 26/50 s, ensemble 6/33 s, explore 5 s;
+# TF-IDF 5.6 s to fit 8,000 captions on every core, 0.3 s to predict 3,000
 STAGE_OVERHEAD_S = 5.0               # every stage: kernel start, imports, rendering the report
 NOMINAL_S = {"eda": 0.0, "split": 0.0, "fusion": 15.0, "ensemble": 0.0, "explore": 0.0}   # on top of the overhead
-NOMINAL_ROW_S = {"eda": 0.005, "split": 0.0005, "tfidf": 0.0015, "head": 2e-5, "fusion": 1e-5,
+NOMINAL_ROW_S = {"eda": 0.002, "split": 0.0001, "tfidf": 0.0008, "head": 2e-5, "fusion": 1e-5,
                  "ensemble": 5e-4}   # per row (x epochs for heads, x fits for the ensemble)
 # seconds to decode and transform one image where the data folder has none to time: one core, no
 # loader workers (benchmarks/README.md, input_pipeline: decode + train / eval transform)
 DECODE_S = {"train": 0.0029, "eval": 0.0026}
 DECODE_SAMPLE = 8                    # images timed per transform (after one untimed)
+HEAD_STEPS = 10                      # timed training batches of a head on features (milliseconds each)
+HEAD_EPOCH_S = 0.08                  # a head's epoch besides its batches: metrics, checkpoints, progress; its
+HEAD_VALIDATION = 1 / 12             # validation pass: a quarter of the rows, forward only (a third of a step)
+                                     # (profiled: 30 epochs of the class-attention head on 8,000 + 2,000 rows)
+CAPTION_SAMPLE = 2000                # captions tokenized for their lengths (batches are cut to their longest)
 TRAINED = ("image", "caption")       # kinds whose whole model trains (the rest: heads on features, predictions)
 IMAGE_KINDS = ("image", "image-features", "image-predict")   # rows are decoded images
 OPTIMIZER_STATES = {"adamw": 2, "timm_adamw": 2, "sgd": 1}  # tensors of the parameters' size it keeps
@@ -79,6 +87,7 @@ class Training:
     arch: dict = field(default_factory=dict)   # what the time depends on besides the settings (calibration cache)
     data_config: dict | None = None            # the image transform's settings + auto_augment (decode timing)
     frozen_epochs: int = 0     # first epochs that train the head alone (``freeze_epochs``): forward passes
+    head_dim: int = 0          # a head on saved features: its input width (its training batches are timed)
     seconds: float | None = None
     peak_bytes: int | None = None
     peak_measured: bool = False    # else a floor: weights, gradients, optimizer (no activations)
@@ -246,7 +255,7 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
             "grid": spec.attention_grid}
 
     def build():
-        return _image_model(params, spec, "cpu"), lambda batch: torch.randn(batch, 3, size, size)
+        return _image_model(params, spec, "cpu"), lambda batch, train=False: torch.randn(batch, 3, size, size)
     common = dict(build=build, arch=arch, batch_size=cfg.batch_size,
                   data_config={**data_config, "auto_augment": spec.auto_augment or None})
     if predict_only:
@@ -256,7 +265,7 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
         return Training(label or spec.label, "image-features", runs, cfg.epochs, train_rows * views, 0,
                         once_rows=(n_train + n_test) * views, params=head, backbone_params=total,
                         checkpoint_bytes=_checkpoint_bytes(head, cfg), feature_bytes=(n_train + n_test) * views * dim * 4,
-                        extra_bytes=probs, hub_bytes=hub, **common)
+                        extra_bytes=probs, hub_bytes=hub, head_dim=dim, **common)
     processes = max(params.image.torchrun_processes(), 1)
     return Training(label or spec.label, "image", runs, cfg.epochs, train_rows,
                     cfg.epochs * val_rows + (val_rows + n_test) * views, params=total,
@@ -288,38 +297,81 @@ def _caption_model(params, device: str = "cpu"):
     return model
 
 
-def _caption_trainings(params, n_train: int, n_test: int) -> list[Training]:
+def caption_lengths(params, data_dir: Path | None, n: int = CAPTION_SAMPLE):
+    """Token counts (cut at ``max_length``) of the data folder's first ``n`` labelled captions, as the
+    run tokenizes them; None where there are none or no tokenizer is available here."""
+    import numpy as np
+    if data_dir is None or not Path(data_dir, "train.csv").is_file():
+        return None
+    try:
+        from mlc_utils.data.csvio import read_train_csv
+        from mlc_utils.models.text import load_tokenizer
+        captions = read_train_csv(Path(data_dir, "train.csv"))["Caption"].astype(str).head(n).tolist()
+        tokenizer = load_tokenizer(params.text.model_name, params.text.pretrained)
+    except Exception:  # noqa: BLE001 - unreadable file, tokenizer offline: calibrate at max_length
+        return None
+    if not captions:
+        return None
+    ids = tokenizer(params.text.cleaning.clean_all(captions), truncation=True, max_length=params.text.max_length)["input_ids"]
+    return np.array([len(row) for row in ids])
+
+
+def padded_length(lengths, batch: int, shuffled: bool) -> int:
+    """The mean padded length of a batch when each batch is cut to its longest caption
+    (``trim_padding_collate``): batches of sorted captions for embeddings, of shuffled ones for training."""
+    import numpy as np
+    order = np.random.default_rng(0).permutation(len(lengths)) if shuffled else np.argsort(lengths, kind="stable")
+    ordered = np.asarray(lengths)[order]
+    return math.ceil(np.mean([ordered[i:i + batch].max() for i in range(0, len(ordered), batch)]))
+
+
+def _caption_trainings(params, n_train: int, n_test: int, lengths=None, eval_batch: int | None = None) -> list[Training]:
+    """``lengths``: the data's caption token counts (:func:`caption_lengths`); calibration then runs at
+    the padded lengths the run's batches have, else at ``max_length``."""
     import torch
     runs, train_rows, val_rows = _fits(params, n_train)
     found = _caption_model_facts(params)
     total, dim = found if found else (0, 0)
     length = params.text.max_length
+    if eval_batch is None:
+        from mlc_utils.core.inference import BATCH_SIZES
+        eval_batch = BATCH_SIZES[("cpu", "tokens")]
 
-    def batch_of(batch: int):
-        ids = torch.randint(1000, 2000, (batch, length))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    def arch_for(train_batch: int) -> dict:
+        if lengths is None:
+            return {"caption": params.text.model_name, "pooling": params.text.pooling, "max_length": length}
+        return {"caption": params.text.model_name, "pooling": params.text.pooling,
+                "length": padded_length(lengths, eval_batch, False), "train_length": padded_length(lengths, train_batch, True)}
 
-    def build():
-        return _caption_model(params), batch_of
-    arch = {"caption": params.text.model_name, "pooling": params.text.pooling, "max_length": length}
+    def build_for(arch: dict):
+        def batch_of(batch: int, train: bool = False):
+            size = arch.get("train_length" if train else "length", length)
+            ids = torch.randint(1000, 2000, (batch, size))
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        def build():
+            return _caption_model(params), batch_of
+        return build
     out = []
     for kind in params.text.members:
         probs = _probs(params, n_train, n_test, runs)
         if kind == "finetune":
             cfg = params.text.training(**params.training_defaults())
+            arch = arch_for(cfg.batch_size)
             out.append(Training(f"caption {kind}", "caption", runs, cfg.epochs, train_rows,
                                 cfg.epochs * val_rows + val_rows + n_test, params=total,
                                 checkpoint_bytes=_checkpoint_bytes(total, cfg), extra_bytes=probs,
-                                batch_size=cfg.batch_size, build=build if found else None, arch=arch,
+                                batch_size=cfg.batch_size, build=build_for(arch) if found else None, arch=arch,
                                 frozen_epochs=min(cfg.freeze_epochs, cfg.epochs)))
         elif kind == "frozen":
             cfg = params.text.head_training(**params.training_defaults())
+            arch = arch_for(cfg.batch_size)
             head = dim * params.num_classes
             out.append(Training(f"caption {kind}", "caption-features", runs, cfg.epochs, train_rows, 0,
                                 once_rows=n_train + n_test, params=head, backbone_params=total,
                                 checkpoint_bytes=_checkpoint_bytes(head, cfg),
-                                feature_bytes=(n_train + n_test) * dim * 4, extra_bytes=probs,
-                                batch_size=cfg.batch_size, build=build if found else None, arch=arch))
+                                feature_bytes=(n_train + n_test) * dim * 4, extra_bytes=probs, head_dim=dim,
+                                batch_size=cfg.batch_size, build=build_for(arch) if found else None, arch=arch))
         else:
             out.append(Training("caption tfidf", "tfidf", runs, 1, train_rows, 0, extra_bytes=probs,
                                 seconds=runs * train_rows * NOMINAL_ROW_S["tfidf"]))
@@ -333,8 +385,10 @@ def _caption_model_facts(params) -> tuple[int, int] | None:
     return (_count(model), int(model.head.in_features)) if model is not None else None
 
 
-def stage_plans(params, n_train: int, n_test: int, stages) -> list[StagePlan]:
-    """Work and disk of every stage in ``stages`` (times come from :func:`calibrate`)."""
+def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None = None,
+                eval_batch: int | None = None) -> list[StagePlan]:
+    """Work and disk of every stage in ``stages`` (times come from :func:`calibrate`); ``data_dir``
+    gives the captions' lengths, ``eval_batch`` the inference batch of captions on the plan's device."""
     from mlc_utils.study.image import image_train_config
 
     class Ctx:  # what image_train_config reads
@@ -367,7 +421,7 @@ def stage_plans(params, n_train: int, n_test: int, stages) -> list[StagePlan]:
             for t in plan.trainings:
                 t.once_rows = t.feature_bytes = 0
         elif stage == "text":
-            plan.trainings = _caption_trainings(params, n_train, n_test)
+            plan.trainings = _caption_trainings(params, n_train, n_test, caption_lengths(params, data_dir), eval_batch)
         else:   # heads on saved outputs, the ensemble, the views of the mistakes
             runs = _fits(params, n_train)[0]
             heads = len(params.fusion.heads) if stage == "fusion" else 0
@@ -441,6 +495,22 @@ def _time_batches(model, batch, train: bool, device, amp_dtype, steps: int) -> f
     return (time.perf_counter() - started) / steps
 
 
+def _time_head(head, dim: int, batch: int, device, amp_dtype, steps: int) -> float:
+    """Seconds per training batch of a head on saved features: its rows gathered from a table of
+    features (as the loader fetches them from memory), forward, backward and the optimizer's step."""
+    import torch
+    table = torch.randn(4 * batch, dim, device=device)
+
+    class Gathered(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, rows):
+            return self.head(table[rows])
+    return _time_batches(Gathered(), torch.randperm(len(table))[:batch], True, device, amp_dtype, steps)
+
+
 def _time_decode(data_config: dict, data_dir: Path, image_ids: list[str], train: bool) -> float:
     """Seconds to decode and transform one image (as the training or evaluation pass does, in this
     process: the CPU's loaders have no workers): one untimed image, then the rest."""
@@ -465,10 +535,14 @@ def _sample_images(data_dir: Path, n: int = DECODE_SAMPLE + 1) -> list[str]:
 
 
 def machine_facts(device) -> dict:
-    """What a calibration's seconds depend on besides the model and its settings."""
+    """What a calibration's seconds depend on besides the model and its settings (on a CPU the
+    allocator too: glibc's malloc halves an image pass here, ``core.allocator``)."""
     import torch
+
+    from mlc_utils.core.allocator import loaded_allocator
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model()}
+    facts = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_model()}
+    return facts if device.type == "cuda" else {**facts, "allocator": loaded_allocator()}
 
 
 def _cpu_model() -> str:
@@ -544,6 +618,8 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
             keys = {"forward": cache.key(**t.arch, **machine, forward_batch=eval_batch)}
             if t.kind in TRAINED:
                 keys["train"] = cache.key(**t.arch, **machine, train_batch=t.batch_size)
+            if t.head_dim:
+                keys["head"] = cache.key(**t.arch, **machine, head_batch=t.batch_size)
             if t.kind in IMAGE_KINDS and images:
                 keys["decode"] = cache.key(decode=t.data_config, data=str(data_dir), images=images, **machine)
             missing = [what for what, key in keys.items() if cache.get(key) is None]
@@ -558,8 +634,8 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
             found = {what: cache.get(key) for what, key in keys.items()}
             decode = found.get("decode") or ({"s": DECODE_S["train"], "eval_s": DECODE_S["eval"]}
                                             if t.kind in IMAGE_KINDS else {"s": 0.0, "eval_s": 0.0})
-            t.seconds = _seconds(t, (found.get("train") or {"s": 0.0})["s"], found["forward"]["s"] / eval_batch,
-                                 decode["s"], decode["eval_s"])
+            t.seconds = _seconds(t, (found.get("train") or found.get("head") or {"s": 0.0})["s"],
+                                 found["forward"]["s"] / eval_batch, decode["s"], decode["eval_s"])
             peak = (found.get("train") or {}).get("peak")
             t.peak_bytes, t.peak_measured = (peak, True) if peak else (_memory_floor(t), False)
     cache.save()
@@ -574,17 +650,19 @@ def _calibrate(t: Training, missing: list[str], keys: dict, cache: CalibrationCa
     if "decode" in missing:
         cache.put(keys["decode"], {"s": _time_decode(t.data_config, data_dir, images, True),
                                    "eval_s": _time_decode(t.data_config, data_dir, images, False)})
-    if "train" not in missing and "forward" not in missing:
+    if not {"train", "forward", "head"} & set(missing):
         return
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, batch_of = t.build()
     if "train" in missing:
-        train_s = _time_batches(model, batch_of(t.batch_size), True, device, amp, steps)
+        train_s = _time_batches(model, batch_of(t.batch_size, True), True, device, amp, steps)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         cache.put(keys["train"], {"s": train_s, "peak": peak})
     if "forward" in missing:
         cache.put(keys["forward"], {"s": _time_batches(model, batch_of(eval_batch), False, device, amp, steps)})
+    if "head" in missing:
+        cache.put(keys["head"], {"s": _time_head(model.head, t.head_dim, t.batch_size, device, amp, max(steps, HEAD_STEPS))})
     del model
 
 
@@ -595,7 +673,9 @@ def _seconds(t: Training, train_batch_s: float, forward_row_s: float, decode_tra
     if t.kind in TRAINED:   # epochs that train the head alone cost about a forward pass of their rows
         fit_s = (t.epochs - t.frozen_epochs) * math.ceil(per_process / t.batch_size) * train_batch_s + \
             t.frozen_epochs * per_process * forward_row_s + t.epochs * per_process * decode_train_s
-    else:   # a head on saved features: nominal
+    elif train_batch_s:   # a head on saved features, its training batches timed, plus each epoch's validation
+        fit_s = t.epochs * (math.ceil(t.train_rows / t.batch_size) * train_batch_s * (1 + HEAD_VALIDATION) + HEAD_EPOCH_S)
+    else:   # a head on saved features, untimed: nominal
         fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"]
     forward_rows = t.runs * math.ceil(t.eval_rows / t.processes) + t.once_rows
     return t.runs * fit_s + forward_rows * (forward_row_s + decode_eval_s)
@@ -611,7 +691,12 @@ def make_plan(params, root: Path = PROJECT_ROOT, stages=None, rows: tuple[int, i
               calibration: bool = True, budget_s: float | None = None, log=None) -> Plan:
     (n_train, n_test), rows_from = row_counts(params, Path(root), rows)
     device, why = plan_device(params)
-    plans = stage_plans(params, n_train, n_test, stages or params.stages)
+    data_dir = params.data_path(Path(root))
+    eval_batch = None
+    if device is not None:
+        from mlc_utils.core.inference import Inference
+        eval_batch = Inference(device, params.inference.batch_size).batch_for("tokens")
+    plans = stage_plans(params, n_train, n_test, stages or params.stages, data_dir, eval_batch)
     plan = Plan(params, plans, (n_train, n_test), rows_from, device or params.device, device is not None)
     for stage in plans:
         for t in stage.trainings:
@@ -626,7 +711,7 @@ def make_plan(params, root: Path = PROJECT_ROOT, stages=None, rows: tuple[int, i
                 stage.time_note = "not calibrated (--no-calibrate)"
     elif calibration:
         calibrate(plan, budget_s=budget_s, log=log, cache=CalibrationCache(calibration_path(params, Path(root))),
-                  data_dir=params.data_path(Path(root)))
+                  data_dir=data_dir)
     for stage in plans:  # a stage with a training nothing could time (no architecture available here)
         if not stage.time_note and any(t.seconds is None for t in stage.trainings):
             stage.time_note = "not measurable here (the model's configuration is not available offline)"
