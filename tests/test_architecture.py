@@ -63,11 +63,11 @@ def test_image_heads_are_the_configs_choices():
 
 def test_training_choices_are_the_registries_names():
     """TrainConfig's Literal choices (checked without torch) name exactly what the loop implements."""
-    from mlc_utils.train import loop, losses
+    from mlc_utils.train import loop, losses, optim
     from mlc_utils.train.config import choices
-    assert set(choices("optimizer")) == set(loop.OPTIMIZERS)
-    assert set(choices("scheduler")) == set(loop.SCHEDULES) == set(loop.STEP_SCHEDULES)
-    assert set(choices("schedule_unit")) == set(loop.SCHEDULE_UNITS)
+    assert set(choices("optimizer")) == set(optim.OPTIMIZERS)
+    assert set(choices("scheduler")) == set(optim.SCHEDULES) == set(optim.STEP_SCHEDULES)
+    assert set(choices("schedule_unit")) == set(optim.SCHEDULE_UNITS)
     assert set(choices("amp_dtype")) == set(loop.AMP_DTYPES)
     assert set(choices("loss")) == set(losses.LOSSES)
 
