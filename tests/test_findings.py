@@ -160,7 +160,7 @@ def test_error_analysis_counts_missed_labels_and_shows_examples():
 def test_error_counts_are_the_submitted_labels_errors(tmp_path):
     """Row 1 has nothing over 0.5: the submission writes its top class (1), so the error analysis
     counts that label as predicted, not missed, and the examples show it predicted."""
-    from mlc_utils.evaluation.predict import write_submission
+    from mlc_utils.evaluation.submission import write_submission
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=float)
     p = np.array([[0.9, 0.1, 0.2], [0.2, 0.4, 0.1], [0.7, 0.2, 0.3]])
     ids = ["a.jpg", "b.jpg", "c.jpg"]
