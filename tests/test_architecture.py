@@ -63,11 +63,11 @@ def test_image_heads_are_the_configs_choices():
 
 def test_training_choices_are_the_registries_names():
     """TrainConfig's Literal choices (checked without torch) name exactly what the loop implements."""
-    from mlc_utils.train import loop, losses
+    from mlc_utils.train import loop, losses, optim
     from mlc_utils.train.config import choices
-    assert set(choices("optimizer")) == set(loop.OPTIMIZERS)
-    assert set(choices("scheduler")) == set(loop.SCHEDULES) == set(loop.STEP_SCHEDULES)
-    assert set(choices("schedule_unit")) == set(loop.SCHEDULE_UNITS)
+    assert set(choices("optimizer")) == set(optim.OPTIMIZERS)
+    assert set(choices("scheduler")) == set(optim.SCHEDULES) == set(optim.STEP_SCHEDULES)
+    assert set(choices("schedule_unit")) == set(optim.SCHEDULE_UNITS)
     assert set(choices("amp_dtype")) == set(loop.AMP_DTYPES)
     assert set(choices("loss")) == set(losses.LOSSES)
 
@@ -103,7 +103,8 @@ def test_every_named_table_and_figure_is_recorded_by_its_stage():
     problems += [f"{obj} is produced by no notebook" for obj in sorted(wanted - produced, key=str)]
     problems += [f"report.FIGURES: {figure} is not in artifacts.FIGURES" for _, figure, _ in report.FIGURES
                  if figure not in wanted]
-    for module in ("run/report.py", "study/findings.py"):  # consumers name results by the objects only
+    consumers = ("run/report.py", "study/findings.py", "study/paper.py", "study/errors.py", "study/settings.py")
+    for module in consumers:  # consumers name results by the objects only
         source = (PROJECT / "mlc_utils" / module).read_text(encoding="utf-8")
         problems += [f"{module} types the name of {table}" for table in artifacts.registered(artifacts.TABLES).values()
                      if re.search(rf"""["']{re.escape(table.name)}["']""", source)]

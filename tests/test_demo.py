@@ -13,6 +13,7 @@ from PIL import Image
 from mlc_utils.cli import main as mlc_main
 from mlc_utils.data import demo
 from mlc_utils.data.csvio import read_test_csv, read_train_csv
+from mlc_utils.data.demo import writer
 from mlc_utils.data.labels import LabelSpace
 
 
@@ -173,7 +174,7 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return Image.new("RGB", (100, 90))
 
-    monkeypatch.setattr(demo, "_render", broken)
+    monkeypatch.setattr(writer, "render", broken)
     with pytest.raises(RuntimeError):
         demo.make_demo_dataset(tmp_path / "ds", n=20)
     assert list(tmp_path.iterdir()) == []

@@ -6,17 +6,9 @@ import pandas as pd
 import pytest
 
 from mlc_utils.evaluation import metrics
-from mlc_utils.evaluation.ensemble import (
-    Member,
-    ProbTable,
-    build_ensemble,
-    load_probs,
-    optimized_weights,
-    save_probs,
-    score_weights,
-    simplex_grid,
-    write_submission,
-)
+from mlc_utils.evaluation.ensemble import Member, build_ensemble, optimized_weights, score_weights, simplex_grid
+from mlc_utils.evaluation.probs import ProbTable, load_probs, save_probs
+from mlc_utils.evaluation.submission import write_submission
 
 VAL_IDS = ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
 Y_VAL = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=float)

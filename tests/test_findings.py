@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from mlc_utils.data.labels import LabelSpace
+from mlc_utils.study import errors, paper, settings
 from mlc_utils.study import findings as fd
-from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES, recorded_table
 
 
 def _table(frame: pd.DataFrame) -> dict:
@@ -86,41 +87,41 @@ def test_every_number_in_the_findings_is_in_the_tables_or_headlines(summaries):
         recorded |= {round(v, 4) for v in stage.get("headline", {}).values() if isinstance(v, float)}
         for table in stage.get("tables", {}).values():
             recorded |= {round(v, 4) for row in table["data"] for v in row if isinstance(v, float)}
-    paper = {round(v, 4) for _, _, *scores in fd.PAPER_TABLE1 for v in scores if v is not None}
-    paper |= {round(fd.PAPER_TABLE2["image"][1] - fd.PAPER_TABLE2["image+caption"][1], 4),
-              round(fd.PAPER_TABLE3[0][2] - fd.PAPER_TABLE3[1][2], 4)}
+    theirs = {round(v, 4) for _, _, *scores in paper.PAPER_TABLE1 for v in scores if v is not None}
+    theirs |= {round(paper.PAPER_TABLE2["image"][1] - paper.PAPER_TABLE2["image+caption"][1], 4),
+              round(paper.PAPER_TABLE3[0][2] - paper.PAPER_TABLE3[1][2], 4)}
     diffs = {round(abs(a - b), 4) for a in recorded for b in recorded}
     for number in re.findall(r"\d\.\d{4}", _text(fd.findings(summaries))):
-        assert float(number) in recorded | paper | diffs, number
+        assert float(number) in recorded | theirs | diffs, number
 
 
 def test_tables_carry_the_papers_numbers_beside_ours(summaries):
-    t1 = fd.table1_with_paper(fd.recorded_table(summaries, TABLES.table1))
-    paper = t1[t1.source == fd.PAPER].set_index("model")
-    assert paper.loc["CNN-EfficientNet", "F1@0.5"] == 0.8362 and pd.isna(paper.loc["CNN-EfficientNet", "F1@0.4"])
-    assert list(paper.loc["DeiT-S", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8602, 0.8606, 0.8453]
-    assert list(paper.loc["Swin-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8973, 0.9007, 0.8960]
-    assert list(paper.loc["Swin-V2-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.9071, 0.9079, 0.9058]
-    assert list(paper.loc["BERT", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8708, 0.8679, 0.8637]
-    assert paper.loc["Swin-V2-L + BERT (Concatenate)", "F1@0.5"] == 0.9027
-    assert paper.loc["Swin-L + BERT (Bilinear)", "F1@0.4"] == 0.9003
+    t1 = paper.table1_with_paper(recorded_table(summaries, TABLES.table1))
+    theirs = t1[t1.source == paper.PAPER].set_index("model")
+    assert theirs.loc["CNN-EfficientNet", "F1@0.5"] == 0.8362 and pd.isna(theirs.loc["CNN-EfficientNet", "F1@0.4"])
+    assert list(theirs.loc["DeiT-S", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8602, 0.8606, 0.8453]
+    assert list(theirs.loc["Swin-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8973, 0.9007, 0.8960]
+    assert list(theirs.loc["Swin-V2-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.9071, 0.9079, 0.9058]
+    assert list(theirs.loc["BERT", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8708, 0.8679, 0.8637]
+    assert theirs.loc["Swin-V2-L + BERT (Concatenate)", "F1@0.5"] == 0.9027
+    assert theirs.loc["Swin-L + BERT (Bilinear)", "F1@0.4"] == 0.9003
     # ours first within each input, in the paper's order of inputs; kinds become the paper's input names
     assert list(t1["input"].drop_duplicates()) == ["image", "caption", "image+caption"]
-    assert t1[t1.source == fd.THIS_RUN].set_index("model").loc["concat", "input"] == "image+caption"
+    assert t1[t1.source == paper.THIS_RUN].set_index("model").loc["concat", "input"] == "image+caption"
     assert "F1 at tuned threshold (in-sample)" in t1.columns
 
-    t2 = fd.table2_with_paper(fd.recorded_table(summaries, TABLES.table2)).set_index(["input", "source"])
-    assert t2.loc[("caption", fd.PAPER), "F1 at tuned threshold (in-sample)"] == 0.8708
-    assert t2.loc[("image+caption", fd.PAPER), "best model"] == "Swin-V2-L + BERT (Concatenate)"
-    assert t2.loc[("image", fd.THIS_RUN), "F1@0.5 (out-of-sample)"] == 0.72
-    t3 = fd.table3_with_paper(fd.recorded_table(summaries, TABLES.table3))
-    assert t3[t3.source == fd.PAPER]["F1 at tuned threshold (in-sample)"].tolist() == [0.9079, 0.8856]
+    t2 = paper.table2_with_paper(recorded_table(summaries, TABLES.table2)).set_index(["input", "source"])
+    assert t2.loc[("caption", paper.PAPER), "F1 at tuned threshold (in-sample)"] == 0.8708
+    assert t2.loc[("image+caption", paper.PAPER), "best model"] == "Swin-V2-L + BERT (Concatenate)"
+    assert t2.loc[("image", paper.THIS_RUN), "F1@0.5 (out-of-sample)"] == 0.72
+    t3 = paper.table3_with_paper(recorded_table(summaries, TABLES.table3))
+    assert t3[t3.source == paper.PAPER]["F1 at tuned threshold (in-sample)"].tolist() == [0.9079, 0.8856]
 
 
 def test_missing_stages_give_fewer_findings_not_errors():
     assert fd.findings({}) == []
     assert "did not reach the ensemble" in fd.conclusion({})[0]
-    assert len(fd.table1_with_paper(None)) == len(fd.PAPER_TABLE1)
+    assert len(paper.table1_with_paper(None)) == len(paper.PAPER_TABLE1)
 
 
 @pytest.mark.parametrize("key, value, shown", [("seconds", 32.7, "33 s"), ("vit seconds", 1500.0, "25 min"),
@@ -134,32 +135,32 @@ def test_headlines_round_for_reading(key, value, shown):
 def test_error_analysis_counts_missed_labels_and_shows_examples():
     y = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 1], [1, 1, 0]], dtype=float)
     p = np.array([[0.9, 0.1, 0.2], [0.3, 0.6, 0.1], [0.2, 0.8, 0.1], [0.8, 0.7, 0.9]])
-    missed = fd.missed_labels(y, p, 0.5, ["a", "b", "c"])
+    missed = errors.missed_labels(y, p, 0.5, ["a", "b", "c"])
     assert missed[["class", "support", "missed", "false positives"]].values.tolist() == \
         [[2, 2, 2, 1], [0, 3, 1, 0], [1, 2, 0, 1]]
     frame = pd.DataFrame({"ImageID": ["0.jpg", "1.jpg", "2.jpg", "3.jpg"], "Caption": ["x  y", "z", "w", "v"]})
-    examples = fd.error_examples(frame, y, p, None, 0.5, classes=[2], per_class=5)
+    examples = errors.error_examples(frame, y, p, None, 0.5, classes=[2], per_class=5)
     assert examples.ImageID.tolist() == ["0.jpg", "2.jpg"] and examples.caption.iloc[0] == "x y"
     assert examples.truth.tolist() == ["0, 2", "1, 2"] and examples.predicted.tolist() == ["0", "1"]
-    added = fd.error_examples(frame, y, p, None, 0.5, classes=[1], kind="added")
+    added = errors.error_examples(frame, y, p, None, 0.5, classes=[1], kind="added")
     assert added.ImageID.tolist() == ["1.jpg"] and added.error.tolist() == ["added"] and added.label.tolist() == ["1"]
     # with the study's class names, as the tables beside them
-    named = fd.error_examples(frame, y, p, LabelSpace(3, ("person", "car", "traffic light")), 0.5, classes=[2])
+    named = errors.error_examples(frame, y, p, LabelSpace(3, ("person", "car", "traffic light")), 0.5, classes=[2])
     assert named.label.tolist() == ["traffic light"] * 2
     assert named.truth.tolist() == ["person, traffic light", "car, traffic light"]
     assert named.predicted.tolist() == ["person", "car"]
-    text = fd.error_summary(missed)
+    text = errors.error_summary(missed)
     assert text.startswith("The submitted model misses 3 of the 7 true labels of the validation images: most often "
                            "label 2 (c) (2 of 2), label 0 (a) (1 of 3).")
     assert "It adds 2 labels that are not there, most often label 2 (c) (1x), label 1 (b) (1x)." in text
     none_missed = missed.assign(missed=0)
-    assert "misses 0 of the 7 true labels of the validation images." in fd.error_summary(none_missed)
+    assert "misses 0 of the 7 true labels of the validation images." in errors.error_summary(none_missed)
 
 
 def test_error_counts_are_the_submitted_labels_errors(tmp_path):
     """Row 1 has nothing over 0.5: the submission writes its top class (1), so the error analysis
     counts that label as predicted, not missed, and the examples show it predicted."""
-    from mlc_utils.evaluation.predict import write_submission
+    from mlc_utils.evaluation.submission import write_submission
     y = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=float)
     p = np.array([[0.9, 0.1, 0.2], [0.2, 0.4, 0.1], [0.7, 0.2, 0.3]])
     ids = ["a.jpg", "b.jpg", "c.jpg"]
@@ -168,12 +169,12 @@ def test_error_counts_are_the_submitted_labels_errors(tmp_path):
     for row, labels in enumerate(submitted.Labels):
         pred[row, [int(c) for c in labels.split()]] = True
     truth = y > 0.5
-    missed = fd.missed_labels(y, p, 0.5).set_index("class")
+    missed = errors.missed_labels(y, p, 0.5).set_index("class")
     for c in range(3):
         assert missed["missed"].get(c, 0) == (truth[:, c] & ~pred[:, c]).sum(), c
         assert missed["false positives"].get(c, 0) == (~truth[:, c] & pred[:, c]).sum(), c
     frame = pd.DataFrame({"ImageID": ids, "Caption": ["x", "y", "z"]})
-    assert fd.error_examples(frame, y, p, None, 0.5, classes=[1]).empty  # label 1 of b.jpg is submitted
+    assert errors.error_examples(frame, y, p, None, 0.5, classes=[1]).empty  # label 1 of b.jpg is submitted
 
 
 def test_each_stage_closes_with_its_own_numbers(summaries):
@@ -195,16 +196,16 @@ def test_each_stage_closes_with_its_own_numbers(summaries):
 
 def test_method_comes_from_the_params_used():
     from mlc_utils.study.params import load_params
-    params = load_params(str(fd.__file__).replace("mlc_utils/study/findings.py", "params/demo.yaml"))
-    frame = fd.method_frame(params).set_index("model")
+    params = load_params(str(settings.__file__).replace("mlc_utils/study/settings.py", "params/demo.yaml"))
+    frame = settings.method_frame(params).set_index("model")
     assert frame.loc["lite1-frozen", "architecture"] == "efficientnet_lite1, Linear on the ImageNet logits"
-    cpu = fd.method_frame(load_params(str(fd.__file__).replace("mlc_utils/study/findings.py",
+    cpu = settings.method_frame(load_params(str(settings.__file__).replace("mlc_utils/study/settings.py",
                                                                "params/comp5329-cpu.yaml"))).set_index("model")
     assert cpu.loc["lite0-320-attention-frozen", "architecture"] == "efficientnet_lite0, class attention over regions"
     assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen"
     assert "epochs 40" in frame.loc["lite1-frozen", "training"] and "epochs 4" in frame.loc["lite0-finetune", "training"]
     assert frame.loc["lite0-scratch", "weights"] == "random init"
-    note = fd.method_note(params)
+    note = settings.method_note(params)
     assert "center, hflip" in note and "by score weights" in note and "Seed 3407" in note and "20%" in note
 
 
@@ -222,13 +223,13 @@ def test_a_cross_validated_run_says_so_and_quotes_the_cross_fitted_score(summari
     assert "scores 0.7311 (in-sample); with its weights and threshold fitted on the other folds only it scores " \
            "0.7207 (out-of-sample)" in text
     assert "the cross-fitted column" in _text(fd.conclusion(cv))
-    t1 = fd.table1_with_paper(fd.recorded_table(cv, TABLES.table1))
-    ours = t1[t1.source == fd.THIS_RUN].set_index("model")["F1 cross-fitted (out-of-sample)"]
+    t1 = paper.table1_with_paper(recorded_table(cv, TABLES.table1))
+    ours = t1[t1.source == paper.THIS_RUN].set_index("model")["F1 cross-fitted (out-of-sample)"]
     assert ours.to_dict() == {"vit": 0.7301, "caption": 0.6202, "concat": 0.7003}
-    assert t1[t1.source == fd.PAPER]["F1 cross-fitted (out-of-sample)"].isna().all()  # the paper has none
+    assert t1[t1.source == paper.PAPER]["F1 cross-fitted (out-of-sample)"].isna().all()  # the paper has none
     # a holdout run has no such column and keeps the split sentence
-    assert "F1 cross-fitted (out-of-sample)" not in fd.table1_with_paper(
-        fd.recorded_table(summaries, TABLES.table1)).columns
+    assert "F1 cross-fitted (out-of-sample)" not in paper.table1_with_paper(
+        recorded_table(summaries, TABLES.table1)).columns
 
 
 def test_training_curves_of_a_cross_validated_member_are_its_folds(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mlc_utils.core.inference import Inference
-from mlc_utils.evaluation.ensemble import late_fusion, tune_late_fusion
+from mlc_utils.evaluation.late_fusion import late_fusion, tune_late_fusion
 from mlc_utils.models.fusion import (
     FUSION_HEADS,
     FUSION_MODES,

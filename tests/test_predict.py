@@ -9,12 +9,8 @@ import pytest
 import torch
 
 from mlc_utils import cli as mlc_cli
-from mlc_utils.evaluation.predict import (
-    load_thresholds,
-    probs_paths,
-    write_probs,
-    write_submission,
-)
+from mlc_utils.evaluation.predict import load_thresholds, probs_paths, write_probs
+from mlc_utils.evaluation.submission import write_submission
 from mlc_utils.models import create_image_model
 from mlc_utils.models.checkpoint import save_model
 from mlc_utils.train.features import FeatureHead

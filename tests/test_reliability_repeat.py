@@ -26,7 +26,7 @@ from conftest import PROJECT
 
 from mlc_utils import cli as mlc_cli
 from mlc_utils.data.images import image_dataset
-from mlc_utils.evaluation.ensemble import save_probs
+from mlc_utils.evaluation.probs import save_probs
 from mlc_utils.models import create_image_model
 from mlc_utils.models.checkpoint import save_model, state_digest
 from mlc_utils.train.config import TrainConfig

@@ -26,7 +26,7 @@ from conftest import PROJECT, make_tiny_folder
 
 from mlc_utils.run.pipeline import run_study
 from mlc_utils.run.report import FIGURES, pdf_pages
-from mlc_utils.study import findings
+from mlc_utils.study import paper
 from mlc_utils.study.params import load_params, params_as_dict
 
 pytestmark = pytest.mark.slow
@@ -176,10 +176,10 @@ def test_report_reads_as_the_study_with_the_papers_tables(study):
         assert section in page.ids, section
     assert "<h1>Multi-label classification of images and captions</h1>" in text
     assert "run <b>t</b>" in text and str(study["data"]) in text and str(study["params"]) in text
-    assert findings.CITATION in text.replace("&#39;", "'")
+    assert paper.CITATION in text.replace("&#39;", "'")
 
     table1 = page.table("input", "source", "model", "F1@0.4", "F1@0.5", "F1@0.6")
-    paper1 = {row[2]: row[3:6] for row in table1["rows"] if row[1] == findings.PAPER}
+    paper1 = {row[2]: row[3:6] for row in table1["rows"] if row[1] == paper.PAPER}
     assert paper1["CNN-EfficientNet"] == ["", "0.8362", ""]
     assert paper1["DeiT-S"] == ["0.8602", "0.8606", "0.8453"]
     assert paper1["Swin-L"] == ["0.8973", "0.9007", "0.8960"]
@@ -191,11 +191,11 @@ def test_report_reads_as_the_study_with_the_papers_tables(study):
     assert paper1["Swin-V2-L + BERT (Concatenate)"] == ["0.9006", "0.9027", "0.9009"]
     assert "F1 at tuned threshold (in-sample)" in table1["header"]
     table2 = page.table("input", "source", "best model", "F1@0.5 (out-of-sample)", "F1 at tuned threshold (in-sample)")
-    assert {row[0]: row[2:] for row in table2["rows"] if row[1] == findings.PAPER} == {
+    assert {row[0]: row[2:] for row in table2["rows"] if row[1] == paper.PAPER} == {
         "image": ["Swin-V2-L", "", "0.9079"], "caption": ["BERT", "", "0.8708"],
         "image+caption": ["Swin-V2-L + BERT (Concatenate)", "", "0.9027"]}
     table3 = page.table("source", "variant", "switch", "setting")
-    assert [row[5] for row in table3["rows"] if row[0] == findings.PAPER] == ["0.9079", "0.8856"]
+    assert [row[5] for row in table3["rows"] if row[0] == paper.PAPER] == ["0.9079", "0.8856"]
 
     # the summary's sentences carry this run's numbers (eda and split ran here)
     split = json.loads((study["root"] / "runs" / "t" / "split" / "summary.json").read_text())["headline"]

@@ -13,6 +13,7 @@ from torch import nn
 from mlc_utils.models.checkpoint import read_checkpoint
 from mlc_utils.models.image import ImageModel, prefix_matcher
 from mlc_utils.train import loop as engine
+from mlc_utils.train import optim
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import fit
 
@@ -28,7 +29,7 @@ def _wrapped(name: str, **kwargs) -> ImageModel:
 
 def _groups(model, **cfg) -> dict[str, dict]:
     """parameter name -> its optimizer group's weight_decay and lr_scale."""
-    optimizer = engine.OPTIMIZERS["timm_adamw"](model, TrainConfig(optimizer="timm_adamw", **cfg))
+    optimizer = optim.OPTIMIZERS["timm_adamw"](model, TrainConfig(optimizer="timm_adamw", **cfg))
     by_id = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     return {n: {"wd": by_id[id(p)]["weight_decay"], "scale": by_id[id(p)].get("lr_scale", 1.0)}
             for n, p in model.named_parameters()}
@@ -75,7 +76,7 @@ def test_caption_encoder_gets_decay_free_norms_and_layer_decay():
 
 def test_layer_decay_on_a_model_without_layers_is_a_clear_error():
     with pytest.raises(ValueError, match="layer_decay: TinyNet has no group_matcher"):
-        engine.OPTIMIZERS["timm_adamw"](tiny_model(), TrainConfig(optimizer="timm_adamw", layer_decay=0.7))
+        optim.OPTIMIZERS["timm_adamw"](tiny_model(), TrainConfig(optimizer="timm_adamw", layer_decay=0.7))
     with pytest.raises(ValueError, match="layer_decay: needs optimizer: timm_adamw"):
         TrainConfig(layer_decay=0.7).check()
     with pytest.raises(ValueError, match="warmup_steps: counts optimizer updates"):
@@ -94,7 +95,7 @@ def test_prefix_matcher_moves_every_pattern_under_the_wrapper():
 def _rates(cfg: TrainConfig, updates: int, epoch_of=lambda k: 0, scale: float | None = None) -> list[float]:
     group = {"params": [nn.Parameter(torch.zeros(1))], **({"lr_scale": scale} if scale else {})}
     optimizer = torch.optim.AdamW([group], lr=cfg.lr)
-    schedule = engine.SCHEDULE_UNITS[cfg.schedule_unit](optimizer, cfg, updates // cfg.epochs)
+    schedule = optim.SCHEDULE_UNITS[cfg.schedule_unit](optimizer, cfg, updates // cfg.epochs)
     rates = []
     for k in range(updates):
         schedule.step_update(k, epoch_of(k))
@@ -125,7 +126,7 @@ def test_per_update_step_schedule_decays_every_step_size_epochs():
 def test_paper_steplr_per_epoch_is_unchanged():
     """step 8, gamma 0.5 per epoch, as torch's StepLR, on the default (epoch) path."""
     cfg = TrainConfig(lr=1e-5, epochs=20, scheduler="step", step_size=8, gamma=0.5)
-    ours = engine.SCHEDULE_UNITS["epoch"](torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=cfg.lr), cfg, 1)
+    ours = optim.SCHEDULE_UNITS["epoch"](torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=cfg.lr), cfg, 1)
     reference_opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     reference = torch.optim.lr_scheduler.StepLR(reference_opt, step_size=8, gamma=0.5)
     for _ in range(cfg.epochs):

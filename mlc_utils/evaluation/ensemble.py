@@ -1,9 +1,9 @@
-"""Weighted averages of saved probability files, the paper's "ensemble weighted by score".
+"""Weighted averages of saved members' probabilities, the paper's "ensemble weighted by score".
 
-Each member brings validation probabilities (to weigh it and tune the threshold) and usually test
-probabilities (to submit). Rows are matched by ImageID, never by position: a member saved in
-another order is reordered, and one with missing, extra or repeated ids is refused with the ids
-named, because a silently shifted row would score garbage that still looks like a number.
+Each member (:class:`Member`) brings validation probabilities (to weigh it and tune the threshold)
+and usually test probabilities (to submit), matched by ImageID (:mod:`mlc_utils.evaluation.probs`).
+Cross-validated members are joined out-of-fold (:func:`out_of_fold`), and the ``cross_fitted_*``
+scores fit every choice on the other folds only.
 
 Weightings (:data:`WEIGHTINGS`): ``equal``; ``score`` -- proportional to each member's validation
 sample-F1 (the paper); ``optimized`` -- the simplex-grid point (nonnegative, summing to 1) with the
@@ -23,103 +23,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mlc_utils.core.io import atomic_save, atomic_write_text
 from mlc_utils.data.labels import TOP1_FALLBACK, decide
 from mlc_utils.evaluation import metrics
+from mlc_utils.evaluation.metrics import SEARCH_THRESHOLDS
+from mlc_utils.evaluation.probs import ProbTable, load_probs
+from mlc_utils.evaluation.submission import write_submission
 
 # ---------------------------------------------------------------------------------------------
-# probability files: ids + an (n, C) matrix
+# members: one model's probabilities by ImageID
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ProbTable:
-    """Probabilities with the ImageID of each row."""
-
-    ids: list[str]
-    probs: np.ndarray
-    source: str = ""
-
-    def __post_init__(self):
-        self.ids = [str(i) for i in self.ids]
-        self.probs = np.asarray(self.probs, dtype=np.float64)
-        where = self.source or "probabilities"
-        if self.probs.ndim != 2:
-            raise ValueError(f"{where}: expected an (n, C) matrix, got shape {self.probs.shape}")
-        if len(self.ids) != len(self.probs):
-            raise ValueError(f"{where}: {len(self.ids)} ids for {len(self.probs)} rows of probabilities")
-        if not np.isfinite(self.probs).all() or self.probs.min(initial=0) < 0 or self.probs.max(initial=0) > 1:
-            raise ValueError(f"{where}: values must be probabilities in [0, 1] (got NaN/inf or values outside; "
-                             f"logits saved by mistake?)")
-
-    def aligned_to(self, ids: Sequence[str], what: str) -> np.ndarray:
-        """Rows reordered to ``ids``; ValueError naming ``what`` on repeated, missing or extra ids."""
-        ids = [str(i) for i in ids]
-        index = pd.Index(self.ids)
-        if index.has_duplicates:
-            repeated = index[index.duplicated()].unique()[:5].tolist()
-            raise ValueError(f"{what}: ImageIDs repeat in {self.source or 'the file'}: {repeated}")
-        have = set(self.ids)
-        missing = [i for i in ids if i not in have]
-        extra = sorted(have - set(ids))
-        if missing or extra:
-            parts = [f"{len(missing)} missing (e.g. {missing[:5]})" if missing else "",
-                     f"{len(extra)} not expected (e.g. {extra[:5]})" if extra else ""]
-            raise ValueError(f"{what}: ImageIDs do not match the reference rows: "
-                             + "; ".join(p for p in parts if p) + f" [{self.source or 'in memory'}]")
-        return self.probs[index.get_indexer(ids)]
-
-
-def _read_npz(path: Path, ids):
-    with np.load(path, allow_pickle=False) as data:
-        for key in ("ids", "probs"):
-            if key not in data:
-                raise ValueError(f"{path}: an .npz probability file needs arrays 'ids' and 'probs' (lacks {key!r})")
-        return data["ids"].astype(str).tolist(), data["probs"]
-
-
-def _read_csv(path: Path, ids):
-    frame = pd.read_csv(path, dtype={"ImageID": str})
-    if "ImageID" not in frame.columns:
-        raise ValueError(f"{path}: a .csv probability file needs an ImageID column and one column per class")
-    return frame["ImageID"].tolist(), frame.drop(columns="ImageID").to_numpy(dtype=np.float64)
-
-
-def _read_npy(path: Path, ids):
-    if ids is None:
-        raise ValueError(f"ids: {path} is a bare .npy matrix; pass the ImageIDs of its rows "
-                         f"(e.g. the split's val ids in order) or save it as .npz/.csv with save_probs")
-    return list(ids), np.load(path, allow_pickle=False)
-
-
-#: file suffix -> reader(path, ids) -> (ids, probs)
-PROB_READERS: dict[str, Callable] = {".npz": _read_npz, ".csv": _read_csv, ".npy": _read_npy}
-
-
-def load_probs(path: str | os.PathLike, ids: Sequence[str] | None = None) -> ProbTable:
-    """Read a probability file (.npz with ids+probs, .csv with ImageID + class columns, or .npy + ``ids``)."""
-    path = Path(path)
-    reader = PROB_READERS.get(path.suffix.lower())
-    if reader is None:
-        raise ValueError(f"path: {path} has suffix {path.suffix!r}; probability files are {sorted(PROB_READERS)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such probability file")
-    file_ids, probs = reader(path, ids)
-    return ProbTable(file_ids, probs, source=str(path))
-
-
-def save_probs(path: str | os.PathLike, ids: Sequence[str], probs: np.ndarray) -> Path:
-    """Write ids + probabilities as .npz (or .csv), atomically, so ensembles can align them later."""
-    table = ProbTable(list(ids), probs, source=str(path))
-    path = Path(path)
-    if path.suffix.lower() == ".npz":
-        return atomic_save(path, lambda tmp: np.savez(tmp, ids=np.array(table.ids), probs=table.probs))
-    if path.suffix.lower() == ".csv":
-        frame = pd.DataFrame(table.probs, columns=[str(c) for c in range(table.probs.shape[1])])
-        frame.insert(0, "ImageID", table.ids)
-        return atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
-    raise ValueError(f"path: save probabilities as .npz or .csv, got {path.suffix!r}")
-
 
 #: fold k of a cross-validated member lives in ``<member>/fold<k>/`` (its checkpoint, log.csv, probabilities)
 FOLD_DIR = "fold{}"
@@ -297,9 +209,6 @@ def simplex_grid(n: int, divisions: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) / divisions
 
 
-#: the coarse threshold grid each candidate of a weight search (ensemble weights, late fusion) is scored on
-SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
-
 
 def optimized_weights(val_probs: list[np.ndarray], y_val: np.ndarray, scores: np.ndarray,
                       max_points: int = 600, search_thresholds: Sequence[float] = SEARCH_THRESHOLDS,
@@ -450,62 +359,3 @@ def _fuse_test(members: list[Member], w: np.ndarray, test_ids):
     ref = [str(i) for i in (test_ids if test_ids is not None else members[0].test.ids)]
     stacked = np.stack([m.test.aligned_to(ref, f"member {m.name!r} (test)") for m in members])
     return ref, np.tensordot(w, stacked, axes=1)
-
-
-# ---------------------------------------------------------------------------------------------
-# submission
-# ---------------------------------------------------------------------------------------------
-
-def write_submission(image_ids, probs, threshold, path, at_least_one: bool = TOP1_FALLBACK) -> Path:
-    """The project's one submission writer (mlc_utils.evaluation.predict), so every stage submits the same format."""
-    from mlc_utils.evaluation.predict import write_submission as project_writer
-    return Path(project_writer(list(image_ids), np.asarray(probs), threshold, path, at_least_one=at_least_one))
-
-
-
-
-def late_fusion(p_image: np.ndarray, p_text: np.ndarray, weight: float) -> np.ndarray:
-    """``weight * p_image + (1 - weight) * p_text`` (probabilities, same shape)."""
-    p_image, p_text = np.asarray(p_image, dtype=np.float64), np.asarray(p_text, dtype=np.float64)
-    if p_image.shape != p_text.shape:
-        raise ValueError(f"p_text: shape {p_text.shape} differs from p_image {p_image.shape}")
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight: must be in [0, 1], got {weight}")
-    return weight * p_image + (1.0 - weight) * p_text
-
-
-
-@dataclass
-class LateFusionResult:
-    weight: float  # on the image model; the caption model gets 1 - weight
-    threshold: float
-    val_f1: float
-    table: pd.DataFrame  # one row per weight tried: weight, threshold, sample_f1
-
-    def apply(self, p_image: np.ndarray, p_text: np.ndarray) -> np.ndarray:
-        return late_fusion(p_image, p_text, self.weight)
-
-
-
-def tune_late_fusion(y_val: np.ndarray, p_image: np.ndarray, p_text: np.ndarray,
-                     weights: np.ndarray | None = None, tune_threshold: bool = True,
-                     search_thresholds=SEARCH_THRESHOLDS) -> LateFusionResult:
-    """The image weight (and global threshold) maximising validation sample-F1.
-
-    Each weight is scored at the best of a coarse threshold grid (sample-F1 costs a few ms per
-    call); the chosen weight then gets the full threshold grid. Ties go to the weight nearest 0.5,
-    the least committal choice on a flat optimum.
-    """
-    weights = np.round(np.linspace(0.0, 1.0, 21), 4) if weights is None else np.asarray(weights, dtype=float)
-    grid = np.asarray(search_thresholds, dtype=float) if tune_threshold else np.array([0.5])
-    rows = []
-    for w in weights:
-        threshold, score = metrics.tune_global_threshold(y_val, late_fusion(p_image, p_text, float(w)), grid)
-        rows.append({"weight": float(w), "threshold": threshold, "sample_f1": score})
-    table = pd.DataFrame(rows)
-    best = table[table["sample_f1"] >= table["sample_f1"].max() - 1e-12]
-    weight = float(best.loc[(best["weight"] - 0.5).abs().idxmin(), "weight"])
-    fused = late_fusion(p_image, p_text, weight)
-    threshold, score = metrics.tune_global_threshold(y_val, fused) if tune_threshold \
-        else (0.5, metrics.sample_f1(y_val, fused, 0.5))
-    return LateFusionResult(weight, float(threshold), float(score), table)

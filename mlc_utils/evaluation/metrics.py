@@ -12,6 +12,8 @@ from sklearn.metrics import average_precision_score, f1_score
 from mlc_utils.data.labels import TOP1_FALLBACK, decide
 
 PAPER_THRESHOLDS = (0.4, 0.5, 0.6)  # the grid of the paper's Table 1
+#: the coarse threshold grid each candidate of a weight search (ensemble weights, late fusion) is scored on
+SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
 
 
 def _check(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,15 +25,15 @@ from torch.utils.data import Dataset
 
 from mlc_utils.core.inference import Inference, probabilities, run_model
 from mlc_utils.core.io import atomic_write_text, save_npy
-from mlc_utils.data.labels import TOP1_FALLBACK, LabelSpace
+from mlc_utils.data.labels import LabelSpace
+from mlc_utils.evaluation.submission import write_submission
 from mlc_utils.models.checkpoint import (
     CheckpointMismatchError,
     load_checkpoint,
     read_checkpoint,
 )
 
-__all__ = ["predict_probs", "predict_images", "write_submission", "write_probs", "load_thresholds",
-           "probs_paths", "cli"]
+__all__ = ["predict_probs", "predict_images", "write_probs", "load_thresholds", "probs_paths", "cli"]
 
 
 def predict_images(model, root: str | os.PathLike, image_ids: Sequence[str], views: Sequence[str],
@@ -48,17 +48,6 @@ def predict_images(model, root: str | os.PathLike, image_ids: Sequence[str], vie
         runs.append(predict_probs(model, dataset, inference, name=f"{spec['arch']} predictions, {view} view",
                                   progress=progress))
     return np.mean(runs, axis=0)
-
-
-def write_submission(image_ids: Sequence[str], probs: np.ndarray, threshold: float | np.ndarray = 0.5,
-                     path: str | os.PathLike = "submission.csv", at_least_one: bool = TOP1_FALLBACK) -> Path:
-    """``ImageID,Labels`` rows in input order; labels by the study's one rule (:func:`~mlc_utils.data.labels.decide`)."""
-    probs = np.asarray(probs)
-    if probs.ndim != 2 or len(probs) != len(image_ids):
-        raise ValueError(f"probs: shape {probs.shape} does not match {len(image_ids)} image ids")
-    labels = LabelSpace(probs.shape[1]).decode(probs, threshold, at_least_one=at_least_one)
-    frame = pd.DataFrame({"ImageID": list(image_ids), "Labels": [LabelSpace.format(row) for row in labels]})
-    return atomic_write_text(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
 def probs_paths(out: str | os.PathLike) -> tuple[Path, Path]:

@@ -127,9 +127,13 @@ def write_index(study, results) -> Path:
     import pandas as pd
 
     from mlc_utils.core.fingerprint import data_fingerprint
-    from mlc_utils.study import findings as fd
+    from mlc_utils.study import paper
+    from mlc_utils.study.artifacts import recorded_table
     from mlc_utils.study.context import load_summary
+    from mlc_utils.study.errors import error_summary
+    from mlc_utils.study.findings import conclusion, findings
     from mlc_utils.study.params import params_as_dict
+    from mlc_utils.study.settings import method_frame, method_note
     params = study.params
     report_dir = study.paths.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -141,25 +145,25 @@ def write_index(study, results) -> Path:
         fingerprint = {}
     stages = pd.DataFrame([_stage_row(study, result, report_dir) for result in results],
                           columns=["stage", "status", "time", "report", "headline"])
-    tables = {key: _markup(build(fd.recorded_table(summaries, table)))
-              for key, table, build in (("table1", T.table1, fd.table1_with_paper),
-                                        ("table2", T.table2, fd.table2_with_paper),
-                                        ("table3", T.table3, fd.table3_with_paper))}
+    tables = {key: _markup(build(recorded_table(summaries, table)))
+              for key, table, build in (("table1", T.table1, paper.table1_with_paper),
+                                        ("table2", T.table2, paper.table2_with_paper),
+                                        ("table3", T.table3, paper.table3_with_paper))}
     extra = {}
     for key, table in EXTRA_TABLES:
-        frame = fd.recorded_table(summaries, table)
+        frame = recorded_table(summaries, table)
         if frame is not None and not frame.empty:
             extra[key] = _markup(frame.head(8) if key == "missed" else frame)
     written = time.strftime("%Y-%m-%d %H:%M:%S")
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(INDEX_TEMPLATE.parent), autoescape=True)
     page = environment.get_template(INDEX_TEMPLATE.name).render(
         run=params.run, data_dir=str(params.data_path(study.root).resolve()), params_file=params.source or "defaults",
-        written=written, findings=fd.findings(summaries), conclusion=fd.conclusion(summaries),
+        written=written, findings=findings(summaries), conclusion=conclusion(summaries),
         eda=summaries.get("eda", {}).get("headline", {}), split=summaries.get("split", {}).get("headline", {}),
-        method_table=_markup(fd.method_frame(params)), method_note=fd.method_note(params),
-        error_summary=fd.error_summary(fd.recorded_table(summaries, T.missed_labels)),
+        method_table=_markup(method_frame(params)), method_note=method_note(params),
+        error_summary=error_summary(recorded_table(summaries, T.missed_labels)),
         tables=tables, extra=extra, figures=_figures(study, shown),
-        stages_table=_markup(stages, escape=False), citation=fd.CITATION,
+        stages_table=_markup(stages, escape=False), citation=paper.CITATION,
         best_model=summaries.get("ensemble", {}).get("headline", {}).get("per_class_model", ""),
         versions_table=_markup(pd.DataFrame(list(_versions().items()), columns=["package", "version"])),
         data_table=_markup(pd.DataFrame(list(fingerprint.items()), columns=["data file", "sha256"])),

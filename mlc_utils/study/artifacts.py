@@ -9,6 +9,10 @@ looking for a name nothing writes (tests/test_architecture.py checks that every 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,12 @@ def f1_at(threshold: float) -> str:
 
 F1_AT_05 = f1_at(0.5)
 F1_TUNED = "F1 tuned global"   # sample-F1 at the global threshold tuned on the rows it scores (in-sample)
+
+
+def recorded_table(summaries: dict, table: Table) -> pd.DataFrame | None:
+    """A table a stage recorded (``StageContext.table``), or None; ``summaries``: stage -> its summary."""
+    import pandas as pd
+    table = summaries.get(table.stage, {}).get("tables", {}).get(table.name)
+    if not table:
+        return None
+    return pd.DataFrame(table.get("data", []), columns=table.get("columns", []))

@@ -8,9 +8,9 @@ from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation import metrics
 from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED
-from mlc_utils.study.findings import PAPER_TABLE2
 from mlc_utils.study.image import image_members
 from mlc_utils.study.members import MEMBER_FILE, load_member, save_member
+from mlc_utils.study.paper import PAPER_TABLE2
 from mlc_utils.study.text import text_members
 
 

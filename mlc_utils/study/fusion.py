@@ -181,7 +181,7 @@ def train_fusion_end_to_end(ctx, image: Member, text: Member, head: str, log=pri
 
 def late_fusion_member(ctx, image: Member, text: Member) -> tuple[Member, object]:
     """The baseline: a weighted average of the two models' probabilities, weight tuned on validation."""
-    from mlc_utils.evaluation.ensemble import tune_late_fusion
+    from mlc_utils.evaluation.late_fusion import tune_late_fusion
     val_df, y_val = ctx.scored_rows()
     val_ids = list(val_df.ImageID)
     p_img, p_txt = image.probs_for(val_ids, "val"), text.probs_for(val_ids, "val")

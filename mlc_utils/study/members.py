@@ -19,7 +19,8 @@ from typing import Callable
 
 from mlc_utils.core.fingerprint import data_fingerprint, digest, source_digest
 from mlc_utils.core.io import atomic_write_text, sha256_file
-from mlc_utils.evaluation.ensemble import FOLD_DIR, Member, load_probs, save_probs
+from mlc_utils.evaluation.ensemble import FOLD_DIR, Member
+from mlc_utils.evaluation.probs import load_probs, save_probs
 
 MEMBER_FILE = "member.json"
 
