@@ -53,7 +53,8 @@ def make_datasets(image_dir, ids, targets, data_config):
     import torch
     from PIL import Image, ImageOps
 
-    from mlc_utils.data.images import ImageDataset, ImageReadError, _to_rgb, build_transform, load_image
+    from mlc_utils.data.image_files import ImageReadError, _to_rgb, load_image
+    from mlc_utils.data.images import ImageDataset, build_transform
 
     eval_tf = build_transform(data_config, train=False)
     train_tf = build_transform(data_config, train=True)
