@@ -40,13 +40,13 @@ def test_equal_and_score_ensembles_average_the_known_arrays():
     assert equal.weights == {"a": 0.5, "b": 0.5} and equal.threshold == 0.5
 
     scored = build_ensemble(members, VAL_IDS, Y_VAL, weights="score")
-    f1 = scored.members.set_index("name")["f1_tuned"]
+    f1 = scored.members.set_index("model")[metrics.F1_TUNED]
     assert f1["a"] == pytest.approx(1.0)
     assert f1["b"] == pytest.approx(metrics.tune_global_threshold(Y_VAL, weak)[1])
     assert scored.weights["a"] == pytest.approx(f1["a"] / (f1["a"] + f1["b"]))
     np.testing.assert_allclose(scored.test_probs, scored.weights["a"] * 0.8 + scored.weights["b"] * 0.2)
     summary = scored.summary()
-    assert list(summary["name"]) == ["a", "b", "ensemble (score)"]
+    assert list(summary["model"]) == ["a", "b", "ensemble (score)"]
 
     given = build_ensemble(members, VAL_IDS, Y_VAL, weights={"a": 3, "b": 1}, threshold="class")
     assert given.weights == {"a": 0.75, "b": 0.25} and np.shape(given.threshold) == (3,)

@@ -98,13 +98,13 @@ def test_every_number_in_the_findings_is_in_the_tables_or_headlines(summaries):
 def test_tables_carry_the_papers_numbers_beside_ours(summaries):
     t1 = paper.table1_with_paper(recorded_table(summaries, TABLES.table1))
     theirs = t1[t1.source == paper.PAPER].set_index("model")
-    assert theirs.loc["CNN-EfficientNet", "F1@0.5"] == 0.8362 and pd.isna(theirs.loc["CNN-EfficientNet", "F1@0.4"])
-    assert list(theirs.loc["DeiT-S", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8602, 0.8606, 0.8453]
-    assert list(theirs.loc["Swin-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8973, 0.9007, 0.8960]
-    assert list(theirs.loc["Swin-V2-L", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.9071, 0.9079, 0.9058]
-    assert list(theirs.loc["BERT", ["F1@0.4", "F1@0.5", "F1@0.6"]]) == [0.8708, 0.8679, 0.8637]
-    assert theirs.loc["Swin-V2-L + BERT (Concatenate)", "F1@0.5"] == 0.9027
-    assert theirs.loc["Swin-L + BERT (Bilinear)", "F1@0.4"] == 0.9003
+    assert theirs.loc["CNN-EfficientNet", "F1@0.50"] == 0.8362 and pd.isna(theirs.loc["CNN-EfficientNet", "F1@0.40"])
+    assert list(theirs.loc["DeiT-S", ["F1@0.40", "F1@0.50", "F1@0.60"]]) == [0.8602, 0.8606, 0.8453]
+    assert list(theirs.loc["Swin-L", ["F1@0.40", "F1@0.50", "F1@0.60"]]) == [0.8973, 0.9007, 0.8960]
+    assert list(theirs.loc["Swin-V2-L", ["F1@0.40", "F1@0.50", "F1@0.60"]]) == [0.9071, 0.9079, 0.9058]
+    assert list(theirs.loc["BERT", ["F1@0.40", "F1@0.50", "F1@0.60"]]) == [0.8708, 0.8679, 0.8637]
+    assert theirs.loc["Swin-V2-L + BERT (Concatenate)", "F1@0.50"] == 0.9027
+    assert theirs.loc["Swin-L + BERT (Bilinear)", "F1@0.40"] == 0.9003
     # ours first within each input, in the paper's order of inputs; kinds become the paper's input names
     assert list(t1["input"].drop_duplicates()) == ["image", "caption", "image+caption"]
     assert t1[t1.source == paper.THIS_RUN].set_index("model").loc["concat", "input"] == "image+caption"
@@ -113,7 +113,7 @@ def test_tables_carry_the_papers_numbers_beside_ours(summaries):
     t2 = paper.table2_with_paper(recorded_table(summaries, TABLES.table2)).set_index(["input", "source"])
     assert t2.loc[("caption", paper.PAPER), "F1 at tuned threshold (in-sample)"] == 0.8708
     assert t2.loc[("image+caption", paper.PAPER), "best model"] == "Swin-V2-L + BERT (Concatenate)"
-    assert t2.loc[("image", paper.THIS_RUN), "F1@0.5 (out-of-sample)"] == 0.72
+    assert t2.loc[("image", paper.THIS_RUN), "F1@0.50 (out-of-sample)"] == 0.72
     t3 = paper.table3_with_paper(recorded_table(summaries, TABLES.table3))
     assert t3[t3.source == paper.PAPER]["F1 at tuned threshold (in-sample)"].tolist() == [0.9079, 0.8856]
 

@@ -178,7 +178,7 @@ def test_report_reads_as_the_study_with_the_papers_tables(study):
     assert "run <b>t</b>" in text and str(study["data"]) in text and str(study["params"]) in text
     assert paper.CITATION in text.replace("&#39;", "'")
 
-    table1 = page.table("input", "source", "model", "F1@0.4", "F1@0.5", "F1@0.6")
+    table1 = page.table("input", "source", "model", "F1@0.40", "F1@0.50", "F1@0.60")
     paper1 = {row[2]: row[3:6] for row in table1["rows"] if row[1] == paper.PAPER}
     assert paper1["CNN-EfficientNet"] == ["", "0.8362", ""]
     assert paper1["DeiT-S"] == ["0.8602", "0.8606", "0.8453"]
@@ -190,7 +190,7 @@ def test_report_reads_as_the_study_with_the_papers_tables(study):
     assert paper1["Swin-V2-L + BERT (Bilinear)"] == ["0.9017", "0.9017", "0.8994"]
     assert paper1["Swin-V2-L + BERT (Concatenate)"] == ["0.9006", "0.9027", "0.9009"]
     assert "F1 at tuned threshold (in-sample)" in table1["header"]
-    table2 = page.table("input", "source", "best model", "F1@0.5 (out-of-sample)", "F1 at tuned threshold (in-sample)")
+    table2 = page.table("input", "source", "best model", "F1@0.50 (out-of-sample)", "F1 at tuned threshold (in-sample)")
     assert {row[0]: row[2:] for row in table2["rows"] if row[1] == paper.PAPER} == {
         "image": ["Swin-V2-L", "", "0.9079"], "caption": ["BERT", "", "0.8708"],
         "image+caption": ["Swin-V2-L + BERT (Concatenate)", "", "0.9027"]}

@@ -253,7 +253,7 @@ THRESHOLD_RULES: dict[str, Callable] = {"global": metrics.tune_global_threshold,
 class EnsembleResult:
     weights: dict[str, float]
     threshold: float | np.ndarray
-    members: pd.DataFrame  # name, f1_at_0.5, tuned_threshold, f1_tuned, weight
+    members: pd.DataFrame  # model, F1@0.50, tuned threshold, F1 tuned global, weight (metrics' column names)
     val_f1: float  # the ensemble's validation sample-F1 at ``threshold`` (optimistic: tuned on these rows)
     val_f1_at_05: float
     val_ids: list[str]
@@ -264,9 +264,9 @@ class EnsembleResult:
 
     def summary(self) -> pd.DataFrame:
         """Members then the ensemble, one row each, for the report."""
-        ensemble = {"name": f"ensemble ({self.weighting})", "f1_at_0.5": self.val_f1_at_05,
-                    "tuned_threshold": self.threshold if np.isscalar(self.threshold) else "per class",
-                    "f1_tuned": self.val_f1, "weight": 1.0}
+        ensemble = {"model": f"ensemble ({self.weighting})", metrics.F1_AT_05: self.val_f1_at_05,
+                    metrics.TUNED_THRESHOLD: self.threshold if np.isscalar(self.threshold) else "per class",
+                    metrics.F1_TUNED: self.val_f1, "weight": 1.0}
         return pd.concat([self.members, pd.DataFrame([ensemble])], ignore_index=True)
 
     def write_submission(self, path: str | os.PathLike, at_least_one: bool = TOP1_FALLBACK) -> Path:
@@ -277,7 +277,8 @@ class EnsembleResult:
 
 def _member_scores(y_val: np.ndarray, probs: np.ndarray) -> dict:
     threshold, tuned = metrics.tune_global_threshold(y_val, probs)
-    return {"f1_at_0.5": metrics.sample_f1(y_val, probs, 0.5), "tuned_threshold": threshold, "f1_tuned": tuned}
+    return {metrics.F1_AT_05: metrics.sample_f1(y_val, probs, 0.5), metrics.TUNED_THRESHOLD: threshold,
+            metrics.F1_TUNED: tuned}
 
 
 def build_ensemble(members: Sequence[Member], val_ids: Sequence[str], y_val: np.ndarray,
@@ -304,8 +305,8 @@ def build_ensemble(members: Sequence[Member], val_ids: Sequence[str], y_val: np.
         if p.shape != y_val.shape:
             raise ValueError(f"member {m.name!r}: validation probabilities {p.shape} do not match y_val {y_val.shape}")
 
-    table = pd.DataFrame([{"name": m.name, **_member_scores(y_val, p)} for m, p in zip(members, val_probs)])
-    w = _resolve_weights(weights, names, val_probs, y_val, table["f1_tuned"].to_numpy())
+    table = pd.DataFrame([{"model": m.name, **_member_scores(y_val, p)} for m, p in zip(members, val_probs)])
+    w = _resolve_weights(weights, names, val_probs, y_val, table[metrics.F1_TUNED].to_numpy())
     table["weight"] = w
     fused_val = np.tensordot(w, np.stack(val_probs), axes=1)
 

@@ -16,6 +16,16 @@ PAPER_THRESHOLDS = (0.4, 0.5, 0.6)  # the grid of the paper's Table 1
 SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
 
 
+def f1_at(threshold: float) -> str:
+    """The column of sample-F1 at a fixed threshold, one spelling for every table: ``F1@0.50``."""
+    return f"F1@{threshold:.2f}"
+
+
+F1_AT_05 = f1_at(0.5)
+F1_TUNED = "F1 tuned global"   # sample-F1 at the global threshold tuned on the rows it scores (in-sample)
+TUNED_THRESHOLD = "tuned threshold"
+
+
 def _check(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y_true, probs = np.asarray(y_true), np.asarray(probs)
     if y_true.shape != probs.shape or y_true.ndim != 2:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mlc_utils.evaluation import metrics
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -79,13 +81,8 @@ THRESHOLD_TABLES = {"image": TABLES.image_thresholds, "text": TABLES.text_thresh
                     "fusion": TABLES.fusion_thresholds}
 
 
-def f1_at(threshold: float) -> str:
-    """The column of sample-F1 at a fixed threshold, one spelling for every table: ``F1@0.50``."""
-    return f"F1@{threshold:.2f}"
-
-
-F1_AT_05 = f1_at(0.5)
-F1_TUNED = "F1 tuned global"   # sample-F1 at the global threshold tuned on the rows it scores (in-sample)
+# the score columns: spelled once, in evaluation.metrics (where the ensemble's tables are built too)
+F1_AT_05, F1_TUNED, TUNED_THRESHOLD, f1_at = metrics.F1_AT_05, metrics.F1_TUNED, metrics.TUNED_THRESHOLD, metrics.f1_at
 
 
 def recorded_table(summaries: dict, table: Table) -> pd.DataFrame | None:

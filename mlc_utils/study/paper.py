@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, f1_at
+from mlc_utils.evaluation.metrics import PAPER_THRESHOLDS
+from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TUNED_THRESHOLD, f1_at
+
+# the columns of the tables beside the paper's: which of this run's scores are out-of-sample
+AT_05_OUT_OF_SAMPLE = f"{F1_AT_05} (out-of-sample)"
+TUNED_IN_SAMPLE = "F1 at tuned threshold (in-sample)"
 
 CITATION = ("J. Lin, Z. Huang and L. Yang. Multi-Label Classification. Course report, COMP5329 Deep Learning, "
             "The University of Sydney.")
@@ -56,12 +61,11 @@ def table1_with_paper(ours: pd.DataFrame | None) -> pd.DataFrame:
     rows = []
     for row in ([] if ours is None else ours.to_dict("records")):
         rows.append({"input": INPUT_OF_KIND.get(row.get("input"), row.get("input")), "source": THIS_RUN,
-                     "model": row["model"], "F1@0.4": row.get(f1_at(0.4)), "F1@0.5": row.get(F1_AT_05),
-                     "F1@0.6": row.get(f1_at(0.6)), "F1 at tuned threshold (in-sample)": row.get(F1_TUNED),
-                     "tuned threshold": row.get("tuned threshold"),
+                     "model": row["model"], **{f1_at(t): row.get(f1_at(t)) for t in PAPER_THRESHOLDS},
+                     TUNED_IN_SAMPLE: row.get(F1_TUNED), TUNED_THRESHOLD: row.get(TUNED_THRESHOLD),
                      **({"F1 cross-fitted (out-of-sample)": row["F1 cross-fitted"]} if "F1 cross-fitted" in row else {})})
-    rows += [{"input": inp, "source": PAPER, "model": model, "F1@0.4": a, "F1@0.5": b, "F1@0.6": c,
-              "F1 at tuned threshold (in-sample)": None, "tuned threshold": None}
+    rows += [{"input": inp, "source": PAPER, "model": model, **dict(zip(map(f1_at, PAPER_THRESHOLDS), (a, b, c))),
+              TUNED_IN_SAMPLE: None, TUNED_THRESHOLD: None}
              for inp, model, a, b, c in PAPER_TABLE1]
     order = {"image": 0, "caption": 1, "image+caption": 2}
     frame = pd.DataFrame(rows)
@@ -79,11 +83,11 @@ def table2_with_paper(ours: pd.DataFrame | None) -> pd.DataFrame:
         row = ours_by_input.get(inp)
         if row is not None:
             rows.append({"input": inp, "source": THIS_RUN, "best model": row["best model"],
-                         "F1@0.5 (out-of-sample)": row.get(F1_AT_05),
-                         "F1 at tuned threshold (in-sample)": row.get(F1_TUNED)})
+                         AT_05_OUT_OF_SAMPLE: row.get(F1_AT_05),
+                         TUNED_IN_SAMPLE: row.get(F1_TUNED)})
         model, score = PAPER_TABLE2[inp]
-        rows.append({"input": inp, "source": PAPER, "best model": model, "F1@0.5 (out-of-sample)": None,
-                     "F1 at tuned threshold (in-sample)": score})
+        rows.append({"input": inp, "source": PAPER, "best model": model, AT_05_OUT_OF_SAMPLE: None,
+                     TUNED_IN_SAMPLE: score})
     return _numeric(pd.DataFrame(rows), 3)
 
 
@@ -92,11 +96,11 @@ def table3_with_paper(ours: pd.DataFrame | None) -> pd.DataFrame:
     rows = []
     for row in ([] if ours is None else ours.to_dict("records")):
         rows.append({"source": THIS_RUN, "variant": row["variant"], "switch": row["switch"],
-                     "setting": row.get("setting", ""), "F1@0.5 (out-of-sample)": row.get(F1_AT_05),
-                     "F1 at tuned threshold (in-sample)": row.get(F1_TUNED),
+                     "setting": row.get("setting", ""), AT_05_OUT_OF_SAMPLE: row.get(F1_AT_05),
+                     TUNED_IN_SAMPLE: row.get(F1_TUNED),
                      "change vs baseline": row.get("delta vs baseline")})
     base = PAPER_TABLE3[0][2]
     rows += [{"source": PAPER, "variant": variant, "switch": "baseline" if i == 0 else "mixup",
-              "setting": setting, "F1@0.5 (out-of-sample)": None, "F1 at tuned threshold (in-sample)": score,
+              "setting": setting, AT_05_OUT_OF_SAMPLE: None, TUNED_IN_SAMPLE: score,
               "change vs baseline": score - base} for i, (variant, setting, score) in enumerate(PAPER_TABLE3)]
     return _numeric(pd.DataFrame(rows), 4)

@@ -6,7 +6,7 @@ import pandas as pd
 
 from mlc_utils.evaluation import metrics
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.artifacts import F1_TUNED, f1_at
+from mlc_utils.study.artifacts import F1_TUNED, TUNED_THRESHOLD, f1_at
 
 
 def threshold_rows(members: list[Member], y_val: np.ndarray, folds: np.ndarray | None = None) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def threshold_rows(members: list[Member], y_val: np.ndarray, folds: np.ndarray |
         t_global, _ = metrics.tune_global_threshold(y_val, member.val_probs)
         row = {"model": member.name, "input": member.kind,
                **{f1_at(t): table[f"{t:.2f}"] for t in metrics.PAPER_THRESHOLDS},
-               F1_TUNED: table[f"tuned global ({t_global:.2f})"], "tuned threshold": t_global,
+               F1_TUNED: table[f"tuned global ({t_global:.2f})"], TUNED_THRESHOLD: t_global,
                "F1 tuned per class": table["tuned per class"]}
         if folds is not None:
             row.update(_fold_scores(member, y_val, folds))
