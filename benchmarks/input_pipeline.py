@@ -3,7 +3,7 @@
 
 Goes through mlc_utils' own pieces (``images.load_image``, ``images.build_transform`` with the
 model's timm data config, ``images.ImageDataset`` in a torch ``DataLoader``), so the figures are
-what ``engine.fit`` and ``features.compute_features`` get. Two tables:
+what ``train.loop.fit`` and ``features.compute_features`` get. Two tables:
 
 1. per-image cost of each stage in this process (decode, resize/crop, RandAugment, to-tensor +
    normalise), with torch using 1 thread and with ``--threads`` threads: the loader's workers run

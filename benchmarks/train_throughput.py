@@ -53,8 +53,8 @@ import _common  # noqa: F401  (puts the repository on sys.path)
 from _common import HelpFormatter, add_data_argument, load_rows, machine_line, peak_rss_mib, print_table, require_data, rss_mib
 
 VARIANT_LABELS = {
-    "fit": "mlc engine.fit",
-    "fit_cudnn": "mlc engine.fit + cudnn.benchmark",
+    "fit": "mlc loop.fit",
+    "fit_cudnn": "mlc loop.fit + cudnn.benchmark",
     "timm": "timm reference loop",
     "timm_cl": "timm reference loop, channels_last",
     "loader": "DataLoader alone (ceiling)",

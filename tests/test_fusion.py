@@ -193,7 +193,7 @@ def test_tune_late_fusion_finds_the_informative_model():
 
 
 @pytest.mark.parametrize("head", sorted(FUSION_HEADS))
-def test_head_on_saved_outputs_trains_through_the_engine(tmp_path, head):
+def test_head_on_saved_outputs_trains_through_the_training_loop(tmp_path, head):
     from mlc_utils.models.checkpoint import load_checkpoint
     from mlc_utils.train.config import TrainConfig
     from mlc_utils.train.loop import fit
@@ -214,7 +214,7 @@ def test_head_on_saved_outputs_trains_through_the_engine(tmp_path, head):
 
 
 @pytest.mark.parametrize("mode", FUSION_MODES)
-def test_fusion_model_through_the_engine_keeps_frozen_sub_models(tmp_path, mode):
+def test_fusion_model_through_the_training_loop_keeps_frozen_sub_models(tmp_path, mode):
     from torch.utils.data import Dataset
 
     from mlc_utils.train.config import TrainConfig

@@ -176,7 +176,7 @@ def test_local_folder_and_bad_folder(tmp_path):
         resolve_model_source("")
 
 
-def test_tiny_text_model_trains_through_the_engine_and_reloads(tmp_path):
+def test_tiny_text_model_trains_through_the_training_loop_and_reloads(tmp_path):
     from mlc_utils.evaluation.predict import predict_probs
     from mlc_utils.models.checkpoint import load_checkpoint
 

@@ -7,13 +7,12 @@ import pytest
 import timm
 import torch
 from conftest import assert_resumed_like_straight
-from test_engine import make_data, quiet, tiny_model
+from test_loop import make_data, quiet, tiny_model
 from torch import nn
 
 from mlc_utils.models.checkpoint import read_checkpoint
 from mlc_utils.models.image import ImageModel, prefix_matcher
-from mlc_utils.train import loop as engine
-from mlc_utils.train import optim
+from mlc_utils.train import loop, optim
 from mlc_utils.train.config import TrainConfig
 from mlc_utils.train.loop import fit
 
@@ -152,16 +151,16 @@ def _step_cfg(**kwargs) -> TrainConfig:
 def test_resume_with_the_per_update_schedule_is_exact(tmp_path, monkeypatch):
     train, val = make_data(), make_data(16, seed=1)
     straight = fit(tiny_model(dropout=0.2), train, val, _step_cfg(epochs=3), tmp_path / "straight")
-    save = engine._Trainer.save
+    save = loop._Trainer.save
 
     def save_then_stop(self, epoch, is_best, probs):  # an interruption after epoch 2 was saved
         save(self, epoch, is_best, probs)
         if epoch == 1:
             raise KeyboardInterrupt
-    monkeypatch.setattr(engine._Trainer, "save", save_then_stop)
+    monkeypatch.setattr(loop._Trainer, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_model(dropout=0.2), train, val, _step_cfg(epochs=3), tmp_path / "split")
-    monkeypatch.setattr(engine._Trainer, "save", save)
+    monkeypatch.setattr(loop._Trainer, "save", save)
     resumed = fit(tiny_model(seed=99, dropout=0.2), train, val, _step_cfg(epochs=3, resume=True),
                   tmp_path / "split")
     last = assert_resumed_like_straight(straight, resumed, tmp_path / "straight", tmp_path / "split")

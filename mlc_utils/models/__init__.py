@@ -1,4 +1,4 @@
-"""Models the engine trains, and the registry that rebuilds one from a checkpoint's ``spec``.
+"""Models the training loop trains, and the registry that rebuilds one from a checkpoint's ``spec``.
 
 Every model carries ``spec`` (a JSON-able dict with at least ``kind`` and ``num_classes``).
 Other stages (text, fusion) add their builders to :data:`MODEL_BUILDERS` under their ``kind``.

@@ -10,7 +10,7 @@ Three ways to train a head, cheapest first:
   :class:`PrecomputedFusion`): seconds on a CPU, the common path;
 * ``mode='frozen'`` on images and captions: sub-models run without gradients in eval mode;
 * ``mode='end_to_end'``: everything fine-tunes; ``backbone_parameters()`` returns the sub-models, so
-  the engine's ``freeze_epochs`` can warm the head up first.
+  the training loop's ``freeze_epochs`` can warm the head up first.
 
 Caveat the notebooks repeat: sub-models score their own training rows over-confidently, so a head
 trained on training-fold outputs learns to trust them too much; prefer out-of-fold or validation outputs.
@@ -155,7 +155,7 @@ class FusionModel(nn.Module):
     """Image model + caption model + a fusion head; ``inputs`` = ``{"image", "input_ids", "attention_mask"}``.
 
     ``mode='frozen'``: the sub-models get no gradients and stay in eval mode (dropout off, batch-norm
-    statistics fixed) even when the engine calls ``train()``. ``mode='end_to_end'``: all parameters
+    statistics fixed) even when the training loop calls ``train()``. ``mode='end_to_end'``: all parameters
     train; ``backbone_parameters()`` are the sub-models so ``freeze_epochs`` trains the head first.
     """
 
@@ -223,7 +223,7 @@ class ImageCaptionDataset(Dataset):
 
     @property
     def targets(self):
-        """The caption set's targets, so the engine need not decode images to read them."""
+        """The caption set's targets, so the training loop need not decode images to read them."""
         return getattr(self.caption_set, "targets", None)
 
     def __getitem__(self, index: int):

@@ -139,7 +139,7 @@ class TextClassifier(nn.Module):
     """``encoder -> pooling -> dropout -> Linear(hidden, num_classes)``; takes the tokenizer's dict.
 
     ``features()`` is the pooled vector (what fusion on features uses); ``backbone_parameters()``
-    is the encoder, so the engine's ``freeze_epochs`` warms up the head alone first.
+    is the encoder, so the training loop's ``freeze_epochs`` warms up the head alone first.
     """
 
     def __init__(self, encoder: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1,

@@ -6,7 +6,7 @@ variant) becomes a *member*: a folder with its checkpoint, ``log.csv``, ``val_pr
 notebook variables. A member whose inputs are unchanged (its ``key``: configuration, split and
 data) is reused instead of retrained, so the ablation's baseline and re-runs cost nothing.
 The key also holds a hash of the source of the code that trains it (:data:`MEMBER_CODE`) and, for
-members that read images, of the image files' sizes and modification times: edit the engine or
+members that read images, of the image files' sizes and modification times: edit the training loop or
 replace an image, and the next run retrains instead of reporting old numbers.
 """
 from __future__ import annotations

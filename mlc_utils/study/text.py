@@ -151,7 +151,7 @@ def _fit_tfidf(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
 
 @dataclass(frozen=True)
 class CaptionTrainer:
-    """How one kind of caption member is trained: its TrainConfig (None: not trained by the engine)
+    """How one kind of caption member is trained: its TrainConfig (None: not trained by the training loop)
     and ``fit(ctx, name, cfg, out_dir, log, rows) -> Member``."""
     config: Callable
     fit: Callable

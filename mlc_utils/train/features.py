@@ -12,7 +12,7 @@ remembers the size and modification time of the file it was computed from: a lat
 other ids (another split, the test set) computes only the images not cached yet and appends them,
 and an image file replaced since (re-downloaded, repaired) is computed again.
 
-:func:`fit_head` then trains the model's Linear head with the ordinary :func:`engine.fit` on a
+:func:`fit_head` then trains the model's Linear head with the ordinary :func:`mlc_utils.train.loop.fit` on a
 ``TensorDataset`` of features (seconds per epoch). Several views (``center``, ``hflip``) are
 separate cached arrays: for training they are stacked as extra samples (flip augmentation), for
 validation/prediction their probabilities are averaged (TTA). The head is the model's own, and

@@ -1,4 +1,4 @@
-"""The training engine: outputs, options, exact resumption, identity checks, feature cache."""
+"""The training loop (train.loop.fit): outputs, options, exact resumption, identity checks, feature cache."""
 from __future__ import annotations
 
 import json
