@@ -148,3 +148,16 @@ def test_calibrations_on_a_cpu_are_keyed_by_the_allocator():
     from mlc_utils.core.allocator import loaded_allocator
     from mlc_utils.study.plan import machine_facts
     assert machine_facts(torch.device("cpu"))["allocator"] == loaded_allocator()
+
+
+def test_the_plan_reads_each_stage_s_training_settings_where_the_stage_does():
+    """One merge of training settings: the fusion heads' epochs in the plan are those the stage trains
+    with (its defaults, then ``fusion.train``), not a second default of the plan's."""
+    from mlc_utils.study.plan import stage_plans
+    demo = Path(__file__).resolve().parent.parent / "params" / "demo.yaml"
+    for given, expected in ((["fusion.train.epochs=null"], 60), (["fusion.train.epochs=7"], 7)):
+        params = load_params(demo, given)
+        epochs = params.fusion.training(**params.training_defaults()).epochs
+        assert epochs == expected
+        fusion, = stage_plans(params, 1000, 100, ["fusion"])
+        assert f"x {epochs} epochs" in fusion.work

@@ -8,24 +8,24 @@ import pandas as pd
 from mlc_utils.evaluation import metrics
 from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED
-from mlc_utils.study.image import train_image
+from mlc_utils.study.image import image_train_config, train_image
 from mlc_utils.study.members import member_model, reuse_or_train
 
 SWITCHES = {
     # switch -> (what it changes, function(spec) -> flipped spec)
-    "mixup": ("mixup", lambda spec, stage, alt: _with_train(spec, mixup=not _train_value(spec, stage, "mixup"))),
-    "randaugment": ("RandAugment", lambda spec, stage, alt: replace(
+    "mixup": ("mixup", lambda spec, ctx, alt: _with_train(spec, mixup=not _train_value(ctx, spec, "mixup"))),
+    "randaugment": ("RandAugment", lambda spec, ctx, alt: replace(
         spec, auto_augment="" if spec.auto_augment else "rand-m9-mstd0.5")),
-    "tta": ("test-time augmentation", lambda spec, stage, alt: replace(spec, tta=not spec.tta)),
-    "loss": ("loss", lambda spec, stage, alt: _with_train(
-        spec, loss=alt if _train_value(spec, stage, "loss") != alt else "bce")),
+    "tta": ("test-time augmentation", lambda spec, ctx, alt: replace(spec, tta=not spec.tta)),
+    "loss": ("loss", lambda spec, ctx, alt: _with_train(
+        spec, loss=alt if _train_value(ctx, spec, "loss") != alt else "bce")),
 }
 
 
 
-def _train_value(spec, stage_train, name: str):
-    from mlc_utils.train.config import TrainConfig
-    return {**stage_train.given(), **spec.train.given()}.get(name, getattr(TrainConfig(), name))
+def _train_value(ctx, spec, name: str):
+    """A training setting of ``spec`` as the image stage trains it (the one merge of its settings)."""
+    return getattr(image_train_config(ctx, spec), name)
 
 
 
@@ -34,12 +34,12 @@ def _with_train(spec, **changes):
 
 
 
-def _setting(spec, stage_train, switch: str) -> str:
+def _setting(ctx, spec, switch: str) -> str:
     if switch == "randaugment":
         return spec.auto_augment or "off"
     if switch == "tta":
         return "on" if spec.tta else "off"
-    value = _train_value(spec, stage_train, switch)
+    value = _train_value(ctx, spec, switch)
     return ("on" if value else "off") if isinstance(value, bool) else str(value)
 
 
@@ -56,7 +56,7 @@ def ablation_specs(ctx) -> list[tuple[str, object]]:
     base = _with_train(base, **ablation_params.train.given())
     rows = [("baseline", replace(base, label=f"{base.label}-baseline"))]
     for switch in ablation_params.switches:
-        flipped = SWITCHES[switch][1](base, stage.train, ablation_params.alt_loss)
+        flipped = SWITCHES[switch][1](base, ctx, ablation_params.alt_loss)
         rows.append((switch, replace(flipped, label=f"{base.label}-{switch}")))
     return rows
 
@@ -65,7 +65,6 @@ def ablation_specs(ctx) -> list[tuple[str, object]]:
 def run_ablation(ctx, log=print) -> tuple[pd.DataFrame, list[Member]]:
     """Train each variant with the same seed and budget; the paper's Table 3 as differences to the baseline."""
     _, _, _, y_val = ctx.labelled_folds()
-    stage_train = ctx.params.image.train
     members, rows = [], []
     specs = ablation_specs(ctx)
     base_label = specs[0][1].label[: -len("-baseline")]
@@ -79,9 +78,9 @@ def run_ablation(ctx, log=print) -> tuple[pd.DataFrame, list[Member]]:
         t, tuned = metrics.tune_global_threshold(y_val, member.val_probs)
         what = "baseline" if switch == "baseline" else SWITCHES[switch][0]
         rows.append({"variant": spec.label, "switch": what,
-                     "setting": "; ".join(f"{SWITCHES[s][0]} {_setting(spec, stage_train, s)}"
+                     "setting": "; ".join(f"{SWITCHES[s][0]} {_setting(ctx, spec, s)}"
                                           for s in SWITCHES if s in ctx.params.ablation.switches) if switch == "baseline"
-                     else _setting(spec, stage_train, switch),
+                     else _setting(ctx, spec, switch),
                      F1_AT_05: member.score(y_val), F1_TUNED: tuned, "seconds": round(member.seconds, 1)})
     table = pd.DataFrame(rows)
     table["delta vs baseline"] = table[F1_AT_05] - table[F1_AT_05].iloc[0]

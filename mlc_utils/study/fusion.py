@@ -64,12 +64,7 @@ def _captions(ctx, ids) -> list[str]:
 
 
 def fusion_config(ctx, head: str):
-    from mlc_utils.train.config import TrainConfig
-    # heads on a few thousand rows of logits: many short epochs at a high rate (measured on the demo
-    # data: 20 epochs at 1e-3 left the concat head below the caption model, 60 at 1e-2 well above)
-    values = {**ctx.params.training_defaults(), "epochs": 60, "lr": 1e-2,
-              "batch_size": 64, "scheduler": "cosine", "weight_decay": 1e-3, **ctx.params.fusion.train.given()}
-    return TrainConfig.from_dict(values, "fusion.train")
+    return ctx.params.fusion.training(**ctx.params.training_defaults())
 
 
 

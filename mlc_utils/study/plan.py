@@ -425,7 +425,7 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
         else:   # heads on saved outputs, the ensemble, the views of the mistakes
             runs = _fits(params, n_train)[0]
             heads = len(params.fusion.heads) if stage == "fusion" else 0
-            epochs = params.fusion.train.epochs or 50
+            epochs = params.fusion.training(**params.training_defaults()).epochs
             plan.work = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {n_train:,} rows of saved outputs" \
                 if heads else f"combines the saved probabilities of {n_train + n_test:,} rows"
             plan.nominal_s += NOMINAL_S[stage] + heads * runs * epochs * n_train * NOMINAL_ROW_S["fusion"]
