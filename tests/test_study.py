@@ -57,9 +57,22 @@ def _run_tiny_study(tmp_path, data, template: str):
     return root, params, logs, run_study(str(params), root=root, log=logs.append)
 
 
+def _empty_records(run: Path) -> dict:
+    """Per stage, the tables and figures it recorded with nothing in them, and figures it lists
+    but did not write."""
+    found = {}
+    for summary_file in sorted(run.glob("*/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        missing = [f for f in summary["figures"] if not (summary_file.parent / f).is_file()]
+        if summary.get("empty") or missing:
+            found[summary_file.parent.name] = summary.get("empty", []) + missing
+    return found
+
+
 def test_all_stages_end_to_end(tmp_path, tiny_data):
     root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TINY_STUDY)
     assert [r.status for r in results] == ["ran"] * 8, "\n".join(logs + [r.error for r in results])
+    assert _empty_records(root / "runs" / "tiny") == {}
 
     run = root / "runs" / "tiny"
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
@@ -141,6 +154,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     assert [r.status for r in results] == ["ran"] * 5, "\n".join(logs + [r.error for r in results])
 
     run = root / "runs" / "tiny-folds"
+    assert _empty_records(run) == {}   # the folds' curves too (fold members keep their histories apart)
     split = pd.read_csv(run / "split" / "split.csv")
     assert list(split.columns) == ["ImageID", "fold", "cv_fold"] and sorted(split.cv_fold.unique()) == [0, 1, 2]
     labelled = list(read_train_csv(tiny_data / "train.csv", LabelSpace(20)).ImageID)
@@ -208,3 +222,18 @@ def test_folds_train_through_torchrun_each_on_its_own_rows(tmp_path, tiny_data):
         assert sorted(rows.index[rows == "train"]) == sorted(cv.index[cv != k])
     with np.load(run / "image" / "vit" / "val_probs.npz") as saved:
         assert sorted(saved["ids"].astype(str)) == sorted(cv.index)
+
+
+def test_a_figure_with_nothing_drawn_is_found_empty():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlc_utils.study.context import empty_axes
+    fig, (drawn, blank, hidden) = plt.subplots(1, 3)
+    drawn.plot([0, 1], [1, 0])
+    hidden.axis("off")
+    assert empty_axes(fig) == [blank]
+    blank.bar([0], [1])
+    assert empty_axes(fig) == []
+    plt.close(fig)

@@ -176,6 +176,7 @@ class StageContext:
         self._own(table, Table, "table")
         self.summary["tables"][table.name] = json.loads(frame.to_json(orient="split", index=False))
         self.summary["tables"][table.name]["in_index"] = bool(index)
+        self._record_empty(table.name, not len(frame) or not len(frame.columns), "table", "no rows")
         self._save()
 
     def figure(self, fig, figure: Figure) -> Path:
@@ -186,12 +187,29 @@ class StageContext:
         atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         if path.name not in self.summary["figures"]:
             self.summary["figures"].append(path.name)
+        self._record_empty(path.name, bool(empty_axes(fig)), "figure", "axes with nothing drawn on them")
         self._save()
         return path
+
+    def _record_empty(self, name: str, empty: bool, what: str, why: str) -> None:
+        """``summary["empty"]`` lists the tables and figures recorded with nothing in them (a report
+        section that reads as blank is a fault, so it is said, and tests/test_study.py checks it)."""
+        empties = self.summary.setdefault("empty", [])
+        if empty and name not in empties:
+            empties.append(name)
+            print(f"warning: {self.stage}: {what} {name!r} has {why}")
+        elif not empty and name in empties:
+            empties.remove(name)
 
     def _save(self) -> None:
         from mlc_utils.core.io import atomic_write_text
         atomic_write_text(self.stage_dir / "summary.json", json.dumps(self.summary, indent=1, default=float))
+
+
+def empty_axes(fig) -> list:
+    """The visible axes of ``fig`` with nothing drawn (no line, patch, collection or image); axes a
+    grid hides (``axis("off")`` with nothing in them) do not count."""
+    return [ax for ax in fig.axes if ax.get_visible() and ax.axison and not ax.has_data()]
 
 
 def open_stage(stage: str, params_file: str = "", overrides: dict | None = None,
