@@ -13,7 +13,6 @@ from mlc_utils.models.text import (
     TextModelUnavailable,
     caption_dataset_for,
     create_caption_model,
-    create_text_model,
     load_tokenizer,
     resolve_model_source,
 )
@@ -118,7 +117,7 @@ def test_caption_dataset_items_and_trimming(tokenizer):
 
 def test_tiny_random_model_trains_a_step(tokenizer):
     torch.manual_seed(0)
-    model = create_text_model(pretrained=False, num_classes=5, pooling="cls")
+    model = create_caption_model(pretrained=False, num_classes=5, pooling="cls")
     ds = CaptionDataset(["a cat", "a dog"], model.tokenizer, np.eye(5, dtype=np.float32)[:2], max_length=8)
     inputs, y = trim_padding_collate([ds[0], ds[1]])
     loss = torch.nn.functional.binary_cross_entropy_with_logits(model(inputs), y)
@@ -131,7 +130,7 @@ def test_tiny_random_model_trains_a_step(tokenizer):
 def test_packaged_minilm_loads_offline_and_gives_finite_logits(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    model = create_text_model("all-MiniLM-L6-v2", num_classes=20).eval()
+    model = create_caption_model("all-MiniLM-L6-v2", num_classes=20).eval()
     assert model.feature_dim == 384
     ds = CaptionDataset(["A train coming to a stop.", "A cat on a couch"], model.tokenizer,
                         num_classes=20, max_length=16)
@@ -144,7 +143,7 @@ def test_hub_name_offline_fails_at_once_naming_the_choices(empty_hub_cache, monk
     """Not cached and the hub off: refused before any download or connection is tried (so it cannot hang)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TextModelUnavailable) as info:
-        create_text_model("bert-base-uncased")
+        create_caption_model("bert-base-uncased")
     message = str(info.value)
     assert "bert-base-uncased" in message and "HF_HUB_OFFLINE" in message
     assert "all-MiniLM-L6-v2" in message and "local folder" in message
@@ -188,7 +187,7 @@ def test_tiny_text_model_trains_through_the_training_loop_and_reloads(tmp_path):
     targets = np.eye(4, dtype=np.float32)[labels]
     cfg = from_dict(TextStageParams, {"pretrained": False, "max_length": 12,
                                       "train": {"batch_size": 8, "epochs": 2, "freeze_epochs": 1}}, "text")
-    model = create_caption_model(cfg.model_name, 4, pretrained=cfg.pretrained, max_length=cfg.max_length)
+    model = create_caption_model(cfg.model_config(), 4)
     train_set = caption_dataset_for(model, captions[:16], targets[:16])
     val_set = caption_dataset_for(model, captions[16:], targets[16:])
     train_cfg = cfg.training(progress=False, device="cpu")
@@ -203,3 +202,23 @@ def test_tiny_text_model_trains_through_the_training_loop_and_reloads(tmp_path):
 def fit_text(model, train_set, val_set, train_cfg, out_dir):
     from mlc_utils.train.loop import fit
     return fit(model, train_set, val_set, train_cfg, out_dir, collate_fn=trim_padding_collate)
+
+
+def test_the_caption_model_is_described_once_and_round_trips_through_its_spec():
+    """CaptionModelConfig is the params' text section's encoder fields, the model's ``config`` and,
+    serialised, its checkpoint ``spec``: a model rebuilt from the spec has the same config."""
+    import dataclasses
+
+    from mlc_utils.models.caption_config import CaptionModelConfig
+    from mlc_utils.models.text import build_text_model
+    names = [f.name for f in dataclasses.fields(CaptionModelConfig)]
+    assert [f.name for f in dataclasses.fields(TextStageParams)][: len(names)] == names
+    config = CaptionModelConfig(pretrained=False, pooling="cls", dropout=0.2, max_length=12,
+                                cleaning=CaptionCleaner(lowercase=True))
+    model = create_caption_model(config, 3)
+    assert model.config == config and model.spec == {"kind": "text", "num_classes": 3, **dataclasses.asdict(config)}
+    rebuilt = build_text_model(model.spec)
+    assert rebuilt.config == config and rebuilt.pooling == "cls" and rebuilt.dropout.p == 0.2
+    assert caption_dataset_for(rebuilt, ["A Dog."]).texts == ["a dog"]
+    with pytest.raises(TypeError, match="fields of the CaptionModelConfig"):
+        create_caption_model(config, 3, max_length=20)

@@ -17,15 +17,13 @@ import torch
 from torch import nn
 
 from mlc_utils.data.caption_tokens import CaptionDataset
-from mlc_utils.data.captions import CaptionCleaner
+from mlc_utils.models.caption_config import DEFAULT_CAPTION_MODEL, CaptionModelConfig
 from mlc_utils.models.hub import (
     cache_dir,
     cached_file,
     hub_unreachable_reason,
     offline_flag,
 )
-
-DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
 def _packaged_minilm() -> Path:
@@ -99,11 +97,11 @@ def resolve_model_source(name: str, hub_timeout: float = 3.0) -> ModelSource:
     return ModelSource(name, name, False, "hub")
 
 
-def load_tokenizer(name: str = DEFAULT_TEXT_MODEL, pretrained: bool = True):
+def load_tokenizer(name: str = DEFAULT_CAPTION_MODEL, pretrained: bool = True):
     """The tokenizer that goes with ``name`` (the MiniLM one for the random ``pretrained=False`` model)."""
     from transformers import AutoTokenizer
 
-    source = resolve_model_source(name if pretrained else DEFAULT_TEXT_MODEL)
+    source = resolve_model_source(name if pretrained else DEFAULT_CAPTION_MODEL)
     return _load(AutoTokenizer, source)
 
 
@@ -142,23 +140,24 @@ class TextClassifier(nn.Module):
     is the encoder, so the training loop's ``freeze_epochs`` warms up the head alone first.
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, pooling: str = "mean", dropout: float = 0.1,
-                 tokenizer=None, source: str = "", spec: dict | None = None):
+    def __init__(self, encoder: nn.Module, num_classes: int, config: CaptionModelConfig | None = None,
+                 tokenizer=None, source: str = ""):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling: must be one of {sorted(POOLINGS)}, got {pooling!r}")
+        config = config or CaptionModelConfig()
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling: must be one of {sorted(POOLINGS)}, got {config.pooling!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes: must be positive, got {num_classes}")
+        self.config = config
         self.encoder = encoder
-        self.pooling = pooling
+        self.pooling = config.pooling
         self.feature_dim = int(encoder.config.hidden_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
         self.num_classes = num_classes
         self.tokenizer = tokenizer
         self.source = source
-        self.spec = {"kind": "text", "num_classes": num_classes, "pooling": pooling, "dropout": dropout,
-                     **(spec or {})}
+        self.spec = {"kind": "text", "num_classes": num_classes, **config.as_dict()}
 
     def features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(inputs, Mapping) or "input_ids" not in inputs or "attention_mask" not in inputs:
@@ -207,7 +206,7 @@ def embed_captions(model: TextClassifier, captions, inference, progress: bool = 
     # batches of similar lengths carry little padding; the rows go back to the callers' order
     order = np.argsort([len(str(c)) for c in captions], kind="stable")
     out = compute_outputs(model, caption_dataset_for(model, [captions[i] for i in order]), "features", inference,
-                          name=f"{Path(str(model.spec.get('model_name', 'caption model'))).name} caption embeddings",
+                          name=f"{Path(str(model.config.model_name)).name} caption embeddings",
                           collate_fn=trim_padding_collate, progress=progress)
     embeddings = np.empty_like(out)
     embeddings[order] = out
@@ -226,46 +225,31 @@ def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) 
     return AutoModel.from_config(_load(AutoConfig, source)), source.location
 
 
-def create_text_model(name: str = DEFAULT_TEXT_MODEL, num_classes: int = 20, pooling: str = "mean",
-                      pretrained: bool = True, dropout: float = 0.1, *, load_weights: bool = True,
-                      extra_spec: dict | None = None) -> TextClassifier:
-    """Encoder ``name`` (packaged name, folder or hub id) + a fresh linear head; tokenizer on ``.tokenizer``.
+def create_caption_model(config: CaptionModelConfig | str = DEFAULT_CAPTION_MODEL, num_classes: int = 20, *,
+                         load_weights: bool = True, **fields) -> TextClassifier:
+    """The caption classifier ``config`` describes (or a model name and :class:`CaptionModelConfig`
+    fields): its encoder (packaged name, folder or hub id) + a fresh linear head, the tokenizer on
+    ``.tokenizer``, the config on ``.config`` and serialised in ``.spec``, so :func:`caption_dataset_for`
+    and prediction rebuild exactly the inputs it was trained on.
 
-    ``pretrained=False`` ignores ``name`` and builds a tiny random BERT with the MiniLM tokenizer:
+    ``pretrained=False`` ignores the name and builds a tiny random BERT with the MiniLM tokenizer:
     the same code path in seconds, for tests. ``load_weights=False`` builds the architecture only
-    (a checkpoint's weights are loaded next). ``extra_spec`` (max_length, cleaning) rides along in
-    ``model.spec`` so prediction rebuilds the same preprocessing.
+    (a checkpoint's weights are loaded next).
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling: must be one of {sorted(POOLINGS)}, got {pooling!r}")
-    tokenizer = load_tokenizer(name, pretrained)
-    encoder, where = _encoder(name, pretrained, tokenizer, load_weights)
-    spec = {"model_name": name, "pretrained": bool(pretrained), **(extra_spec or {})}
-    return TextClassifier(encoder, num_classes, pooling, dropout, tokenizer=tokenizer, source=where, spec=spec)
-
-
-def create_caption_model(model_name: str, num_classes: int, pooling: str = "mean", pretrained: bool = True,
-                         dropout: float = 0.1, max_length: int = 48,
-                         cleaning: CaptionCleaner | None = None) -> TextClassifier:
-    """The caption classifier with its preprocessing (``max_length``, cleaning) in ``model.spec``,
-    so :func:`caption_dataset_for` and prediction rebuild exactly the inputs it was trained on."""
-    extra = {"max_length": max_length, "cleaning": (cleaning or CaptionCleaner()).to_dict()}
-    return create_text_model(model_name, num_classes, pooling, pretrained, dropout, extra_spec=extra)
+    config = CaptionModelConfig.given(config, fields)
+    tokenizer = load_tokenizer(config.model_name, config.pretrained)
+    encoder, where = _encoder(config.model_name, config.pretrained, tokenizer, load_weights)
+    return TextClassifier(encoder, num_classes, config, tokenizer=tokenizer, source=where)
 
 
 def build_text_model(spec: dict) -> TextClassifier:
     """The model a checkpoint's ``spec`` describes, without pretrained weights (they are loaded next)."""
-    extra = {k: v for k, v in spec.items()
-             if k not in ("kind", "model_name", "pretrained", "num_classes", "pooling", "dropout")}
-    return create_text_model(spec["model_name"], spec["num_classes"], spec.get("pooling", "mean"),
-                             spec.get("pretrained", True), spec.get("dropout", 0.1), load_weights=False,
-                             extra_spec=extra)
+    return create_caption_model(CaptionModelConfig.from_spec(spec), spec["num_classes"], load_weights=False)
 
 
 def caption_dataset_for(model: TextClassifier, captions, targets=None) -> CaptionDataset:
     """Captions -> the dataset this model was trained on (max_length and cleaning from ``model.spec``)."""
-    cleaning = CaptionCleaner(**model.spec.get("cleaning", {}))
-    return CaptionDataset(captions, model.tokenizer, targets, int(model.spec.get("max_length", 48)), cleaning,
+    return CaptionDataset(captions, model.tokenizer, targets, model.config.max_length, model.config.cleaning,
                           num_classes=model.num_classes)
 
 

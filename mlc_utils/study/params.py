@@ -23,7 +23,7 @@ from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
     require,
     to_dict,
 )
-from mlc_utils.data.captions import CaptionCleaner
+from mlc_utils.models.caption_config import CaptionModelConfig
 from mlc_utils.models.image_config import ImageModelConfig
 from mlc_utils.study.stages import DEFAULT_STAGES, STAGE_NAMES
 from mlc_utils.train.config import TrainConfig, TrainSettings, merge_settings
@@ -160,32 +160,25 @@ CAPTION_MEMBER_KINDS = ("finetune", "frozen", "tfidf")
 
 
 @dataclass
-class TextStageParams:
-    """The caption members: which (``members``), the encoder they share, and how each is trained.
+class TextStageParams(CaptionModelConfig):
+    """The caption members: which (``members``), the encoder they share (the
+    :class:`~mlc_utils.models.caption_config.CaptionModelConfig` fields: ``model_name``, ``pooling``,
+    ``max_length``, ``cleaning``, ...), and how each is trained.
 
     ``finetune`` fine-tunes the encoder (``train``); ``frozen`` runs it once over every caption and
     trains a linear head on the pooled embeddings (``head_train``), cheap enough for K folds on a
     CPU; ``tfidf`` is word and character n-grams with a logistic regression per label (``tfidf_c``).
     """
-    model_name: str = "all-MiniLM-L6-v2"   # a packaged name, a local folder or a hub id
-    pretrained: bool = True                 # false: a tiny random BERT (tests, smoke runs)
-    pooling: Literal["mean", "cls"] = "mean"
-    dropout: float = 0.1
-    max_length: int = 48
-    cleaning: CaptionCleaner = field(default_factory=CaptionCleaner)
     members: list[Literal["finetune", "frozen", "tfidf"]] = field(default_factory=lambda: ["finetune"])
     train: TrainSettings = field(default_factory=_caption_training)
     head_train: TrainSettings = field(default_factory=_caption_head_training)
     tfidf_c: float = 8.0                    # inverse L2 strength of the tfidf member's regressions
 
     def check(self):
-        require(bool(str(self.model_name).strip()), "model_name: must not be empty")
-        require(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1) (got {self.dropout})")
-        require(2 <= self.max_length <= 512, f"max_length: must be in 2..512 (got {self.max_length})")
+        super().check()
         require(bool(self.members), f"members: name at least one of {list(CAPTION_MEMBER_KINDS)}")
         require(len(set(self.members)) == len(self.members), f"members: repeated (got {self.members})")
         require(self.tfidf_c > 0, f"tfidf_c: must be > 0 (got {self.tfidf_c})")
-        self.cleaning.check()
 
     def training(self, **defaults) -> TrainConfig:
         """The TrainConfig of the fine-tuned caption model: ``defaults`` (seed, threshold), then its

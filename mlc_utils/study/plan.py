@@ -287,11 +287,10 @@ def _caption_model(params, device: str = "cpu"):
     """The caption model with random weights, or None where its config is not available here."""
     import torch
 
-    from mlc_utils.models.text import create_text_model
+    from mlc_utils.models.text import create_caption_model
     try:
         with torch.device(device):
-            model = create_text_model(params.text.model_name, params.num_classes, params.text.pooling,
-                                      params.text.pretrained, load_weights=False)
+            model = create_caption_model(params.text.model_config(), params.num_classes, load_weights=False)
     except Exception:  # noqa: BLE001 - offline and not cached: no architecture to count or time
         return None
     return model

@@ -52,10 +52,7 @@ def train_text(ctx, log=print) -> list[Member]:
 
 def _create_model(ctx):
     from mlc_utils.models.text import create_caption_model
-    text_params = ctx.params.text
-    return create_caption_model(text_params.model_name, ctx.params.num_classes, text_params.pooling,
-                                text_params.pretrained, text_params.dropout, text_params.max_length,
-                                text_params.cleaning)
+    return create_caption_model(ctx.params.text.model_config(), ctx.params.num_classes)
 
 
 def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
