@@ -26,7 +26,7 @@ from _common import REPO, machine_line
 from mlc_utils.core.allocator import restart_on_tcmalloc
 
 if __name__ == "__main__":  # calibrate under the allocator `run` gives its processes
-    restart_on_tcmalloc([sys.executable, *sys.argv])
+    restart_on_tcmalloc([sys.executable, *sys.orig_argv[1:]])
 
 TOLERANCE = 0.30
 

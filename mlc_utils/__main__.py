@@ -2,7 +2,8 @@ import sys
 
 from mlc_utils.core.allocator import restart_on_tcmalloc
 
-restart_on_tcmalloc([sys.executable, "-m", "mlc_utils", *sys.argv[1:]])  # before torch is imported
+# before torch is imported; sys.orig_argv keeps the interpreter's own options (-X, -W, -u)
+restart_on_tcmalloc([sys.executable, *sys.orig_argv[1:]])
 
 from mlc_utils.cli import main  # noqa: E402
 
