@@ -51,7 +51,7 @@ class CaptionModelConfig:
         return from_dict(cls, {k: v for k, v in spec.items() if k in names and v is not None}, where)
 
     @classmethod
-    def given(cls, config: CaptionModelConfig | str, fields: Mapping) -> CaptionModelConfig:
+    def resolve(cls, config: CaptionModelConfig | str, fields: Mapping) -> CaptionModelConfig:
         """``config`` as given, or a model name that ``fields`` complete; checked."""
         if isinstance(config, str):
             config = cls(config, **fields)

@@ -236,7 +236,7 @@ def create_caption_model(config: CaptionModelConfig | str = DEFAULT_CAPTION_MODE
     the same code path in seconds, for tests. ``load_weights=False`` builds the architecture only
     (a checkpoint's weights are loaded next).
     """
-    config = CaptionModelConfig.given(config, fields)
+    config = CaptionModelConfig.resolve(config, fields)
     tokenizer = load_tokenizer(config.model_name, config.pretrained)
     encoder, where = _encoder(config.model_name, config.pretrained, tokenizer, load_weights)
     return TextClassifier(encoder, num_classes, config, tokenizer=tokenizer, source=where)
