@@ -8,7 +8,10 @@ MODE:
 * ``stubborn``: the same, ignoring SIGTERM (only SIGKILL ends it);
 * ``nan``: ``mlc_utils.train.distributed.main`` with rank 1's model returning NaN logits from its third training
   batch (epoch 1, batch 2) on;
-* ``disagree``: ``mlc_utils.train.distributed.main`` with rank 1 reporting another final-weights digest.
+* ``disagree``: ``mlc_utils.train.distributed.main`` with rank 1 reporting another final-weights digest;
+* ``threads``: ``mlc_utils.train.distributed.main`` unchanged; after it left the process group each
+  rank prints ``threads rank=R left=[...]``, the names of its threads still running (gloo's workers
+  ``pt_gloo_runloop`` and ``gloo_tcp_loop`` must be gone: alive, they run into interpreter shutdown).
 
 The faults are test doubles around the real code (the model factory, the digest); the training,
 the checks and the teardown under test are the production ones.
@@ -67,6 +70,20 @@ def disagree(argv: list[str]) -> int:
     return train_main(argv)
 
 
+def threads(argv: list[str]) -> int:
+    """The production run; then the names of this process's threads still running (from /proc)."""
+    code = train_main(argv)
+    names = []
+    for task in sorted(os.listdir("/proc/self/task")):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                names.append(comm.read().strip())
+        except OSError:
+            continue  # ended meanwhile
+    os.write(1, f"threads rank={rank()} left={names}\n".encode())  # one write (see hang)
+    return code
+
+
 def train_main(argv: list[str]) -> int:
     from mlc_utils.train.distributed import main
     return main(argv)
@@ -74,4 +91,5 @@ def train_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     mode, *rest = sys.argv[1:]
-    raise SystemExit({"hang": hang, "stubborn": stubborn, "nan": nan, "disagree": disagree}[mode](rest))
+    modes = {"hang": hang, "stubborn": stubborn, "nan": nan, "disagree": disagree, "threads": threads}
+    raise SystemExit(modes[mode](rest))

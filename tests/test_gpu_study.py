@@ -1,8 +1,8 @@
 """scripts/gpu_study_check.sh on the CPU (--cpu-smoke): the GPU check's logic end to end, tiny models.
 
-Every stage through papermill with the image stage through torchrun (one gloo process: two ranks
-here once ended rank 1 with "terminate called without an active exception" at teardown under
-`make test`, so the two-rank path stays with tests/test_ddp.py and `--gpus 2` by hand), local random
+Every stage through papermill with the image stage through torchrun (two processes, gloo: the loss
+check's all-reduce, the validation gather and the ranks' agreement run as on two GPUs, and both
+ranks leave the group with its threads joined: tests/test_ddp.py's gloo-thread test), local random
 weights as ``pretrained:`` paths, a saved caption encoder beside MiniLM's tokenizer, the plan of the
 same run beside each stage's time, the ranks.json report, the throughput children, the memory table
 against the card and the projection. It measures nothing; the CUDA run is the real check.
@@ -23,7 +23,7 @@ from conftest import PROJECT, REAL_DATA
 @pytest.mark.slow
 def test_gpu_study_check_runs_end_to_end_on_the_cpu(tmp_path):
     run = f"gpu-study-smoke-{uuid.uuid4().hex[:8]}"
-    args = (f"--cpu-smoke --gpus 1 --train-rows 24 --test-rows 8 --epochs 1 --bench-steps 2 --bench-warmup 1 "
+    args = (f"--cpu-smoke --gpus 2 --train-rows 24 --test-rows 8 --epochs 1 --bench-steps 2 --bench-warmup 1 "
             f"--run {run} --work {tmp_path / 'work'}")
     trace = tmp_path / "inference-trace.jsonl"  # every model pass of every process (core.inference)
     env = {**os.environ, "PYTHON": sys.executable, "GPU_STUDY_ARGS": args, "GPU_STUDY_TIMEOUT": "1500",
@@ -36,7 +36,8 @@ def test_gpu_study_check_runs_end_to_end_on_the_cpu(tmp_path):
         for heading in ("== the plan of this run", "== stage times", "== rank agreement", "== peak GPU memory",
                         "== training images/s", "== projection", "gpu_study: OK (cpu)"):
             assert heading in out, heading
-        assert "torchrun with 1 process(es), gloo (image.gpus=1)" in out
+        assert "torchrun with 2 process(es), gloo (image.gpus=2)" in out
+        assert "terminate called" not in out and "still referenced after destroy_process_group" not in out
         for stage in ("eda", "split", "image", "text", "fusion", "ablation", "ensemble"):
             assert f"  {stage:<10} not run" not in out
         # each stage's measured time beside the plan's estimate (calibrated on the CPU) and their ratio
@@ -55,10 +56,10 @@ def test_gpu_study_check_runs_end_to_end_on_the_cpu(tmp_path):
             image = PROJECT / "runs" / run / "image" / label
             assert (image / "config.json").is_file() and (image / "ranks.json").is_file()  # went through torchrun
             ranks = json.loads((image / "ranks.json").read_text())
-            assert ranks["world_size"] == 1 and ranks["agree"] and len(ranks["weights_sha1"]) == 1, ranks
-            assert json.loads((image / "metrics.json").read_text())["world_size"] == 1
+            assert ranks["world_size"] == 2 and ranks["agree"] and len(ranks["weights_sha1"]) == 2, ranks
+            assert json.loads((image / "metrics.json").read_text())["world_size"] == 2
             assert f"image/{label}" in out
-        assert "world size 1, 1 digest(s), ranks agree" in out
+        assert "world size 2, 2 digest(s), ranks agree" in out
         # every pass of a model over a dataset went through the one inference path on the study's
         # device (the run sets device: cpu; a helper's own default would show as another device)
         records = [json.loads(line) for line in trace.read_text().splitlines()]

@@ -7,7 +7,8 @@ Under torchrun every process builds the same model and data (seeded), joins the 
 DistributedDataParallel and DistributedSampler and writes from rank 0 only. :func:`launch_torchrun`
 runs that command from a notebook and streams its output line by line.
 
-Teardown: on success the ranks meet before they leave the process group; a failure detected on
+Teardown: on success the ranks meet before they leave the process group, which frees it and
+joins its threads before the interpreter shuts down; a failure detected on
 one rank (a non-finite loss, ranks whose weights differ) stops every rank with the same message and
 a non-zero exit; an interrupted :func:`launch_torchrun` ends torchrun and all its workers.
 
@@ -32,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,7 @@ def _init_distributed(device: str = "auto") -> bool:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if dist.is_initialized() or (world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ):
         return False
+    _bind_collective_defaults_before_the_group()
     on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not on_gpu:
         dist.init_process_group("gloo")
@@ -153,6 +156,21 @@ def _init_distributed(device: str = "auto") -> bool:
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group("nccl")
     return True
+
+
+def _bind_collective_defaults_before_the_group() -> None:
+    """Import ``torch.distributed.nn`` while no process group exists.
+
+    Its functions take ``group=group.WORLD`` as a default argument, evaluated once, at import. DDP's
+    constructor imports it (through FSDP and sharded tensors); imported then, after
+    ``init_process_group``, every one of those defaults holds the live default group, so
+    ``destroy_process_group`` cannot free it: gloo's threads (``pt_gloo_runloop``, ``gloo_tcp_loop``)
+    kept running into interpreter shutdown, where the group was freed in whatever order the modules
+    went, and a rank now and then died with "terminate called without an active exception" (SIGABRT)
+    after a successful run. Imported here, the defaults are ``None`` (no group yet): the group is
+    freed, and its threads joined, inside ``destroy_process_group`` (:func:`_leave_group` checks it).
+    """
+    import torch.distributed.nn  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,10 +209,17 @@ def _report_failure(err: Exception) -> None:
 def _leave_group(ok: bool) -> None:
     """Destroy the process group. On success every rank first meets the others: a rank that left
     while a peer was still writing died with SIGABRT at exit. On failure nobody waits, since the
-    peer that failed may never come."""
+    peer that failed may never come. The group must be freed here, its backend's threads joined
+    (:func:`_bind_collective_defaults_before_the_group`); a group still referenced afterwards is
+    reported on stderr."""
     if ok:
         dist.barrier()
+    group, (rank, world) = weakref.ref(dist.group.WORLD), rank_and_world()
     dist.destroy_process_group()
+    if group() is not None:  # its backend's threads would outlive it into interpreter shutdown
+        sys.stderr.write(f"rank {rank}/{world}: WARNING: the process group is still referenced after "
+                         "destroy_process_group; its threads will run into interpreter shutdown\n")
+        sys.stderr.flush()
 
 
 def torchrun_command(config_path: str | os.PathLike, nproc: int, *, nnodes: int = 1,
