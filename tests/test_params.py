@@ -106,12 +106,15 @@ def test_gpu_profiles_pass_preflight_but_for_the_offline_weights(name, monkeypat
     import torch
 
     from mlc_utils.models import weights as weights_module
+    from mlc_utils.study import preflight as preflight_module
     from mlc_utils.study.preflight import preflight
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(weights_module, "_hub_cached_file", lambda arch: None)
+    # and a disk with room: the profile writes about 17 GB, more than some machines have free
+    monkeypatch.setattr(preflight_module, "_free_bytes", lambda path: (Path(path), 2**40, 0))
     params = load_params(PARAMS_DIR / name)
     problems = preflight(params, params.stages)
     assert [p.split(":")[0] for p in problems] == ["image.models[swin-large-224].pretrained",
