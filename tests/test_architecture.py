@@ -61,6 +61,14 @@ def test_image_heads_are_the_configs_choices():
     assert set(get_args(HeadName)) == set(HEADS)
 
 
+def test_caption_poolings_are_the_configs_choices():
+    from typing import get_args
+
+    from mlc_utils.models.caption_config import PoolingName
+    from mlc_utils.models.text import POOLINGS
+    assert set(get_args(PoolingName)) == set(POOLINGS)
+
+
 def test_training_choices_are_the_registries_names():
     """TrainConfig's Literal choices (checked without torch) name exactly what the loop implements."""
     from mlc_utils.train import loop, losses, optim

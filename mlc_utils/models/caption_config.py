@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal, Mapping, get_args
 
 from mlc_utils.core.config import from_dict, require
 from mlc_utils.data.captions import CaptionCleaner
 
 DEFAULT_CAPTION_MODEL = "all-MiniLM-L6-v2"
-POOLING_NAMES = ("mean", "cls")  # models.text.POOLINGS implements each
+PoolingName = Literal["mean", "cls"]  # models.text.POOLINGS implements each
 
 
 @dataclass
@@ -24,14 +24,15 @@ class CaptionModelConfig:
     """A transformers encoder, its pooling and a linear head, with the preprocessing of its captions."""
     model_name: str = DEFAULT_CAPTION_MODEL   # a packaged name, a local folder or a hub id
     pretrained: bool = True                   # false: a tiny random BERT (tests, smoke runs)
-    pooling: Literal["mean", "cls"] = "mean"
+    pooling: PoolingName = "mean"
     dropout: float = 0.1
     max_length: int = 48
     cleaning: CaptionCleaner = field(default_factory=CaptionCleaner)
 
     def check(self):
         require(bool(str(self.model_name).strip()), "model_name: must not be empty")
-        require(self.pooling in POOLING_NAMES, f"pooling: must be one of {list(POOLING_NAMES)} (got {self.pooling!r})")
+        require(self.pooling in get_args(PoolingName),
+                f"pooling: must be one of {list(get_args(PoolingName))} (got {self.pooling!r})")
         require(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1) (got {self.dropout})")
         require(2 <= self.max_length <= 512, f"max_length: must be in 2..512 (got {self.max_length})")
         self.cleaning.check()

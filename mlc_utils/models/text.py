@@ -144,8 +144,7 @@ class TextClassifier(nn.Module):
                  tokenizer=None, source: str = ""):
         super().__init__()
         config = config or CaptionModelConfig()
-        if config.pooling not in POOLINGS:
-            raise ValueError(f"pooling: must be one of {sorted(POOLINGS)}, got {config.pooling!r}")
+        config.check()
         if num_classes < 1:
             raise ValueError(f"num_classes: must be positive, got {num_classes}")
         self.config = config

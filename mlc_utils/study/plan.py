@@ -297,12 +297,13 @@ def _caption_model(params, device: str = "cpu"):
 
 
 def caption_lengths(params, data_dir: Path | None, n: int = CAPTION_SAMPLE):
-    """Token counts (cut at ``max_length``) of the data folder's first ``n`` labelled captions, as the
-    run tokenizes them; None where there are none or no tokenizer is available here."""
-    import numpy as np
+    """Token counts (cut at ``max_length``) of the data folder's first ``n`` labelled captions, tokenized
+    as the run tokenizes them (its ``CaptionDataset``); None where there are none or no tokenizer is
+    available here."""
     if data_dir is None or not Path(data_dir, "train.csv").is_file():
         return None
     try:
+        from mlc_utils.data.caption_tokens import CaptionDataset
         from mlc_utils.data.csvio import read_train_csv
         from mlc_utils.models.text import load_tokenizer
         captions = read_train_csv(Path(data_dir, "train.csv"))["Caption"].astype(str).head(n).tolist()
@@ -311,8 +312,9 @@ def caption_lengths(params, data_dir: Path | None, n: int = CAPTION_SAMPLE):
         return None
     if not captions:
         return None
-    ids = tokenizer(params.text.cleaning.clean_all(captions), truncation=True, max_length=params.text.max_length)["input_ids"]
-    return np.array([len(row) for row in ids])
+    tokens = CaptionDataset(captions, tokenizer, None, params.text.max_length, params.text.cleaning,
+                            num_classes=params.num_classes)
+    return tokens.attention_mask.sum(dim=1).numpy()
 
 
 def padded_length(lengths, batch: int, shuffled: bool) -> int:
@@ -333,8 +335,8 @@ def _caption_trainings(params, n_train: int, n_test: int, lengths=None, eval_bat
     total, dim = found if found else (0, 0)
     length = params.text.max_length
     if eval_batch is None:
-        from mlc_utils.core.inference import BATCH_SIZES
-        eval_batch = BATCH_SIZES[("cpu", "tokens")]
+        from mlc_utils.core.inference import Inference
+        eval_batch = Inference("cpu").batch_for("tokens")
 
     def arch_for(train_batch: int) -> dict:
         if lengths is None:
