@@ -73,6 +73,8 @@ def test_all_stages_end_to_end(tmp_path, tiny_data):
     root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TINY_STUDY)
     assert [r.status for r in results] == ["ran"] * 8, "\n".join(logs + [r.error for r in results])
     assert _empty_records(root / "runs" / "tiny") == {}
+    # the kernel's epoch lines reach the terminal with the time left from the loop's own events
+    assert any(line.startswith("[image] epoch 1/") and "epochs, about" in line for line in logs), "\n".join(logs)
 
     run = root / "runs" / "tiny"
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
@@ -211,6 +213,7 @@ def test_folds_train_through_torchrun_each_on_its_own_rows(tmp_path, tiny_data):
     holds that fold's rows, and the out-of-fold member covers every labelled row."""
     root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TORCHRUN_FOLDS)
     assert [r.status for r in results] == ["ran", "ran"], "\n".join(logs + [r.error for r in results])
+    assert any("epochs, about" in line for line in logs), "\n".join(logs)  # events from torchrun's rank 0
     run = root / "runs" / "torchrun-folds"
     cv = pd.read_csv(run / "split" / "split.csv").set_index("ImageID")["cv_fold"]
     for k in range(2):

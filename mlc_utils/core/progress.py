@@ -4,15 +4,75 @@ At a notebook a person gets tqdm's bar. Under ``run`` (the pipeline sets ``MLC_P
 bar would be pages of noise in the executed report and would never reach the terminal, so the loop
 prints one line at most every ``MLC_PROGRESS_EVERY`` seconds (default 30) instead: the count, the
 elapsed time and an estimate of the time left. The pipeline streams those lines to the terminal.
+
+What the pipeline needs to *know* (a model started, an epoch ended and took S seconds) it does not
+read from those lines: the training loop also writes typed events (:func:`emit`) to the file ``run`` names in
+``MLC_EVENTS`` for each stage, and the pipeline reads them back (:class:`EventReader`).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+EVENTS_ENV = "MLC_EVENTS"
 
 
-def _duration(seconds: float) -> str:
+@dataclass(frozen=True)
+class FitStarted:
+    """A model starts training: the epochs it will run (``first`` > 0 when it resumes)."""
+    epochs: int
+    first: int = 0
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    """An epoch ended after ``seconds``; ``line`` is what the loop printed for it."""
+    epoch: int        # 1-based
+    epochs: int
+    seconds: float
+    line: str = ""
+
+
+EVENT_TYPES = {cls.__name__: cls for cls in (FitStarted, EpochEnded)}
+
+
+def emit(event) -> None:
+    """Append ``event`` as one JSON line to the file named by ``MLC_EVENTS``; nothing when unset
+    (at a notebook). One short append per event: rank 0 of a torchrun job writes beside the kernel."""
+    path = os.environ.get(EVENTS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"type": type(event).__name__, **asdict(event)}) + "\n")
+
+
+class EventReader:
+    """The events appended to ``path`` since the last :meth:`read` (a line still being written waits)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path, self.offset = Path(path), 0
+
+    def read(self) -> list:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        complete = data[:data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        events = []
+        for raw in complete.decode("utf-8").splitlines():
+            fields = json.loads(raw)
+            events.append(EVENT_TYPES[fields.pop("type")](**fields))
+        return events
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people read a wait: 45 s, 12 min, 3.5 h."""
     seconds = max(float(seconds), 0.0)
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -67,9 +127,9 @@ def line_progress(iterable: Iterable, desc: str, total: int | None = None, every
 
 def _line(desc: str, done: int, total: int | None, elapsed: float) -> str:
     if not total:
-        return f"{desc}: {done} done, {_duration(elapsed)} elapsed"
+        return f"{desc}: {done} done, {duration(elapsed)} elapsed"
     left = elapsed / max(done, 1) * (total - done)
-    return f"{desc}: {done}/{total} ({done / total:.0%}), {_duration(elapsed)} elapsed, about {_duration(left)} left"
+    return f"{desc}: {done}/{total} ({done / total:.0%}), {duration(elapsed)} elapsed, about {duration(left)} left"
 
 
 def progress(iterable: Iterable, desc: str, total: int | None = None, disable: bool = False, **tqdm_options):

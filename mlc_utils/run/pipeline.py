@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from mlc_utils.core.io import (
     remove_stale_temporaries,
     sha256_file,
 )
+from mlc_utils.core.progress import EVENTS_ENV, EpochEnded, EventReader, FitStarted, duration
 from mlc_utils.study.context import MANIFEST, PROJECT_ROOT, StudyPaths
 from mlc_utils.study.params import (
     ParamError,
@@ -113,25 +113,24 @@ def invalidate_members(stage_dir: Path) -> list[Path]:
 
 class StageProgress:
     """A file-like sink for the kernel's streamed stdout (papermill's ``stdout_file``): each line goes
-    to the terminal (``log``) as the cell prints it, prefixed with the stage. The training loop's
-    ``epoch k/N train_loss=... (S s)`` lines get the time left for that model from the epochs' own
-    times: the ``(S s)`` the loop prints, else the time since the model's previous epoch line (the
-    first epoch without it: since the last line that was neither an epoch's nor a progress line, such
-    as the one that announces the model). A feature pass before epoch 1 is thus not an epoch.
-    ``planned`` (the plan's seconds for this stage) and ``later`` (for the stages after it) add the
-    stage's and the run's time left: the plan's figure, or what the epochs measured if that is more."""
+    to the terminal (``log``) as the cell prints it, prefixed with the stage.
 
-    EPOCH = re.compile(r"^epoch (\d+)/(\d+) train_loss")
-    EPOCH_SECONDS = re.compile(r"\((\d+(?:\.\d+)?) s\)\s*$")
-    PROGRESS = re.compile(r"\): \d+(/\d+)? ")   # core.progress lines: "desc (batches): k/N (p%), ..."
+    What it knows of training it reads from the loop's typed events (``events``, the file ``run``
+    names in ``MLC_EVENTS``; :mod:`mlc_utils.core.progress`), not from the printed lines: a model's
+    time left comes from its epochs' own seconds, so a feature pass before epoch 1 is not an epoch,
+    and the epoch's line gets it appended. ``planned`` (the plan's seconds for this stage) and
+    ``later`` (for the stages after it) add the stage's and the run's time left: the plan's figure,
+    or what the epochs measured if that is more."""
 
-    def __init__(self, stage: str, log=print, clock=time.time, planned: float | None = None, later: float = 0.0):
+    def __init__(self, stage: str, log=print, clock=time.time, planned: float | None = None, later: float = 0.0,
+                 events: str | os.PathLike | None = None):
         self.stage, self.log, self.clock = stage, log, clock
         self.planned, self.later = planned, later
+        self.events = EventReader(events) if events else None
         self.buffer = ""
-        self.started = self.stage_started = clock()
-        self.last_epoch: float | None = None
+        self.stage_started = clock()
         self.epoch_seconds: list[float] = []
+        self.notes: dict[str, str] = {}   # an epoch's line -> what to append when it is printed
 
     def write(self, text: str) -> int:
         self.buffer += text
@@ -144,34 +143,29 @@ class StageProgress:
         pass
 
     def line(self, line: str) -> None:
-        if not line.strip():
-            return
-        now = self.clock()
-        match = self.EPOCH.search(line)
-        if match:
-            done, total = int(match.group(1)), int(match.group(2))
-            said = self.EPOCH_SECONDS.search(line)
-            since = self.last_epoch if self.last_epoch is not None else self.started
-            self.epoch_seconds.append(float(said.group(1)) if said else now - since)
-            left = sum(self.epoch_seconds) / len(self.epoch_seconds) * (total - done)
-            line = f"{line}  [{done}/{total} epochs, about {_duration(left)} left for this model{self.overall(now, left)}]"
-            self.last_epoch = now
-            if done >= total:
-                self.started, self.last_epoch, self.epoch_seconds = now, None, []
-        elif not self.PROGRESS.search(line):
-            self.started, self.last_epoch, self.epoch_seconds = now, None, []
-        self.log(f"[{self.stage}] {line}")
+        if self.events is not None:
+            for event in self.events.read():
+                self.event(event)
+        if line.strip():
+            note = self.notes.pop(line, "")
+            self.log(f"[{self.stage}] {line}{note}")
+
+    def event(self, event) -> None:
+        """Take one training event; an :class:`~mlc_utils.core.progress.EpochEnded` leaves the note
+        its printed line will carry (the event is written just before the line is printed)."""
+        if isinstance(event, FitStarted):
+            self.epoch_seconds = []
+        elif isinstance(event, EpochEnded):
+            self.epoch_seconds.append(event.seconds)
+            left = sum(self.epoch_seconds) / len(self.epoch_seconds) * (event.epochs - event.epoch)
+            self.notes[event.line] = (f"  [{event.epoch}/{event.epochs} epochs, about {duration(left)} left for "
+                                      f"this model{self.overall(self.clock(), left)}]")
 
     def overall(self, now: float, model_left: float) -> str:
         if self.planned is None:
             return ""
         stage_left = max(self.planned - (now - self.stage_started), model_left)
-        return f", {_duration(stage_left)} for the stage, {_duration(stage_left + self.later)} for the run"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        return f", {duration(stage_left)} for the stage, {duration(stage_left + self.later)} for the run"
 
 
 def ipc_kernel_manager(socket_dir: str | os.PathLike):
@@ -225,16 +219,19 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     from mlc_utils.core.allocator import allocator_env
     os.environ.update(allocator_env())
     socket_dir = tempfile.mkdtemp(prefix="mlc-kernel-")
+    events = Path(socket_dir) / "events.jsonl"   # the loop's typed events (core.progress), this stage's only
+    os.environ[EVENTS_ENV] = str(events)
     try:
         pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
                             kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
-                            progress_bar=False, log_output=False, stdout_file=StageProgress(stage, log, planned=planned, later=later),
+                            progress_bar=False, log_output=False, stdout_file=StageProgress(stage, log, planned=planned, later=later, events=events),
                             request_save_on_cell_execute=True, kernel_manager_class=ipc_kernel_manager(socket_dir))
     except pm.PapermillExecutionError as err:
         error = f"{out}: cell {err.exec_count} raised {err.ename}: {err.evalue}"
     except Exception as err:  # kernel died, notebook missing ...
         error = f"{out}: {type(err).__name__}: {err}"
     finally:
+        os.environ.pop(EVENTS_ENV, None)
         shutil.rmtree(socket_dir, ignore_errors=True)
     seconds = time.time() - started
     from mlc_utils.run.report import render_notebook

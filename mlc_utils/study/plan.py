@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mlc_utils.core.progress import duration
 from mlc_utils.study.context import PROJECT_ROOT
 
 COMPETITION_ROWS = (30_000, 10_000)
@@ -159,7 +160,7 @@ class Plan:
                 f"peak memory >= {human_size(s.peak_bytes)} a process (weights, gradients, optimizer; activations not measured)"
             lines.append(f"  {s.stage:<9} time {_time_of(s)}, disk {human_size(s.disk_bytes)}, {peak}")
             lines.append(f"            {s.work}")
-        total = _duration(self.seconds) if self.seconds is not None else "not measurable here"
+        total = duration(self.seconds) if self.seconds is not None else "not measurable here"
         hub = f"; hub downloads {human_size(self.hub_bytes)}" if self.hub_bytes else ""
         lines.append(f"  total     time {total}, disk {human_size(self.disk_bytes)}{hub}")
         return "\n".join(lines)
@@ -169,12 +170,7 @@ def _time_of(stage: StagePlan) -> str:
     if stage.seconds is None:
         return stage.time_note
     measured = any(t.seconds is not None and t.build is not None for t in stage.trainings)
-    return ("" if measured else "~") + _duration(stage.seconds)
-
-
-def _duration(seconds: float) -> str:
-    from mlc_utils.core.progress import _duration as duration
-    return duration(seconds)
+    return ("" if measured else "~") + duration(stage.seconds)
 
 
 def human_size(n: float | None) -> str:

@@ -46,6 +46,7 @@ from mlc_utils.core.device import (
 )
 from mlc_utils.core.inference import Inference, make_loader, run_model
 from mlc_utils.core.io import atomic_save, atomic_write_text, save_npy
+from mlc_utils.core.progress import EpochEnded, FitStarted, emit, progress
 from mlc_utils.evaluation.metrics import evaluate
 from mlc_utils.models.checkpoint import (
     check_identity,
@@ -147,7 +148,6 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def _progress(iterable, cfg: TrainConfig, desc: str, total: int | None = None):
-    from mlc_utils.core.progress import progress
     return progress(iterable, f"{desc} (batches)", total, leave=False, dynamic_ncols=True,
                     disable=not cfg.progress or rank_and_world()[0] != 0)
 
@@ -389,6 +389,8 @@ class _Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self.resume()
+        if self.rank == 0:
+            emit(FitStarted(cfg.epochs, self.start_epoch))
         for epoch in range(self.start_epoch, cfg.epochs):
             seed_everything(cfg.seed + 1000 * epoch + self.rank)
             tic, self.epoch = time.time(), epoch
@@ -407,8 +409,11 @@ class _Trainer:
             self.save(epoch, is_best, probs)
             if self.rank == 0:
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-                print(f"epoch {epoch + 1}/{cfg.epochs} train_loss={train_loss:.4f} {shown}"
-                      f"{' *' if is_best else ''} ({self.history[-1]['seconds']:.0f} s)", flush=True)
+                seconds = self.history[-1]["seconds"]
+                line = (f"epoch {epoch + 1}/{cfg.epochs} train_loss={train_loss:.4f} {shown}"
+                        f"{' *' if is_best else ''} ({seconds:.0f} s)")
+                emit(EpochEnded(epoch + 1, cfg.epochs, seconds, line))
+                print(line, flush=True)
             if self.world > 1:
                 dist.barrier()
         _set_frozen(self.model, False)  # hand the model back trainable, whatever the last phase was
