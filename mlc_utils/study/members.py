@@ -31,8 +31,8 @@ _TRAINING_CODE = ("mlc_utils.core", "mlc_utils.data.csvio", "mlc_utils.data.labe
 MEMBER_CODE = {
     "image": _TRAINING_CODE + ("mlc_utils.data.images", "mlc_utils.models.image", "mlc_utils.models.weights",
                                "mlc_utils.models.hub", "mlc_utils.study.image"),
-    "text": _TRAINING_CODE + ("mlc_utils.data.captions", "mlc_utils.data.caption_tokens", "mlc_utils.models.text",
-                              "mlc_utils.models.tfidf", "mlc_utils.models.hub", "mlc_utils.study.text"),
+    "caption": _TRAINING_CODE + ("mlc_utils.data.captions", "mlc_utils.data.caption_tokens", "mlc_utils.models.caption",
+                                 "mlc_utils.models.tfidf", "mlc_utils.models.hub", "mlc_utils.study.caption"),
     "fusion": _TRAINING_CODE + ("mlc_utils.data", "mlc_utils.models", "mlc_utils.study.fusion"),
 }
 
@@ -44,7 +44,7 @@ def member_key(ctx, config: dict, kind: str, rows: dict | None = None) -> str:
     root = ctx.params.data_path(ctx.root)
     split = sha256_file(ctx.dir_of("split") / "split.csv") if rows is None else digest(rows)
     return digest({"config": config, "code": source_digest(MEMBER_CODE[kind]), "split": split,
-                   "data": data_fingerprint(root, images=kind != "text"), "num_classes": ctx.params.num_classes})
+                   "data": data_fingerprint(root, images=kind != "caption"), "num_classes": ctx.params.num_classes})
 
 
 def save_member(member: Member, key: str) -> Member:

@@ -19,7 +19,11 @@ import yaml
 from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
     ParamError,
     check_device_name,
+    current_keys,
     from_dict,
+    old_keys,
+    renamed,
+    renamed_from,
     require,
     to_dict,
 )
@@ -160,7 +164,7 @@ CAPTION_MEMBER_KINDS = ("finetune", "frozen", "tfidf")
 
 
 @dataclass
-class TextStageParams(CaptionModelConfig):
+class CaptionStageParams(CaptionModelConfig):
     """The caption members: which (``members``), the encoder they share (the
     :class:`~mlc_utils.models.caption_config.CaptionModelConfig` fields: ``model_name``, ``pooling``,
     ``max_length``, ``cleaning``, ...), and how each is trained.
@@ -183,15 +187,15 @@ class TextStageParams(CaptionModelConfig):
     def training(self, **defaults) -> TrainConfig:
         """The TrainConfig of the fine-tuned caption model: ``defaults`` (seed, threshold), then its
         defaults, then ``train``."""
-        return merge_settings("text.train", defaults, _caption_training(), self.train)
+        return merge_settings("caption.train", defaults, _caption_training(), self.train)
 
     def head_training(self, **defaults) -> TrainConfig:
         """The TrainConfig of the frozen member's head: ``defaults``, its defaults, then ``head_train``."""
-        return merge_settings("text.head_train", defaults, _caption_head_training(), self.head_train)
+        return merge_settings("caption.head_train", defaults, _caption_head_training(), self.head_train)
 
 
 # --- the names of the members the ensemble can choose (``ensemble.members``) ---------------------
-# The stages name their members by these rules (study/text.py:text_member_name, study/fusion.py);
+# The stages name their members by these rules (study/caption.py, study/fusion.py);
 # ``ensemble.members`` is checked against them when params load, not when stage 7 runs.
 LATE_FUSION_MEMBER = "late fusion"
 
@@ -209,9 +213,9 @@ def fusion_member_name(head: str, mode: str = "frozen") -> str:
 
 
 def ensemble_candidates(params: "StudyParams") -> list[str]:
-    """Every member name the image, text and fusion stages can save with these params."""
+    """Every member name the image, caption and fusion stages can save with these params."""
     return ([m.label or m.name for m in params.image.models]
-            + [caption_member_name(params.text.model_name, kind) for kind in params.text.members]
+            + [caption_member_name(params.caption.model_name, kind) for kind in params.caption.members]
             + [fusion_member_name(head, params.fusion.mode) for head in params.fusion.heads] + [LATE_FUSION_MEMBER])
 
 
@@ -247,11 +251,11 @@ class StudyParams:
     # where every model trains and runs: auto = CUDA when visible, else the CPU; cpu; cuda; cuda:N
     device: str = "auto"
     inference: InferenceParams = field(default_factory=InferenceParams)
-    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES), metadata=renamed_from(text="caption"))
     eda: EdaParams = field(default_factory=EdaParams)
     split: SplitParams = field(default_factory=SplitParams)
     image: ImageStageParams = field(default_factory=ImageStageParams)
-    text: TextStageParams = field(default_factory=TextStageParams)
+    caption: CaptionStageParams = field(default_factory=CaptionStageParams, metadata=renamed_from("text"))
     fusion: FusionStageParams = field(default_factory=FusionStageParams)
     ablation: AblationStageParams = field(default_factory=AblationStageParams)
     ensemble: EnsembleStageParams = field(default_factory=EnsembleStageParams)
@@ -288,8 +292,8 @@ class StudyParams:
             require(name in candidates, f"ensemble.members[{i}]: {name!r} is not a member these stages save "
                                         f"({', '.join(map(repr, candidates))})"
                                         + (f" (did you mean {close[0]!r}?)" if close else ""))
-        self.text.training()  # the caption stage's training fields, checked before any work
-        self.text.head_training()
+        self.caption.training()  # the caption stage's training fields, checked before any work
+        self.caption.head_training()
         if self.split.folds:
             require(self.fusion.mode == "frozen", f"fusion.mode: end_to_end is not cross-validated; use frozen "
                                                   f"with split.folds: {self.split.folds}")
@@ -306,7 +310,7 @@ class StudyParams:
         yield "image.train", self.image.train
         for i, model in enumerate(self.image.models):
             yield f"image.models[{i}].train", model.train
-        for where in ("text.train", "text.head_train", "fusion.train", "ablation.train"):
+        for where in ("caption.train", "caption.head_train", "fusion.train", "ablation.train"):
             section, name = where.split(".")
             yield where, getattr(getattr(self, section), name)
 
@@ -334,13 +338,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict, overrides: Mapping[str, Any] | Sequence[str]) -> dict:
-    """Set dotted keys in a nested mapping (a copy). Unknown keys are caught later by validation."""
+def apply_overrides(data: dict, overrides: Mapping[str, Any] | Sequence[str], cls: type | None = None) -> dict:
+    """Set dotted keys in a nested mapping (a copy). Unknown keys are caught later by validation; a key
+    may start with the old name of a section of ``cls`` (it is set under the new one, with a warning)."""
     data = yaml.safe_load(yaml.safe_dump(data)) or {}
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    sections = old_keys(cls) if cls is not None else {}
     for key, value in items:
         node = data
         parts = key.split(".")
+        if parts[0] in sections:
+            parts[0] = renamed(parts[0], sections[parts[0]], f"--set {key}")
         for part in parts[:-1]:
             if not isinstance(node.get(part, {}), dict):
                 raise ParamError(f"--set {key}: '{part}' is not a section")
@@ -369,8 +377,8 @@ def read_params_file(path: str | os.PathLike) -> dict:
 def load_params(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] = ()) -> StudyParams:
     """Read, override and validate. Errors name the file and the parameter."""
     data = read_params_file(path) if path else {}
-    data = apply_overrides(data, overrides)
-    try:
+    try:  # the file's old section names first, so an old --set key lands in the section the file gives
+        data = apply_overrides(current_keys(StudyParams, data), overrides, StudyParams)
         params = from_dict(StudyParams, data)
     except ParamError as err:
         raise ParamError(f"{path or 'params'}: {err}") from None
