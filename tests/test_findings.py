@@ -202,7 +202,7 @@ def test_method_comes_from_the_params_used():
     cpu = settings.method_frame(load_params(str(settings.__file__).replace("mlc_utils/study/settings.py",
                                                                "params/comp5329-cpu.yaml"))).set_index("model")
     assert cpu.loc["lite0-320-attention-frozen", "architecture"] == "efficientnet_lite0, class attention over regions"
-    assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen"
+    assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen_backbone"
     assert "epochs 40" in frame.loc["lite1-frozen", "training"] and "epochs 4" in frame.loc["lite0-finetune", "training"]
     assert frame.loc["lite0-scratch", "weights"] == "random init"
     note = settings.method_note(params)

@@ -69,7 +69,7 @@ def grads(module):
 @pytest.mark.parametrize("fusion_input, dims", [("logits", (C, C)), ("features", (4, 6))])
 def test_heads_shapes_and_frozen_gradients(head, fusion_input, dims):
     image, caption = TinyImage(), TinyCaption()
-    model = FusionModel(image, caption, head, fusion_input, mode="frozen", num_classes=C)
+    model = FusionModel(image, caption, head, fusion_input, mode="frozen_submodels", num_classes=C)
     assert (model.spec["image_dim"], model.spec["caption_dim"]) == dims
     model.train()
     assert not image.training and not caption.training  # dropout/batch-norm stay fixed when frozen
@@ -86,7 +86,7 @@ def test_heads_shapes_and_frozen_gradients(head, fusion_input, dims):
 @pytest.mark.parametrize("head", sorted(FUSION_HEADS))
 def test_end_to_end_gradients_reach_sub_models(head):
     image, caption = TinyImage(), TinyCaption()
-    FusionModel(image, caption, head, "features", mode="frozen", num_classes=C)  # an earlier frozen use
+    FusionModel(image, caption, head, "features", mode="frozen_submodels", num_classes=C)  # an earlier frozen use
     model = FusionModel(image, caption, head, "features", mode="end_to_end", num_classes=C).train()
     assert image.training and caption.training
     model(batch()).sum().backward()
@@ -239,5 +239,5 @@ def test_fusion_model_through_the_training_loop_keeps_frozen_sub_models(tmp_path
     fit(model, Pairs(), Pairs(), cfg, tmp_path)
     after = {**image.state_dict(), **caption.state_dict()}
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
-    assert unchanged == (mode == "frozen")
+    assert unchanged == (mode == "frozen_submodels")
     assert not torch.equal(head_before, model.head.bilinear.weight)

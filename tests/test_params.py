@@ -33,8 +33,8 @@ def test_overrides_and_types(tmp_path):
     ("stages: [eda, splits]\n", [], "stages[1]: 'splits' is not one of"),
     ("run: [a]\n", [], "run: expected a string"),
     ("split: 3\n", [], "split: expected a mapping"),
-    ("caption: {members: [frozen, bert]}\n", [], "caption.members[1]: 'bert' is not one of 'finetune' | 'frozen' | 'tfidf'"),
-    ("caption: {members: []}\n", [], "caption.members: name at least one of ['finetune', 'frozen', 'tfidf']"),
+    ("caption: {members: [frozen_encoder, bert]}\n", [], "caption.members[1]: 'bert' is not one of 'finetune' | 'frozen_encoder' | 'tfidf'"),
+    ("caption: {members: []}\n", [], "caption.members: name at least one of ['finetune', 'frozen_encoder', 'tfidf']"),
     ("caption: {members: [tfidf, tfidf]}\n", [], "caption.members: repeated (got ['tfidf', 'tfidf'])"),
     ("caption: {tfidf_c: 0}\n", [], "caption.tfidf_c: must be > 0 (got 0"),
     ("caption: {head_train: {lr: -1}}\n", [], "caption.head_train"),
@@ -57,8 +57,8 @@ def test_overrides_and_types(tmp_path):
     ("image:\n  models:\n    - {name: resnet18, label: r18}\nensemble: {members: [r19]}\n", [],
      "(did you mean 'r18'?)"),
     ("image: {models: [{name: resnet18}]}\nfusion: {mode: end_to_end}\nensemble: {members: ['fusion:concat']}\n", [], "(did you mean 'fusion:concat-e2e'?)"),
-    ("image: {models: [{name: resnet18}]}\ncaption: {members: [frozen]}\nensemble: {members: ['caption:all-MiniLM-L6-v2']}\n", [],
-     "(did you mean 'caption:all-MiniLM-L6-v2-frozen'?)"),
+    ("image: {models: [{name: resnet18}]}\ncaption: {members: [frozen_encoder]}\nensemble: {members: ['caption:all-MiniLM-L6-v2']}\n", [],
+     "(did you mean 'caption:all-MiniLM-L6-v2-frozen_encoder'?)"),
 ])
 def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     path = tmp_path / "bad.yaml"
@@ -74,10 +74,10 @@ def test_ensemble_members_are_checked_against_the_names_the_stages_give(tmp_path
     from mlc_utils.study.params import ensemble_candidates
     path = tmp_path / "p.yaml"
     path.write_text("image:\n  models:\n    - {name: resnet18}\n    - {name: resnet34, label: r34}\n"
-                    "caption: {model_name: /models/bert-base, members: [finetune, frozen, tfidf]}\n")
+                    "caption: {model_name: /models/bert-base, members: [finetune, frozen_encoder, tfidf]}\n")
     params = load_params(path)
     names = ensemble_candidates(params)
-    assert names == ["resnet18", "r34", "caption:bert-base", "caption:bert-base-frozen", "caption:tfidf",
+    assert names == ["resnet18", "r34", "caption:bert-base", "caption:bert-base-frozen_encoder", "caption:tfidf",
                      "fusion:concat", "fusion:bilinear", "late fusion"]
     assert load_params(path, [f"ensemble.members={names}"]).ensemble.members == names
 
@@ -186,7 +186,7 @@ def _quotes(params, row: str) -> tuple[list[str], list[str]]:
         for model in params.image.models:
             must.append(f"{model.img_size}" + (" px, squashed" if model.crop_mode == "squash" else ""))
     if "caption" in row:
-        (must if "frozen" in params.caption.members else must_not).append("cached MiniLM caption embeddings")
+        (must if "frozen_encoder" in params.caption.members else must_not).append("cached MiniLM caption embeddings")
         (must if "tfidf" in params.caption.members else must_not).append("TF-IDF")
     if "StepLR" in row:
         train = params.image.train

@@ -66,3 +66,33 @@ def test_a_fusion_spec_saved_with_text_keys_loads(tmp_path):
     old = {"kind": "fusion", "image": {"kind": "image"}, "text": {"kind": "text", "num_classes": 3}, "text_dim": 3}
     assert current_spec(old) == {"kind": "fusion", "image": {"kind": "image"},
                                  "caption": {"kind": "caption", "num_classes": 3}, "caption_dim": 3}
+
+
+@pytest.mark.parametrize("text, new, where", [
+    ("image: {models: [{name: resnet18, mode: frozen}]}\n", "frozen_backbone", r"image.models\[0\].mode"),
+    ("caption: {members: [tfidf, frozen]}\n", "frozen_encoder", r"caption.members\[1\]"),
+    ("fusion: {mode: frozen}\n", "frozen_submodels", "fusion.mode"),
+])
+def test_each_old_frozen_loads_as_what_it_freezes(tmp_path, text, new, where):
+    with pytest.warns(RenamedWarning, match=rf"{where}: 'frozen' is the old name of '{new}'"):
+        params = _params(tmp_path, "stages: [split, image, caption, fusion]\n"
+                                   + ("" if text.startswith("image") else "image: {models: [{name: resnet18}]}\n") + text)
+    assert new in (params.image.models[0].mode, params.fusion.mode, *params.caption.members)
+
+
+def test_an_old_member_name_in_ensemble_members_is_mapped(tmp_path):
+    old = "caption:all-MiniLM-L6-v2-frozen"
+    with pytest.warns(RenamedWarning, match=rf"ensemble.members\[1\]: '{old}' is the old name of '{old}_encoder'"):
+        params = _params(tmp_path, "caption: {members: [frozen_encoder]}\n"
+                                   f"ensemble: {{members: ['late fusion', '{old}']}}\n")
+    assert params.ensemble.members == ["late fusion", "caption:all-MiniLM-L6-v2-frozen_encoder"]
+
+
+def test_a_fusion_model_built_with_the_old_mode(tmp_path):
+    from torch import nn
+
+    from mlc_utils.models.fusion import FusionModel
+    with pytest.warns(RenamedWarning, match="mode: 'frozen' is the old name of 'frozen_submodels'"):
+        model = FusionModel(nn.Linear(4, 3), nn.Linear(4, 3), "concat", "logits", mode="frozen", num_classes=3,
+                            image_dim=3, caption_dim=3)
+    assert model.mode == model.spec["mode"] == "frozen_submodels" and not list(model.backbone_parameters())

@@ -35,7 +35,7 @@ image:
   train: {{epochs: 2, batch_size: 8, lr: 1.0e-3, mixup: true, progress: false}}
   models:
     - {{label: vit-finetune, name: test_vit, pretrained: false, img_size: 32}}
-    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen, img_size: 32,
+    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen_backbone, img_size: 32,
         train: {{epochs: 3, mixup: false}}}}
 caption:
   pretrained: false
@@ -136,12 +136,12 @@ split: {{val_fraction: 0.3, folds: 3}}
 image:
   cache_dir: {cache}
   models:
-    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen, img_size: 32,
+    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen_backbone, img_size: 32,
         head: class_attention, attention_grid: 2, train: {{epochs: 3, batch_size: 8, progress: false}}}}
 caption:
   pretrained: false
   max_length: 16
-  members: [finetune, frozen, tfidf]
+  members: [finetune, frozen_encoder, tfidf]
   train: {{batch_size: 8, epochs: 2, progress: false}}
   head_train: {{epochs: 3, batch_size: 8, progress: false}}
 fusion: {{heads: [concat], train: {{epochs: 3, progress: false}}}}
@@ -158,7 +158,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     split = pd.read_csv(run / "split" / "split.csv")
     assert list(split.columns) == ["ImageID", "fold", "cv_fold"] and sorted(split.cv_fold.unique()) == [0, 1, 2]
     labelled = list(read_train_csv(tiny_data / "train.csv", LabelSpace(20)).ImageID)
-    for name in ("image/eff-frozen", "caption/caption", "caption/caption-frozen", "caption/caption-tfidf", "fusion/concat"):
+    for name in ("image/eff-frozen", "caption/caption", "caption/caption-frozen_encoder", "caption/caption-tfidf", "fusion/concat"):
         folds = [json.loads((run / name / f"fold{k}" / "member.json").read_text()) for k in range(3)]
         assert len({f["key"] for f in folds}) == 3, name
         meta = json.loads((run / name / "member.json").read_text())
@@ -172,7 +172,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     assert {"scores", "F1 cross-fitted"} <= set(table1["columns"])
     scores = dict(zip([r[0] for r in table1["data"]], [r[table1["columns"].index("scores")] for r in table1["data"]]))
     assert scores["eff-frozen"] == "out-of-fold" and scores["ensemble"] == "out-of-fold, weights tuned on them"
-    assert scores["caption:tfidf"] == scores["caption:all-MiniLM-L6-v2-frozen"] == "out-of-fold"  # every caption member
+    assert scores["caption:tfidf"] == scores["caption:all-MiniLM-L6-v2-frozen_encoder"] == "out-of-fold"  # every caption member
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
     assert list(submission.ImageID) == list(read_test_csv(tiny_data / "test.csv").ImageID)
     report = html.unescape((root / "reports" / "tiny-folds" / "index.html").read_text(encoding="utf-8"))

@@ -62,14 +62,17 @@ def current_keys(cls: type, mapping: Mapping[str, Any], where: str = "") -> Mapp
     return mapping
 
 
+def current_choice(value: Any, renames: Mapping[str, str], where: str) -> Any:
+    """``value``, or its name now when it is an old name in ``renames`` (``{old: new}``), with a warning."""
+    return renamed(value, renames[value], where) if isinstance(value, str) and value in renames else value
+
+
 def _current_value(field: dataclasses.Field, value: Any, where: str) -> Any:
     """``value`` (or each item of a list) with a renamed choice replaced by its name now."""
-    values = field.metadata.get("renamed_values")
-    if not values:
-        return value
-    if isinstance(value, list):
-        return [_current_value(field, v, _join(where, i)) for i, v in enumerate(value)]
-    return renamed(value, values[value], where) if isinstance(value, str) and value in values else value
+    renames = field.metadata.get("renamed_values")
+    if renames and isinstance(value, list):
+        return [current_choice(v, renames, _join(where, i)) for i, v in enumerate(value)]
+    return current_choice(value, renames, where) if renames else value
 
 
 def _join(where: str, key: str | int) -> str:

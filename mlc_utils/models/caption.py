@@ -181,7 +181,7 @@ class CaptionClassifier(nn.Module):
 
 class CaptionEmbeddingHead(nn.Module):
     """A caption model's dropout and head on their own, reading pooled embeddings computed beforehand
-    (the ``frozen`` caption member). It shares the model's ``head``: training it trains the model."""
+    (the ``frozen_encoder`` caption member). It shares the model's ``head``: training it trains the model."""
 
     def __init__(self, model: CaptionClassifier):
         super().__init__()

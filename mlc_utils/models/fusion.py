@@ -8,7 +8,7 @@ Three ways to train a head, cheapest first:
 
 * on precomputed sub-model outputs saved as ``.npy`` (:class:`ArrayPairDataset` +
   :class:`PrecomputedFusion`): seconds on a CPU, the common path;
-* ``mode='frozen'`` on images and captions: sub-models run without gradients in eval mode;
+* ``mode='frozen_submodels'`` on images and captions: sub-models run without gradients in eval mode;
 * ``mode='end_to_end'``: everything fine-tunes; ``backbone_parameters()`` returns the sub-models, so
   the training loop's ``freeze_epochs`` can warm the head up first.
 
@@ -24,10 +24,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from mlc_utils.core.config import current_choice
 from mlc_utils.core.inference import Inference, run_model
 
 FUSION_INPUTS = ("logits", "features")
-FUSION_MODES = ("frozen", "end_to_end")
+FUSION_MODES = ("frozen_submodels", "end_to_end")
+RENAMED_MODES = {"frozen": "frozen_submodels"}   # old mode -> mode now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,16 +156,17 @@ CAPTION_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 class FusionModel(nn.Module):
     """Image model + caption model + a fusion head; ``inputs`` = ``{"image", "input_ids", "attention_mask"}``.
 
-    ``mode='frozen'``: the sub-models get no gradients and stay in eval mode (dropout off, batch-norm
+    ``mode='frozen_submodels'``: the sub-models get no gradients and stay in eval mode (dropout off, batch-norm
     statistics fixed) even when the training loop calls ``train()``. ``mode='end_to_end'``: all parameters
     train; ``backbone_parameters()`` are the sub-models so ``freeze_epochs`` trains the head first.
     """
 
     def __init__(self, image_model: nn.Module, caption_model: nn.Module, head: str = "concat",
-                 fusion_input: str = "logits", mode: str = "frozen", num_classes: int = 20,
+                 fusion_input: str = "logits", mode: str = "frozen_submodels", num_classes: int = 20,
                  image_dim: int | None = None, caption_dim: int | None = None, identity_init: bool | None = None):
         super().__init__()
         _check_choice("fusion_input", fusion_input, FUSION_INPUTS)
+        mode = current_choice(mode, RENAMED_MODES, "mode")   # an older checkpoint's spec, or a caller's
         _check_choice("mode", mode, FUSION_MODES)
         self.image_model, self.caption_model = image_model, caption_model
         self.fusion_input, self.mode, self.num_classes = fusion_input, mode, num_classes
@@ -189,7 +192,7 @@ class FusionModel(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.mode == "frozen":
+        if self.mode == "frozen_submodels":
             self.image_model.eval()
             self.caption_model.eval()
         return self

@@ -1,4 +1,4 @@
-"""The caption stage (04_caption): the caption members of ``caption.members`` (fine-tuned, frozen encoder, TF-IDF)."""
+"""The caption stage (04_caption): the caption members of ``caption.members`` (finetune, frozen_encoder, tfidf)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -70,7 +70,7 @@ def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Memb
                   predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction})
 
 
-def _fit_frozen(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
+def _fit_frozen_encoder(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
     """The encoder run once over every caption (no gradients); its linear head trained on the pooled
     embeddings of ``rows``. Cheap enough to repeat per fold: the embeddings are computed once per process."""
     import torch
@@ -95,12 +95,12 @@ def _fit_frozen(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
             "test": dataset("test", ctx.data.test)}
     head = CaptionEmbeddingHead(model)  # shares model.head: training it trains the model's head
     fit(head, sets["train"], sets["val"], cfg, out_dir)
-    save_model(model, out_dir / "model.pt", params={**asdict(cfg), "mode": "frozen"})
+    save_model(model, out_dir / "model.pt", params={**asdict(cfg), "mode": "frozen_encoder"})
 
     def predict(split: str):
         return predict_probs(head, sets[split], ctx.inference, name=f"{name} head")
     return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(ctx.data.test.ImageID),
-                  predict("test"), info={"mode": "frozen"})
+                  predict("test"), info={"mode": "frozen_encoder"})
 
 
 _EMBEDDINGS: dict[str, tuple] = {}
@@ -149,7 +149,8 @@ class CaptionTrainer:
 
 CAPTION_TRAINERS: dict[str, CaptionTrainer] = {
     "finetune": CaptionTrainer(lambda ctx: ctx.params.caption.training(**ctx.params.training_defaults()), _fit_finetuned),
-    "frozen": CaptionTrainer(lambda ctx: ctx.params.caption.head_training(**ctx.params.training_defaults()), _fit_frozen),
+    "frozen_encoder": CaptionTrainer(lambda ctx: ctx.params.caption.head_training(**ctx.params.training_defaults()),
+                                     _fit_frozen_encoder),
     "tfidf": CaptionTrainer(lambda ctx: None, _fit_tfidf),
 }
 

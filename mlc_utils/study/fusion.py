@@ -20,7 +20,7 @@ from mlc_utils.study.members import (
 def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict[str, list[str]]) -> dict:
     """A sub-model's logits or penultimate features on each split's rows, cached beside the fusion stage.
 
-    Frozen image members read their backbone outputs from the feature cache; others run their
+    frozen_backbone image members read their backbone outputs from the feature cache; others run their
     checkpoint over the rows once. The cache file is keyed by the member's own key.
     """
     cache = ctx.stage_dir / "inputs" / f"{member.name.replace(':', '_')}-{fusion_input}-{member.key}.npz"
@@ -33,7 +33,7 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
     root = ctx.params.data_path(ctx.root)
     out = {}
     for split, ids in ids_by_split.items():
-        if member.kind == "image" and member.info.get("mode") == "frozen":
+        if member.kind == "image" and member.info.get("mode") == "frozen_backbone":
             from mlc_utils.train.features import FeatureCache, cached_features, head_outputs
             features = cached_features(model, root, ids, "center", ctx.inference,
                                        FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features")))
@@ -141,7 +141,7 @@ def _stacked_head(ctx, image: Member, caption: Member, head: str, log) -> Member
 
 
 def train_fusion_end_to_end(ctx, image: Member, caption: Member, head: str, log=print) -> Member:
-    """Both sub-models fine-tuned through the fusion head (GPU-sized; the CPU path is ``frozen``)."""
+    """Both sub-models fine-tuned through the fusion head (GPU-sized; the CPU path is ``frozen_submodels``)."""
     from mlc_utils.data.images import image_dataset
     from mlc_utils.evaluation.predict import predict_probs
     from mlc_utils.models.caption import caption_dataset_for

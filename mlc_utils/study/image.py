@@ -1,6 +1,6 @@
 """The image stage (03_image): train or reuse each backbone of ``image.models`` as a member.
 
-``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains the
+``mode: frozen_backbone`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains the
 whole model, through torchrun when ``image.gpus > 1`` or ``image.launcher: torchrun``.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: t
                 cross_validate: bool | None = None) -> Member:
     """Train (or reuse) one image model of ``image.models`` and predict validation and test rows.
 
-    ``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains
+    ``mode: frozen_backbone`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains
     the whole model, through torchrun when ``image.gpus > 1`` (or ``launcher: torchrun``). Validation and test probabilities
     average the TTA views (``image.tta``; ``center`` only when the model's ``tta`` is off).
     ``cross_validate`` (default: whether the split has ``split.folds``) trains one model per fold
@@ -58,7 +58,7 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
     model = create_image_model(spec.model_config(), ctx.params.num_classes, views)
     log(f"{spec.label}: {spec.name} ({model.spec['weights']}), {spec.mode}, {spec.img_size}px, "
         f"{len(train_df)} train / {len(val_df)} val images")
-    if spec.mode == "frozen":
+    if spec.mode == "frozen_backbone":
         from mlc_utils.train.features import FeatureCache, fit_head, predict_head
         cache = FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features"))
         _, val_probs = fit_head(model, root, list(train_df.ImageID), y_train, list(val_df.ImageID), y_val, cfg,

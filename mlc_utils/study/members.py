@@ -135,7 +135,7 @@ def cross_fit_member(ctx, name: str, kind: str, out_dir: Path, config: dict,
 
 def member_model(member: Member):
     from mlc_utils.models.checkpoint import load_checkpoint
-    path = member.out_dir / ("model.pt" if member.info.get("mode") == "frozen" else "best.pt")
+    path = member.out_dir / ("model.pt" if member.info.get("mode") in ("frozen_backbone", "frozen_encoder") else "best.pt")
     return load_checkpoint(path)[0].eval()
 
 

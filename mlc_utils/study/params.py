@@ -19,6 +19,7 @@ import yaml
 from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
     ParamError,
     check_device_name,
+    current_choice,
     current_keys,
     from_dict,
     old_keys,
@@ -63,7 +64,9 @@ class ImageModelSpec(ImageModelConfig):
     """One backbone to train in the image stage: its :class:`ImageModelConfig` (name, pretrained, head,
     img_size ...: the model's own keys, defaults and checks) and how the study trains and names it;
     ``train`` overrides the stage-wide ``image.train``."""
-    mode: Literal["finetune", "frozen"] = "finetune"  # frozen = cached backbone features + trained head
+    # frozen_backbone: the backbone's features computed once (cached), a head trained on them
+    mode: Literal["finetune", "frozen_backbone"] = field(default="finetune",
+                                                         metadata=renamed_from(frozen="frozen_backbone"))
     label: str = ""                      # display name in tables (default: name)
     auto_augment: str = "rand-m9-mstd0.5"  # timm RandAugment policy for fine-tuning; "" = off
     tta: bool = True                     # average the stage's ``tta`` views (else centre crop only)
@@ -113,7 +116,9 @@ class ImageStageParams:
 class FusionStageParams:
     heads: list[Literal["concat", "bilinear"]] = field(default_factory=lambda: ["concat", "bilinear"])
     fusion_input: Literal["logits", "features"] = "logits"   # what the heads read from each sub-model
-    mode: Literal["frozen", "end_to_end"] = "frozen"         # frozen: train the head on saved outputs
+    # frozen_submodels: the heads train on the sub-models' saved outputs; end_to_end: everything trains
+    mode: Literal["frozen_submodels", "end_to_end"] = field(default="frozen_submodels",
+                                                            metadata=renamed_from(frozen="frozen_submodels"))
     image_model: str = ""    # label of the image model to fuse (default: the best on validation)
     train: TrainSettings = field(default_factory=TrainSettings)  # over the heads' defaults (_fusion_head_training)
 
@@ -149,7 +154,7 @@ def _caption_training() -> TrainSettings:
     # A fresh head at a fine-tuning rate learns too slowly in a few hundred steps: on the dev captions
     # (8,000 train, batch 64) one epoch at 1e-4 reached 0.67 val sample-F1; one head-only epoch at
     # 3e-3 0.79, at 1e-2 0.84, then one fine-tuning epoch at 1e-4 0.86. So the head goes first, fast:
-    # lr is the rate of the frozen-encoder epochs, after_freeze_lr the fine-tuning rate.
+    # lr is the rate of the head-only epochs (encoder frozen), after_freeze_lr the fine-tuning rate.
     return TrainSettings(epochs=3, batch_size=64, lr=1e-2, freeze_epochs=1, after_freeze_lr=1e-4,
                          weight_decay=0.01, scheduler="cosine", warmup_epochs=0)
 
@@ -160,7 +165,8 @@ def _caption_head_training() -> TrainSettings:
                          warmup_epochs=0)
 
 
-CAPTION_MEMBER_KINDS = ("finetune", "frozen", "tfidf")
+CAPTION_MEMBER_KINDS = ("finetune", "frozen_encoder", "tfidf")
+RENAMED_CAPTION_KINDS = {"frozen": "frozen_encoder"}   # old kind -> kind now (params files, member names)
 
 
 @dataclass
@@ -169,11 +175,12 @@ class CaptionStageParams(CaptionModelConfig):
     :class:`~mlc_utils.models.caption_config.CaptionModelConfig` fields: ``model_name``, ``pooling``,
     ``max_length``, ``cleaning``, ...), and how each is trained.
 
-    ``finetune`` fine-tunes the encoder (``train``); ``frozen`` runs it once over every caption and
+    ``finetune`` fine-tunes the encoder (``train``); ``frozen_encoder`` runs it once over every caption and
     trains a linear head on the pooled embeddings (``head_train``), cheap enough for K folds on a
     CPU; ``tfidf`` is word and character n-grams with a logistic regression per label (``tfidf_c``).
     """
-    members: list[Literal["finetune", "frozen", "tfidf"]] = field(default_factory=lambda: ["finetune"])
+    members: list[Literal["finetune", "frozen_encoder", "tfidf"]] = field(
+        default_factory=lambda: ["finetune"], metadata=renamed_from(**RENAMED_CAPTION_KINDS))
     train: TrainSettings = field(default_factory=_caption_training)
     head_train: TrainSettings = field(default_factory=_caption_head_training)
     tfidf_c: float = 8.0                    # inverse L2 strength of the tfidf member's regressions
@@ -190,7 +197,7 @@ class CaptionStageParams(CaptionModelConfig):
         return merge_settings("caption.train", defaults, _caption_training(), self.train)
 
     def head_training(self, **defaults) -> TrainConfig:
-        """The TrainConfig of the frozen member's head: ``defaults``, its defaults, then ``head_train``."""
+        """The TrainConfig of the frozen_encoder member's head: ``defaults``, its defaults, then ``head_train``."""
         return merge_settings("caption.head_train", defaults, _caption_head_training(), self.head_train)
 
 
@@ -208,8 +215,15 @@ def caption_member_name(model_name: str, kind: str = "finetune") -> str:
     return name if kind == "finetune" else f"{name}-{kind}"
 
 
-def fusion_member_name(head: str, mode: str = "frozen") -> str:
+def fusion_member_name(head: str, mode: str = "frozen_submodels") -> str:
     return f"fusion:{head}" + ("-e2e" if mode == "end_to_end" else "")
+
+
+def renamed_member_names(params: "StudyParams") -> dict[str, str]:
+    """Member names of before a rename -> the names now (``caption:<encoder>-frozen`` is now
+    ``caption:<encoder>-frozen_encoder``), so ``ensemble.members`` of older params files keep working."""
+    model = params.caption.model_name
+    return {caption_member_name(model, old): caption_member_name(model, new) for old, new in RENAMED_CAPTION_KINDS.items()}
 
 
 def ensemble_candidates(params: "StudyParams") -> list[str]:
@@ -286,7 +300,9 @@ class StudyParams:
             close = difflib.get_close_matches(stage, STAGE_NAMES, n=1)
             require(stage in STAGE_NAMES, f"stages[{i}]: {stage!r} is not one of {' | '.join(map(repr, STAGE_NAMES))}"
                                           + (f" (did you mean {close[0]!r}?)" if close else ""))
-        candidates = ensemble_candidates(self)
+        candidates, renames = ensemble_candidates(self), renamed_member_names(self)
+        self.ensemble.members = [current_choice(name, renames, f"ensemble.members[{i}]")
+                                 for i, name in enumerate(self.ensemble.members)]
         for i, name in enumerate(self.ensemble.members):
             close = difflib.get_close_matches(str(name), candidates, n=1)
             require(name in candidates, f"ensemble.members[{i}]: {name!r} is not a member these stages save "
@@ -295,8 +311,8 @@ class StudyParams:
         self.caption.training()  # the caption stage's training fields, checked before any work
         self.caption.head_training()
         if self.split.folds:
-            require(self.fusion.mode == "frozen", f"fusion.mode: end_to_end is not cross-validated; use frozen "
-                                                  f"with split.folds: {self.split.folds}")
+            require(self.fusion.mode == "frozen_submodels", f"fusion.mode: end_to_end is not cross-validated; use "
+                                                            f"frozen_submodels with split.folds: {self.split.folds}")
             require(self.fusion.fusion_input == "logits",
                     f"fusion.fusion_input: the heads read out-of-fold outputs, which are logits; 'features' "
                     f"needs split.folds: 0 (got split.folds: {self.split.folds})")

@@ -261,7 +261,7 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
     if predict_only:
         return Training(label or spec.label, "image-predict", 1, 0, 0, (val_rows + n_test) * views, **common)
     probs = _probs(params, n_train, n_test, runs)
-    if spec.mode == "frozen":   # one feature pass per image and view (cached), then head epochs on its rows
+    if spec.mode == "frozen_backbone":   # one feature pass per image and view (cached), then head epochs on its rows
         return Training(label or spec.label, "image-features", runs, cfg.epochs, train_rows * views, 0,
                         once_rows=(n_train + n_test) * views, params=head, backbone_params=total,
                         checkpoint_bytes=_checkpoint_bytes(head, cfg), feature_bytes=(n_train + n_test) * views * dim * 4,
@@ -364,7 +364,7 @@ def _caption_trainings(params, n_train: int, n_test: int, lengths=None, eval_bat
                                 checkpoint_bytes=_checkpoint_bytes(total, cfg), extra_bytes=probs,
                                 batch_size=cfg.batch_size, build=build_for(arch) if found else None, arch=arch,
                                 frozen_epochs=min(cfg.freeze_epochs, cfg.epochs)))
-        elif kind == "frozen":
+        elif kind == "frozen_encoder":
             cfg = params.caption.head_training(**params.training_defaults())
             arch = arch_for(cfg.batch_size)
             head = dim * params.num_classes

@@ -58,7 +58,7 @@ def method_frame(params) -> pd.DataFrame:
     caption = params.caption
     for kind in getattr(caption, "members", ["finetune"]):
         tfidf = kind == "tfidf"
-        training = {"finetune": _given(to_dict(caption.train)), "frozen": _given(to_dict(caption.head_train)),
+        training = {"finetune": _given(to_dict(caption.train)), "frozen_encoder": _given(to_dict(caption.head_train)),
                     "tfidf": f"logistic regression per label, C {caption.tfidf_c}"}[kind]
         rows.append({"input": "caption", "model": f"caption ({kind})",
                      "architecture": "TF-IDF word 1-2 + character 2-5 grams" if tfidf else caption.model_name,
