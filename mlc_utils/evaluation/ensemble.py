@@ -54,6 +54,7 @@ class Member:
     reused: bool = False
     info: dict = field(default_factory=dict)
     key: str = ""                  # what it was trained from (the study's member key)
+    checkpoint: str = ""           # the file in out_dir its model is rebuilt from ("": none, e.g. out-of-fold)
 
     @property
     def val(self) -> ProbTable:

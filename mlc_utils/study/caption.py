@@ -11,7 +11,7 @@ import pandas as pd
 from mlc_utils.core.config import to_dict
 from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
+from mlc_utils.study.members import BEST_EPOCH, SAVED_WHOLE, cross_fit_member, load_member, reuse_or_train
 from mlc_utils.study.params import caption_member_name
 
 
@@ -67,7 +67,7 @@ def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Memb
         return predict_probs(model, sets[split], ctx.inference, name=f"{name} predictions",
                              collate_fn=trim_padding_collate)
     return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
-                  predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction})
+                  predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction}, checkpoint=BEST_EPOCH)
 
 
 def _fit_frozen_encoder(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
@@ -95,15 +95,16 @@ def _fit_frozen_encoder(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) ->
             "test": dataset("test", ctx.data.test)}
     head = CaptionEmbeddingHead(model)  # shares model.head: training it trains the model's head
     fit(head, sets["train"], sets["val"], cfg, out_dir)
-    save_model(model, out_dir / "model.pt", params={**asdict(cfg), "mode": "frozen_encoder"})
+    save_model(model, out_dir / SAVED_WHOLE, params={**asdict(cfg), "mode": "frozen_encoder"})
 
     def predict(split: str):
         return predict_probs(head, sets[split], ctx.inference, name=f"{name} head")
     return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(ctx.data.test.ImageID),
-                  predict("test"), info={"mode": "frozen_encoder"})
+                  predict("test"), checkpoint=SAVED_WHOLE)
 
 
 _EMBEDDINGS: dict[str, tuple] = {}
+TFIDF_FILE = "model.joblib"   # the tfidf member's model (scikit-learn, not a torch checkpoint)
 
 
 def _caption_embeddings(ctx, log) -> tuple:
@@ -133,10 +134,10 @@ def _fit_tfidf(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
     model = TfidfCaptionClassifier(ctx.params.num_classes, C=ctx.params.caption.tfidf_c,
                                    cleaning=ctx.params.caption.cleaning, seed=ctx.params.seed)
     model.fit(list(train_df.Caption), y_train)
-    model.save(Path(out_dir) / "model.joblib")
+    model.save(Path(out_dir) / TFIDF_FILE)
     return Member(name, "caption", Path(out_dir), list(val_df.ImageID), model.predict_proba(list(val_df.Caption)),
                   list(ctx.data.test.ImageID), model.predict_proba(list(ctx.data.test.Caption)),
-                  info={"mode": "tfidf"})
+                  checkpoint=TFIDF_FILE)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import pandas as pd
 from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.study.members import (
+    BEST_EPOCH,
+    SAVED_WHOLE,
     cross_fit_member,
     member_model,
     reuse_or_train,
@@ -20,8 +22,8 @@ from mlc_utils.study.members import (
 def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict[str, list[str]]) -> dict:
     """A sub-model's logits or penultimate features on each split's rows, cached beside the fusion stage.
 
-    frozen_backbone image members read their backbone outputs from the feature cache; others run their
-    checkpoint over the rows once. The cache file is keyed by the member's own key.
+    Image members saved whole (a head trained on cached backbone features) read their backbone outputs from
+    the feature cache; others run their checkpoint over the rows once. The cache file is keyed by the member's own key.
     """
     cache = ctx.stage_dir / "inputs" / f"{member.name.replace(':', '_')}-{fusion_input}-{member.key}.npz"
     if cache.is_file():
@@ -33,7 +35,7 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
     root = ctx.params.data_path(ctx.root)
     out = {}
     for split, ids in ids_by_split.items():
-        if member.kind == "image" and member.info.get("mode") == "frozen_backbone":
+        if member.kind == "image" and member.checkpoint == SAVED_WHOLE:
             from mlc_utils.train.features import FeatureCache, cached_features, head_outputs
             features = cached_features(model, root, ids, "center", ctx.inference,
                                        FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features")))
@@ -114,7 +116,7 @@ def _fit_head(ctx, head: str, cfg, image_inputs: dict, caption_inputs: dict, ids
     fit(model, sets["train"], sets["val"], cfg, out_dir)
     probs = {s: predict_probs(model, sets[s], ctx.inference, name=f"fusion:{head}") for s in ("val", "test")}
     return Member(f"fusion:{head}", "fusion", out_dir, ids["val"], probs["val"], ids["test"], probs["test"],
-                  info={"image": image.name, "caption": caption.name, "input": fusion_input})
+                  info={"image": image.name, "caption": caption.name, "input": fusion_input}, checkpoint=BEST_EPOCH)
 
 
 def oof_logits(member: Member, ids, split: str) -> np.ndarray:
@@ -169,7 +171,7 @@ def train_fusion_end_to_end(ctx, image: Member, caption: Member, head: str, log=
         probs = {s: predict_probs(model, sets[s], ctx.inference, name=f"fusion:{head}-e2e, {s} rows")
                  for s in ("val", "test")}
         return Member(f"fusion:{head}-e2e", "fusion", out_dir, list(val_df.ImageID), probs["val"],
-                      list(ctx.data.test.ImageID), probs["test"], info={"mode": "end_to_end"})
+                      list(ctx.data.test.ImageID), probs["test"], info={"mode": "end_to_end"}, checkpoint=BEST_EPOCH)
     return reuse_or_train(ctx, out_dir, config, run, log, kind="fusion")
 
 
