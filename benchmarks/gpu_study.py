@@ -60,7 +60,7 @@ class Mode:
     """What differs between the CUDA check and the CPU smoke run."""
     device: str
     archs: dict                 # model label -> (timm architecture, image size) replacing the profile's
-    text_config: dict           # BertConfig keyword arguments (empty: BERT-base defaults)
+    caption_encoder: dict           # BertConfig keyword arguments (empty: BERT-base defaults)
     overrides: list             # --set overrides of the run
     env: dict                   # environment of the run
     model_train: dict           # over each image model's own train section
@@ -71,11 +71,11 @@ def cuda_mode(args) -> Mode:
 
 
 def cpu_smoke_mode(args) -> Mode:
-    tiny_text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    tiny_caption = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                      max_position_embeddings=128)
     overrides = ["device=cpu", "image.train.num_workers=0", "image.train.eval_batch_size=8", "image.tta=[center]",
-                 "text.train.batch_size=8", "text.max_length=16"]
-    return Mode("cpu", {"*": ("test_vit", 32)}, tiny_text, overrides, {"CUDA_VISIBLE_DEVICES": ""},
+                 "caption.train.batch_size=8", "caption.max_length=16"]
+    return Mode("cpu", {"*": ("test_vit", 32)}, tiny_caption, overrides, {"CUDA_VISIBLE_DEVICES": ""},
                 {"batch_size": 4})
 
 
@@ -136,8 +136,8 @@ def check_params(profile: Path, mode: Mode, work: Path) -> tuple[Path, dict]:
         arch, size = mode.archs.get("*", (model["name"].split(".")[0], model.get("img_size", 224)))
         model.update(name=arch, img_size=size, pretrained=str(save_image_weights(arch, size, work / "weights")))
         model["train"] = {**(model.get("train") or {}), **mode.model_train}
-    data["text"]["model_name"] = str(save_caption_encoder(work / "caption-encoder", mode.text_config))
-    data["text"]["pretrained"] = True
+    data["caption"]["model_name"] = str(save_caption_encoder(work / "caption-encoder", mode.caption_encoder))
+    data["caption"]["pretrained"] = True
     path = work / f"check-{profile.name}"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, data
@@ -146,7 +146,7 @@ def check_params(profile: Path, mode: Mode, work: Path) -> tuple[Path, dict]:
 def study_overrides(run: str, data_dir: Path, mode: Mode, gpus: int, epochs: int) -> list[str]:
     """The check's ``--set`` overrides: the same for the run and for its plan."""
     return [f"run={run}", f"data_dir={data_dir}", "image.launcher=torchrun", f"image.gpus={gpus}",
-            f"image.train.epochs={epochs}", f"text.train.epochs={epochs}", f"ablation.train.epochs={epochs}",
+            f"image.train.epochs={epochs}", f"caption.train.epochs={epochs}", f"ablation.train.epochs={epochs}",
             "image.train.progress=false", *mode.overrides]
 
 

@@ -1,6 +1,6 @@
 """Out-of-fold stacking on real data: a params profile with ``split.folds``, stage times and scores.
 
-Runs the study's own stages (split, image, text, fusion, ensemble) through the pipeline with
+Runs the study's own stages (split, image, caption, fusion, ensemble) through the pipeline with
 ``split.folds: K`` over a params file (default ``params/comp5329-cpu.yaml``), so what is measured is
 what the study does. Members are cached per fold in ``runs/<run>/`` and backbone features in
 ``--cache-dir``, so a re-run reuses every fold it has. ``--limit N`` keeps the first N labelled rows
@@ -10,7 +10,7 @@ Prints each stage's wall time, then every member's sample-F1 with the threshold 
 it scores (in-sample) and cross-fitted (threshold, and weights where there are any, fitted on the
 other folds only): the latter is the number to quote.
 
-    python benchmarks/oof_stacking.py --folds 5 [--limit 2000] [--set text.train.epochs=2]
+    python benchmarks/oof_stacking.py --folds 5 [--limit 2000] [--set caption.train.epochs=2]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _common import REPO, add_data_argument, require_data
 
-STAGES = ["split", "image", "text", "fusion", "ensemble"]
+STAGES = ["split", "image", "caption", "fusion", "ensemble"]
 
 
 def subset_folder(data: Path, limit: int, out: Path) -> Path:

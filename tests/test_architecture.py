@@ -64,8 +64,8 @@ def test_image_heads_are_the_configs_choices():
 def test_caption_poolings_are_the_configs_choices():
     from typing import get_args
 
+    from mlc_utils.models.caption import POOLINGS
     from mlc_utils.models.caption_config import PoolingName
-    from mlc_utils.models.text import POOLINGS
     assert set(get_args(PoolingName)) == set(POOLINGS)
 
 

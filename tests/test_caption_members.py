@@ -44,7 +44,7 @@ def test_tfidf_rejects_bad_input_with_the_parameter_named(tmp_path):
 
 
 def test_frozen_embeddings_and_head_are_the_models_own():
-    from mlc_utils.models.text import CaptionEmbeddingHead, caption_dataset_for, create_caption_model, embed_captions
+    from mlc_utils.models.caption import CaptionEmbeddingHead, caption_dataset_for, create_caption_model, embed_captions
     torch.manual_seed(0)
     model = create_caption_model("all-MiniLM-L6-v2", 4, pretrained=False, max_length=16).eval()
     embeddings = embed_captions(model, CAPTIONS[:5], Inference("cpu", batch_size=2), progress=False)

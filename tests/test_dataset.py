@@ -71,7 +71,7 @@ def test_preflight_refuses_a_study_on_empty_tables(tiny_data):
     assert preflight(params, params.stages) == []
     _header_only(tiny_data / "test.csv")
     assert preflight(params, params.stages) == []   # the data stages predict nothing
-    problems = preflight(params, ["eda", "split", "text"])
+    problems = preflight(params, ["eda", "split", "caption"])
     assert len(problems) == 1 and problems[0].startswith("data_dir: ") and "test.csv: no rows to predict" in problems[0]
     _header_only(tiny_data / "train.csv")
     assert "train.csv: no labelled rows" in preflight(params, params.stages)[0]

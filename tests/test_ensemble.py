@@ -138,8 +138,8 @@ def test_out_of_fold_takes_each_row_from_the_fold_that_held_it_and_averages_test
     from mlc_utils.evaluation.ensemble import out_of_fold
     a = member("f0", np.full((2, 3), 0.1), np.full((3, 3), 0.2), val_ids=["3.jpg", "1.jpg"])
     b = member("f1", np.full((2, 3), 0.9), np.full((3, 3), 0.6), val_ids=["2.jpg", "4.jpg"])
-    oof = out_of_fold("m", [a, b], VAL_IDS, kind="text")
-    assert oof.val_ids == VAL_IDS and oof.kind == "text" and oof.info["oof"] and oof.info["folds"] == 2
+    oof = out_of_fold("m", [a, b], VAL_IDS, kind="caption")
+    assert oof.val_ids == VAL_IDS and oof.kind == "caption" and oof.info["oof"] and oof.info["folds"] == 2
     assert np.allclose(oof.val_probs[:, 0], [0.1, 0.9, 0.1, 0.9])
     assert np.allclose(oof.test_probs, 0.4) and oof.test_ids == TEST_IDS
     with pytest.raises(ValueError, match="more than one fold"):

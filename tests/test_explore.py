@@ -14,7 +14,7 @@ def explorer(tmp_path) -> Explorer:
     ids = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
     y = np.array([[1, 0, 1], [1, 0, 0], [0, 1, 1], [1, 1, 0]], dtype=float)
     p = np.array([[0.9, 0.1, 0.2], [0.3, 0.6, 0.1], [0.2, 0.8, 0.4], [0.8, 0.7, 0.9]])
-    members = {"m": Member("m", "image", tmp_path, ids, p), "n": Member("n", "text", tmp_path, ids, 1 - p)}
+    members = {"m": Member("m", "image", tmp_path, ids, p), "n": Member("n", "caption", tmp_path, ids, 1 - p)}
     val = pd.DataFrame({"ImageID": ids, "Caption": ["one", "two  words", "three", "four"],
                         "Labels": [[0, 2], [0], [1, 2], [0, 1]]})
     return Explorer(val, y, members, ("cat", "dog", "bird"))

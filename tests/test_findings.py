@@ -25,7 +25,7 @@ def summaries() -> dict:
     table1 = pd.DataFrame([
         {"model": "vit", "input": "image", "F1@0.40": 0.71, "F1@0.50": 0.72, "F1@0.60": 0.70,
          "F1 tuned global": 0.74, "tuned threshold": 0.45, "F1 tuned per class": 0.76},
-        {"model": "caption", "input": "text", "F1@0.40": 0.61, "F1@0.50": 0.62, "F1@0.60": 0.60,
+        {"model": "caption", "input": "caption", "F1@0.40": 0.61, "F1@0.50": 0.62, "F1@0.60": 0.60,
          "F1 tuned global": 0.63, "tuned threshold": 0.4, "F1 tuned per class": 0.65},
         {"model": "concat", "input": "fusion", "F1@0.40": 0.69, "F1@0.50": 0.70, "F1@0.60": 0.68,
          "F1 tuned global": 0.71, "tuned threshold": 0.5, "F1 tuned per class": 0.73},
@@ -191,7 +191,7 @@ def test_each_stage_closes_with_its_own_numbers(summaries):
     assert "late, loses 0.0125 against the better single model (0.5000)" in fusion
     assert "mixup set to off: 0.6900 (-0.0300)" in fd.stage_findings("ablation", summaries["ablation"])
     assert "a threshold of 0.35" in fd.stage_findings("ensemble", summaries["ensemble"])
-    assert fd.stage_findings("text", {}) == "_Nothing recorded._"
+    assert fd.stage_findings("caption", {}) == "_Nothing recorded._"
 
 
 def test_method_comes_from_the_params_used():
@@ -202,7 +202,7 @@ def test_method_comes_from_the_params_used():
     cpu = settings.method_frame(load_params(str(settings.__file__).replace("mlc_utils/study/settings.py",
                                                                "params/comp5329-cpu.yaml"))).set_index("model")
     assert cpu.loc["lite0-320-attention-frozen", "architecture"] == "efficientnet_lite0, class attention over regions"
-    assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen"
+    assert frame.loc["lite1-frozen", "resolution"] == "128 px" and frame.loc["lite1-frozen", "mode"] == "frozen_backbone"
     assert "epochs 40" in frame.loc["lite1-frozen", "training"] and "epochs 4" in frame.loc["lite0-finetune", "training"]
     assert frame.loc["lite0-scratch", "weights"] == "random init"
     note = settings.method_note(params)

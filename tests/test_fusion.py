@@ -40,7 +40,7 @@ class TinyImage(nn.Module):
         return self.head(self.embed(x))
 
 
-class TinyText(nn.Module):
+class TinyCaption(nn.Module):
     def __init__(self):
         super().__init__()
         self.emb = nn.EmbeddingBag(50, 6)
@@ -68,38 +68,38 @@ def grads(module):
 @pytest.mark.parametrize("head", sorted(FUSION_HEADS))
 @pytest.mark.parametrize("fusion_input, dims", [("logits", (C, C)), ("features", (4, 6))])
 def test_heads_shapes_and_frozen_gradients(head, fusion_input, dims):
-    image, text = TinyImage(), TinyText()
-    model = FusionModel(image, text, head, fusion_input, mode="frozen", num_classes=C)
-    assert (model.spec["image_dim"], model.spec["text_dim"]) == dims
+    image, caption = TinyImage(), TinyCaption()
+    model = FusionModel(image, caption, head, fusion_input, mode="frozen_submodels", num_classes=C)
+    assert (model.spec["image_dim"], model.spec["caption_dim"]) == dims
     model.train()
-    assert not image.training and not text.training  # dropout/batch-norm stay fixed when frozen
+    assert not image.training and not caption.training  # dropout/batch-norm stay fixed when frozen
     before = image.body[1].running_mean.clone()
     out = model(batch())
     assert out.shape == (3, C)
     out.sum().backward()
     assert all(g is not None for g in grads(model.head))
-    assert all(g is None for g in grads(image) + grads(text))
+    assert all(g is None for g in grads(image) + grads(caption))
     assert torch.equal(before, image.body[1].running_mean)
     assert list(model.backbone_parameters()) == []
 
 
 @pytest.mark.parametrize("head", sorted(FUSION_HEADS))
 def test_end_to_end_gradients_reach_sub_models(head):
-    image, text = TinyImage(), TinyText()
-    FusionModel(image, text, head, "features", mode="frozen", num_classes=C)  # an earlier frozen use
-    model = FusionModel(image, text, head, "features", mode="end_to_end", num_classes=C).train()
-    assert image.training and text.training
+    image, caption = TinyImage(), TinyCaption()
+    FusionModel(image, caption, head, "features", mode="frozen_submodels", num_classes=C)  # an earlier frozen use
+    model = FusionModel(image, caption, head, "features", mode="end_to_end", num_classes=C).train()
+    assert image.training and caption.training
     model(batch()).sum().backward()
     assert all(g is not None for g in grads(model.head))
-    assert all(g is not None for g in grads(image.body[0]) + grads(text.emb))
-    assert len(list(model.backbone_parameters())) == len(list(image.parameters())) + len(list(text.parameters()))
+    assert all(g is not None for g in grads(image.body[0]) + grads(caption.emb))
+    assert len(list(model.backbone_parameters())) == len(list(image.parameters())) + len(list(caption.parameters()))
 
 
 def test_concat_on_logits_starts_as_their_average():
-    image, text = TinyImage().eval(), TinyText().eval()
-    model = FusionModel(image, text, "concat", "logits", num_classes=C).eval()
+    image, caption = TinyImage().eval(), TinyCaption().eval()
+    model = FusionModel(image, caption, "concat", "logits", num_classes=C).eval()
     x = batch()
-    expected = 0.5 * (image(x["image"]) + text({"input_ids": x["input_ids"]}))
+    expected = 0.5 * (image(x["image"]) + caption({"input_ids": x["input_ids"]}))
     torch.testing.assert_close(model(x), expected)
     with pytest.raises(ValueError, match="identity_init"):
         ConcatHead(4, 6, C, identity_init=True)
@@ -111,9 +111,9 @@ def test_bad_choices_name_the_parameter():
     with pytest.raises(ValueError, match="head"):
         create_head("sum", 3, 3, C)
     with pytest.raises(ValueError, match="fusion_input"):
-        FusionModel(TinyImage(), TinyText(), fusion_input="pixels")
+        FusionModel(TinyImage(), TinyCaption(), fusion_input="pixels")
     with pytest.raises(ValueError, match="mode"):
-        FusionModel(TinyImage(), TinyText(), mode="half")
+        FusionModel(TinyImage(), TinyCaption(), mode="half")
     with pytest.raises(ValueError, match="output width"):
         output_dim(nn.Identity(), "features")
 
@@ -128,11 +128,11 @@ def test_precomputed_path_round_trip(tmp_path):
     assert torch.equal(inputs["image"], torch.from_numpy(a[2])) and target.shape == (C,)
     for head in FUSION_HEADS:
         model = PrecomputedFusion(head, *ds.dims, num_classes=C)
-        out = model({"image": ds.image[:4], "text": ds.text[:4]})
+        out = model({"image": ds.image[:4], "caption": ds.caption[:4]})
         assert out.shape == (4, C)
         out.sum().backward()
         assert all(p.grad is not None for p in model.parameters())
-    with pytest.raises(ValueError, match="text_outputs"):
+    with pytest.raises(ValueError, match="caption_outputs"):
         ArrayPairDataset(a, b[:5])
     with pytest.raises(ValueError, match="image_outputs"):
         ArrayPairDataset(np.full((2, C), np.nan), b[:2])
@@ -156,7 +156,7 @@ def test_compute_outputs_and_zipped_dataset():
     captions = Captions(torch.randint(0, 50, (4, 4)), y)
     image = TinyImage()
     assert compute_outputs(image, images, "features", Inference("cpu", batch_size=3), name="image").shape == (4, 4)
-    assert compute_outputs(TinyText(), captions, "logits", Inference("cpu", batch_size=3), name="text").shape == (4, C)
+    assert compute_outputs(TinyCaption(), captions, "logits", Inference("cpu", batch_size=3), name="caption").shape == (4, C)
     zipped = ImageCaptionDataset(images, captions)
     inputs, target = zipped[1]
     assert set(inputs) == {"image", "input_ids", "attention_mask"} and torch.equal(target, y[1])
@@ -168,13 +168,13 @@ def test_compute_outputs_and_zipped_dataset():
 
 def test_late_fusion_weighting():
     p_img = np.array([[0.9, 0.1], [0.2, 0.8]])
-    p_txt = np.array([[0.1, 0.9], [0.6, 0.4]])
-    np.testing.assert_allclose(late_fusion(p_img, p_txt, 0.75), [[0.7, 0.3], [0.3, 0.7]])
-    np.testing.assert_allclose(late_fusion(p_img, p_txt, 1.0), p_img)
+    p_cap = np.array([[0.1, 0.9], [0.6, 0.4]])
+    np.testing.assert_allclose(late_fusion(p_img, p_cap, 0.75), [[0.7, 0.3], [0.3, 0.7]])
+    np.testing.assert_allclose(late_fusion(p_img, p_cap, 1.0), p_img)
     with pytest.raises(ValueError, match="weight"):
-        late_fusion(p_img, p_txt, 1.5)
-    with pytest.raises(ValueError, match="p_text"):
-        late_fusion(p_img, p_txt[:1], 0.5)
+        late_fusion(p_img, p_cap, 1.5)
+    with pytest.raises(ValueError, match="p_caption"):
+        late_fusion(p_img, p_cap[:1], 0.5)
 
 
 def test_tune_late_fusion_finds_the_informative_model():
@@ -202,9 +202,9 @@ def test_head_on_saved_outputs_trains_through_the_training_loop(tmp_path, head):
     rng = np.random.default_rng(0)
     y = (rng.random((48, C)) < 0.4).astype(np.float32)
     image_logits = (y * 4 - 2 + rng.normal(0, 1.5, y.shape)).astype(np.float32)
-    text_logits = (y * 4 - 2 + rng.normal(0, 1.5, y.shape)).astype(np.float32)
+    caption_logits = (y * 4 - 2 + rng.normal(0, 1.5, y.shape)).astype(np.float32)
     np.save(tmp_path / "img.npy", image_logits)
-    train = ArrayPairDataset(tmp_path / "img.npy", text_logits, y)
+    train = ArrayPairDataset(tmp_path / "img.npy", caption_logits, y)
     model = PrecomputedFusion(head, *train.dims, num_classes=C)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, scheduler="none", progress=False, device="cpu")
     result = fit(model, train, train, cfg, tmp_path / "run")
@@ -231,13 +231,13 @@ def test_fusion_model_through_the_training_loop_keeps_frozen_sub_models(tmp_path
             return {k: v[i] for k, v in self.x.items()}, self.targets[i]
 
     torch.manual_seed(0)
-    image, text = TinyImage(), TinyText()
-    before = {k: v.clone() for k, v in {**image.state_dict(), **text.state_dict()}.items()}
-    model = FusionModel(image, text, "bilinear", "features", mode=mode, num_classes=C)
+    image, caption = TinyImage(), TinyCaption()
+    before = {k: v.clone() for k, v in {**image.state_dict(), **caption.state_dict()}.items()}
+    model = FusionModel(image, caption, "bilinear", "features", mode=mode, num_classes=C)
     head_before = model.head.bilinear.weight.detach().clone()
     cfg = TrainConfig(epochs=1, batch_size=6, lr=1e-2, scheduler="none", progress=False, device="cpu")
     fit(model, Pairs(), Pairs(), cfg, tmp_path)
-    after = {**image.state_dict(), **text.state_dict()}
+    after = {**image.state_dict(), **caption.state_dict()}
     unchanged = all(torch.equal(before[k], after[k]) for k in before)
-    assert unchanged == (mode == "frozen")
+    assert unchanged == (mode == "frozen_submodels")
     assert not torch.equal(head_before, model.head.bilinear.weight)

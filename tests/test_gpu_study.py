@@ -38,13 +38,13 @@ def test_gpu_study_check_runs_end_to_end_on_the_cpu(tmp_path):
             assert heading in out, heading
         assert "torchrun with 2 process(es), gloo (image.gpus=2)" in out
         assert "terminate called" not in out and "still referenced after destroy_process_group" not in out
-        for stage in ("eda", "split", "image", "text", "fusion", "ablation", "ensemble"):
+        for stage in ("eda", "split", "image", "caption", "fusion", "ablation", "ensemble"):
             assert f"  {stage:<10} not run" not in out
         # each stage's measured time beside the plan's estimate (calibrated on the CPU) and their ratio
         assert "plan/measured" in out
         table = out.split("== stage times", 1)[1].split("\n== ", 1)[0]
         rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith("  ")}
-        for stage in ("image", "text", "total"):
+        for stage in ("image", "caption", "total"):
             assert stage in rows and len(rows[stage]) >= 4 and "n/a" not in rows[stage][:4], rows.get(stage)
             float(rows[stage][2]), float(rows[stage][3])
         # the card: the paper's RTX A4000 by default
@@ -88,14 +88,14 @@ def _gpu_study():
 
 
 def test_stage_table_puts_the_plan_beside_each_measured_time():
-    lines, failures = _gpu_study().stage_table({"eda": 10.0, "image": 100.0, "text": None},
-                                               {"eda": 20.0, "image": None, "text": 5.0})
+    lines, failures = _gpu_study().stage_table({"eda": 10.0, "image": 100.0, "caption": None},
+                                               {"eda": 20.0, "image": None, "caption": 5.0})
     assert lines[0].split() == ["stage", "measured", "plan", "plan/measured"]
     assert lines[1].split() == ["eda", "10.0", "20.0", "2.00"]
     assert lines[2].split() == ["image", "100.0", "n/a", "n/a"]          # the plan has no time
-    assert lines[3].split()[:2] == ["text", "not"] and lines[3].startswith("  text       not run")
+    assert lines[3].split()[:2] == ["caption", "not"] and lines[3].startswith("  caption    not run")
     assert lines[4].split()[:4] == ["total", "10.0", "20.0", "2.00"]     # stages with both times
-    assert failures == ["stage text did not finish"]
+    assert failures == ["stage caption did not finish"]
 
 
 def test_memory_table_checks_each_peak_against_the_card():

@@ -33,11 +33,11 @@ def test_overrides_and_types(tmp_path):
     ("stages: [eda, splits]\n", [], "stages[1]: 'splits' is not one of"),
     ("run: [a]\n", [], "run: expected a string"),
     ("split: 3\n", [], "split: expected a mapping"),
-    ("text: {members: [frozen, bert]}\n", [], "text.members[1]: 'bert' is not one of 'finetune' | 'frozen' | 'tfidf'"),
-    ("text: {members: []}\n", [], "text.members: name at least one of ['finetune', 'frozen', 'tfidf']"),
-    ("text: {members: [tfidf, tfidf]}\n", [], "text.members: repeated (got ['tfidf', 'tfidf'])"),
-    ("text: {tfidf_c: 0}\n", [], "text.tfidf_c: must be > 0 (got 0"),
-    ("text: {head_train: {lr: -1}}\n", [], "text.head_train"),
+    ("caption: {members: [frozen_encoder, bert]}\n", [], "caption.members[1]: 'bert' is not one of 'finetune' | 'frozen_encoder' | 'tfidf'"),
+    ("caption: {members: []}\n", [], "caption.members: name at least one of ['finetune', 'frozen_encoder', 'tfidf']"),
+    ("caption: {members: [tfidf, tfidf]}\n", [], "caption.members: repeated (got ['tfidf', 'tfidf'])"),
+    ("caption: {tfidf_c: 0}\n", [], "caption.tfidf_c: must be > 0 (got 0"),
+    ("caption: {head_train: {lr: -1}}\n", [], "caption.head_train"),
     ("image:\n  models:\n    - {name: resnet18, head: replace, global_pool: mean}\n", [],
      "image.models[0].global_pool: must be one of"),
     ("image:\n  models:\n    - {name: resnet18, global_pool: catavgmax}\n", [],
@@ -57,8 +57,8 @@ def test_overrides_and_types(tmp_path):
     ("image:\n  models:\n    - {name: resnet18, label: r18}\nensemble: {members: [r19]}\n", [],
      "(did you mean 'r18'?)"),
     ("image: {models: [{name: resnet18}]}\nfusion: {mode: end_to_end}\nensemble: {members: ['fusion:concat']}\n", [], "(did you mean 'fusion:concat-e2e'?)"),
-    ("image: {models: [{name: resnet18}]}\ntext: {members: [frozen]}\nensemble: {members: ['caption:all-MiniLM-L6-v2']}\n", [],
-     "(did you mean 'caption:all-MiniLM-L6-v2-frozen'?)"),
+    ("image: {models: [{name: resnet18}]}\ncaption: {members: [frozen_encoder]}\nensemble: {members: ['caption:all-MiniLM-L6-v2']}\n", [],
+     "(did you mean 'caption:all-MiniLM-L6-v2-frozen_encoder'?)"),
 ])
 def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
     path = tmp_path / "bad.yaml"
@@ -69,19 +69,16 @@ def test_bad_params_name_the_parameter(tmp_path, yaml_text, overrides, message):
 
 
 def test_ensemble_members_are_checked_against_the_names_the_stages_give(tmp_path):
-    """Every name the image, text and fusion stages save is accepted, as ``text_member_name`` spells it."""
-    from types import SimpleNamespace
-
+    """Every name the image, caption and fusion stages save is accepted (the caption stage names its
+    members with the same ``caption_member_name``)."""
     from mlc_utils.study.params import ensemble_candidates
-    from mlc_utils.study.text import text_member_name
     path = tmp_path / "p.yaml"
     path.write_text("image:\n  models:\n    - {name: resnet18}\n    - {name: resnet34, label: r34}\n"
-                    "text: {model_name: /models/bert-base, members: [finetune, frozen, tfidf]}\n")
+                    "caption: {model_name: /models/bert-base, members: [finetune, frozen_encoder, tfidf]}\n")
     params = load_params(path)
     names = ensemble_candidates(params)
-    assert names == ["resnet18", "r34", "caption:bert-base", "caption:bert-base-frozen", "caption:tfidf",
+    assert names == ["resnet18", "r34", "caption:bert-base", "caption:bert-base-frozen_encoder", "caption:tfidf",
                      "fusion:concat", "fusion:bilinear", "late fusion"]
-    assert names[2:5] == [text_member_name(SimpleNamespace(params=params), k) for k in params.text.members]
     assert load_params(path, [f"ensemble.members={names}"]).ensemble.members == names
 
 
@@ -119,7 +116,7 @@ def test_gpu_profiles_pass_preflight_but_for_the_offline_weights(name, monkeypat
     problems = preflight(params, params.stages)
     assert [p.split(":")[0] for p in problems] == ["image.models[swin-large-224].pretrained",
                                                    "image.models[swinv2-large-256].pretrained",
-                                                   "text.model_name"] or \
+                                                   "caption.model_name"] or \
         [p.split(":")[0] for p in problems] == ["image.models[swin-large-224].pretrained",
                                                 "image.models[swinv2-large-256].pretrained"]  # BERT cached
     assert all("offline choices" in p for p in problems)
@@ -189,8 +186,8 @@ def _quotes(params, row: str) -> tuple[list[str], list[str]]:
         for model in params.image.models:
             must.append(f"{model.img_size}" + (" px, squashed" if model.crop_mode == "squash" else ""))
     if "caption" in row:
-        (must if "frozen" in params.text.members else must_not).append("cached MiniLM caption embeddings")
-        (must if "tfidf" in params.text.members else must_not).append("TF-IDF")
+        (must if "frozen_encoder" in params.caption.members else must_not).append("cached MiniLM caption embeddings")
+        (must if "tfidf" in params.caption.members else must_not).append("TF-IDF")
     if "StepLR" in row:
         train = params.image.train
         must += [f"{params.image.gpus * m.train.batch_size}" for m in params.image.models]

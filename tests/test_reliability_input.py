@@ -363,14 +363,14 @@ def test_broken_quote_is_still_an_error_not_merged(tmp_path):
 BAD_PARAMS = [
     ("threshold: 1.5\n", "threshold: must be in (0, 1) (got 1.5)"),
     ("image:\n  train: {epochs: -1}\n", "image.train.epochs: must be >= 0 (got -1)"),
-    ("text:\n  train: {epochs: -2}\n", "text.train.epochs: must be >= 0 (got -2)"),
+    ("caption:\n  train: {epochs: -2}\n", "caption.train.epochs: must be >= 0 (got -2)"),
     ("image:\n  models:\n    - {name: test_resnet, train: {epochs: -3}}\n",
      "image.models[0].train.epochs: must be >= 0 (got -3)"),
     ("fusion:\n  train: {epochs: -1}\n", "fusion.train.epochs: must be >= 0 (got -1)"),
     ("image:\n  train: {epoch: 3}\n", "unknown parameter 'image.train.epoch'; did you mean 'epochs'?"),
     ("tresholdd: 0.5\n", "unknown parameter 'tresholdd'; did you mean 'threshold'?"),
     ("image:\n  train: {lr: fast}\n", "image.train.lr: expected a number, got 'fast'"),
-    ("text:\n  train: {epochs: three}\n", "text.train.epochs: expected an integer, got 'three'"),
+    ("caption:\n  train: {epochs: three}\n", "caption.train.epochs: expected an integer, got 'three'"),
     ("split:\n  val_fraction: 1.5\n", "split.val_fraction: must be in (0, 1) (got 1.5)"),
     ("ablation:\n  train: {epochs: -1}\n", "ablation.train.epochs: must be >= 0"),
 ]

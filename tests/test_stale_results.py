@@ -82,11 +82,11 @@ def test_member_is_retrained_when_its_code_or_an_image_changes(tiny_data, tmp_pa
     train()
     assert trained == ["image"] * 2, "a change to the code that trains the member must retrain it"
 
-    train("text")
+    train("caption")
     _replace_image(tiny_data / "data" / "3.jpg", seed=5)
     train()
-    train("text")
-    assert trained == ["image", "image", "text", "image"], \
+    train("caption")
+    assert trained == ["image", "image", "caption", "image"], \
         "a replaced image retrains the image member, not the caption member that never reads it"
 
 
@@ -120,7 +120,7 @@ def test_every_kind_of_member_hashes_the_training_loop_metrics_and_its_own_model
         assert {"mlc_utils/train/loop.py", "mlc_utils/evaluation/metrics.py", "mlc_utils/train/losses.py",
                 "mlc_utils/study/members.py"} <= files(kind), kind
     assert {"mlc_utils/models/image.py", "mlc_utils/data/images.py", "mlc_utils/train/features.py"} <= files("image")
-    assert {"mlc_utils/models/text.py", "mlc_utils/data/caption_tokens.py"} <= files("text")
+    assert {"mlc_utils/models/caption.py", "mlc_utils/data/caption_tokens.py"} <= files("caption")
     assert "mlc_utils/models/fusion.py" in files("fusion")
 
 

@@ -26,7 +26,7 @@ TINY_STUDY = """
 run: tiny
 data_dir: {data}
 seed: 3407
-stages: [eda, split, image, text, fusion, ablation, ensemble, explore]
+stages: [eda, split, image, caption, fusion, ablation, ensemble, explore]
 eda: {{n_examples: 2, image_size_sample: 20}}
 split: {{val_fraction: 0.3}}
 image:
@@ -35,9 +35,9 @@ image:
   train: {{epochs: 2, batch_size: 8, lr: 1.0e-3, mixup: true, progress: false}}
   models:
     - {{label: vit-finetune, name: test_vit, pretrained: false, img_size: 32}}
-    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen, img_size: 32,
+    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen_backbone, img_size: 32,
         train: {{epochs: 3, mixup: false}}}}
-text:
+caption:
   pretrained: false
   max_length: 16
   train: {{batch_size: 8, epochs: 2, progress: false}}
@@ -82,7 +82,7 @@ def test_all_stages_end_to_end(tmp_path, tiny_data):
     assert list(submission.columns) == ["ImageID", "Labels"]
     assert list(submission.ImageID) == list(test.ImageID) and (submission.Labels.str.len() > 0).all()
 
-    for member in ("image/vit-finetune", "image/eff-frozen", "text/caption", "fusion/concat", "fusion/bilinear",
+    for member in ("image/vit-finetune", "image/eff-frozen", "caption/caption", "fusion/concat", "fusion/bilinear",
                    "fusion/late_fusion", "ablation/vit-finetune-baseline", "ablation/vit-finetune-mixup"):
         assert (run / member / "member.json").is_file(), member
     # the ablation baseline is the image stage's own model, shared rather than retrained
@@ -105,7 +105,7 @@ def test_all_stages_end_to_end(tmp_path, tiny_data):
     assert f"a threshold of {threshold:.2f}" in text
     assert (root / "reports" / "tiny" / "index.pdf").is_file() or not shutil.which("chromium")
     assert 'href="tiny/index.html"' in (root / "reports" / "index.html").read_text()
-    for stem in ("01_eda", "02_split", "03_image", "04_text", "05_fusion", "06_ablation", "07_ensemble", "08_explore"):
+    for stem in ("01_eda", "02_split", "03_image", "04_caption", "05_fusion", "06_ablation", "07_ensemble", "08_explore"):
         assert f'href="{stem}.html"' in index and (root / "reports" / "tiny" / f"{stem}.html").is_file()
     assert "def " not in (root / "reports" / "tiny" / "07_ensemble.html").read_text().split("<body", 1)[1][:2000]
 
@@ -133,17 +133,17 @@ TINY_FOLDS = """
 run: tiny-folds
 data_dir: {data}
 seed: 3407
-stages: [split, image, text, fusion, ensemble]
+stages: [split, image, caption, fusion, ensemble]
 split: {{val_fraction: 0.3, folds: 3}}
 image:
   cache_dir: {cache}
   models:
-    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen, img_size: 32,
+    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen_backbone, img_size: 32,
         head: class_attention, attention_grid: 2, train: {{epochs: 3, batch_size: 8, progress: false}}}}
-text:
+caption:
   pretrained: false
   max_length: 16
-  members: [finetune, frozen, tfidf]
+  members: [finetune, frozen_encoder, tfidf]
   train: {{batch_size: 8, epochs: 2, progress: false}}
   head_train: {{epochs: 3, batch_size: 8, progress: false}}
 fusion: {{heads: [concat], train: {{epochs: 3, progress: false}}}}
@@ -160,7 +160,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     split = pd.read_csv(run / "split" / "split.csv")
     assert list(split.columns) == ["ImageID", "fold", "cv_fold"] and sorted(split.cv_fold.unique()) == [0, 1, 2]
     labelled = list(read_train_csv(tiny_data / "train.csv", LabelSpace(20)).ImageID)
-    for name in ("image/eff-frozen", "text/caption", "text/caption-frozen", "text/caption-tfidf", "fusion/concat"):
+    for name in ("image/eff-frozen", "caption/caption", "caption/caption-frozen_encoder", "caption/caption-tfidf", "fusion/concat"):
         folds = [json.loads((run / name / f"fold{k}" / "member.json").read_text()) for k in range(3)]
         assert len({f["key"] for f in folds}) == 3, name
         meta = json.loads((run / name / "member.json").read_text())
@@ -174,7 +174,7 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     assert {"scores", "F1 cross-fitted"} <= set(table1["columns"])
     scores = dict(zip([r[0] for r in table1["data"]], [r[table1["columns"].index("scores")] for r in table1["data"]]))
     assert scores["eff-frozen"] == "out-of-fold" and scores["ensemble"] == "out-of-fold, weights tuned on them"
-    assert scores["caption:tfidf"] == scores["caption:all-MiniLM-L6-v2-frozen"] == "out-of-fold"  # every caption member
+    assert scores["caption:tfidf"] == scores["caption:all-MiniLM-L6-v2-frozen_encoder"] == "out-of-fold"  # every caption member
     submission = pd.read_csv(run / "submission.csv", dtype=str, keep_default_na=False)
     assert list(submission.ImageID) == list(read_test_csv(tiny_data / "test.csv").ImageID)
     report = html.unescape((root / "reports" / "tiny-folds" / "index.html").read_text(encoding="utf-8"))
@@ -187,10 +187,10 @@ def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data
     # a changed fusion head retrains only the head's folds; the sub-models' folds are untouched
     def fold_key(name):
         return json.loads((run / name / "fold0" / "member.json").read_text())["key"]
-    before = fold_key("fusion/concat"), fold_key("text/caption")
+    before = fold_key("fusion/concat"), fold_key("caption/caption")
     again = run_study(str(params), root=root, log=logs.append, overrides=["fusion.train.epochs=2"])
     assert [r.status for r in again] == ["skipped"] * 3 + ["ran"] * 2, "\n".join(logs)
-    assert fold_key("fusion/concat") != before[0] and fold_key("text/caption") == before[1]
+    assert fold_key("fusion/concat") != before[0] and fold_key("caption/caption") == before[1]
 
 
 TORCHRUN_FOLDS = """

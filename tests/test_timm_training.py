@@ -62,7 +62,7 @@ def _last_block() -> int:
 
 
 def test_caption_encoder_gets_decay_free_norms_and_layer_decay():
-    from mlc_utils.models.text import create_caption_model
+    from mlc_utils.models.caption import create_caption_model
     model = create_caption_model("all-MiniLM-L6-v2", 4, pretrained=False)
     groups = _groups(model, weight_decay=0.01, layer_decay=0.8)
     assert groups["encoder.embeddings.LayerNorm.weight"]["wd"] == 0.0

@@ -3,7 +3,9 @@
 Like scikit-learn's parameter validation: an unknown key, a wrong type or a value out of range
 is an error that names the parameter by its full path (``image.train.epochs``) and, for a typo,
 suggests the closest valid name. Dataclasses declare types with hints (``Literal`` for choices)
-and may add a ``check()`` method for ranges.
+and may add a ``check()`` method for ranges. A key or a choice the project renamed keeps working:
+the field names its old spelling in its metadata (:func:`renamed_from`) and loading maps it, with a
+:class:`RenamedWarning` that names the new one.
 """
 from __future__ import annotations
 
@@ -11,11 +13,66 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from typing import Any, Literal, Mapping, get_args, get_origin
 
 
 class ParamError(ValueError):
     """A parameter is unknown, mistyped or out of range; the message names it."""
+
+
+class RenamedWarning(FutureWarning):
+    """Something uses a name the project has renamed; it still works, and the message gives the new name.
+    (A FutureWarning, so users see it by default: their params files are what should change.)"""
+
+
+def renamed(old: str, new: str, where: str) -> str:
+    """``new``, after warning that ``where`` still uses the old name ``old``."""
+    warnings.warn(f"{where}: {old!r} is the old name of {new!r}; it still works, but write {new!r}",
+                  RenamedWarning, stacklevel=2)
+    return new
+
+
+def renamed_from(key: str | None = None, **values: str) -> dict:
+    """Field metadata for a rename: the field's old ``key``, and old choices as ``old=new`` (``values``).
+
+    ``field(default=..., metadata=renamed_from(frozen="frozen_backbone"))`` lets a params file keep
+    ``frozen``; :func:`from_dict` maps both kinds of old name, with a warning."""
+    return {"renamed_from": key, "renamed_values": values}
+
+
+def old_keys(cls: type) -> dict[str, str]:
+    """The old key -> field name of ``cls``'s renamed fields."""
+    return {f.metadata["renamed_from"]: f.name for f in dataclasses.fields(cls) if f.metadata.get("renamed_from")}
+
+
+def current_keys(cls: type, mapping: Mapping[str, Any], where: str = "") -> Mapping[str, Any]:
+    """``mapping`` with the old keys of ``cls``'s renamed fields under their names now; an error where a
+    mapping gives both the old and the new key (which one would win is not something to guess)."""
+    renames = {old: new for old, new in old_keys(cls).items() if old in mapping}
+    if not renames:
+        return mapping
+    mapping = dict(mapping)
+    for old, new in renames.items():
+        if new in mapping:
+            raise ParamError(f"{_join(where, old)} and {_join(where, new)}: both are given, and {old!r} is the old name "
+                             f"of {new!r}; keep {new!r} only")
+        mapping[new] = mapping.pop(old)
+        renamed(old, new, _join(where, old))
+    return mapping
+
+
+def current_choice(value: Any, renames: Mapping[str, str], where: str) -> Any:
+    """``value``, or its name now when it is an old name in ``renames`` (``{old: new}``), with a warning."""
+    return renamed(value, renames[value], where) if isinstance(value, str) and value in renames else value
+
+
+def _current_value(field: dataclasses.Field, value: Any, where: str) -> Any:
+    """``value`` (or each item of a list) with a renamed choice replaced by its name now."""
+    renames = field.metadata.get("renamed_values")
+    if renames and isinstance(value, list):
+        return [current_choice(v, renames, _join(where, i)) for i, v in enumerate(value)]
+    return current_choice(value, renames, where) if renames else value
 
 
 def _join(where: str, key: str | int) -> str:
@@ -111,14 +168,17 @@ def from_dict(cls: type, mapping: Mapping[str, Any] | None, where: str = "") -> 
     if not isinstance(mapping, Mapping):
         raise ParamError(f"{where or cls.__name__}: expected a mapping of parameters, got {mapping!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    mapping = current_keys(cls, mapping, where)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    names = list(fields)
     unknown = [k for k in mapping if k not in names]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), names, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(names)}"
         raise ParamError(f"unknown parameter '{_join(where, key)}'{hint}")
-    kwargs = {name: coerce(hints[name], mapping[name], _join(where, name)) for name in names if name in mapping}
+    kwargs = {name: coerce(hints[name], _current_value(fields[name], mapping[name], _join(where, name)), _join(where, name))
+              for name in names if name in mapping}
     try:
         obj = cls(**kwargs)
     except ParamError:

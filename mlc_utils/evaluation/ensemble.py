@@ -41,7 +41,7 @@ FOLD_DIR = "fold{}"
 class Member:
     """One model's probabilities by ImageID: validation rows (to weigh it and tune thresholds) and,
     usually, test rows (to submit). The study's stages also record where the model lives, what it
-    is (``kind``: image | text | fusion | late_fusion | ensemble) and the key it was trained under."""
+    is (``kind``: image | caption | fusion | late_fusion | ensemble) and the key it was trained under."""
 
     name: str
     kind: str = ""
@@ -54,6 +54,7 @@ class Member:
     reused: bool = False
     info: dict = field(default_factory=dict)
     key: str = ""                  # what it was trained from (the study's member key)
+    checkpoint: str = ""           # the file in out_dir its model is rebuilt from ("": none, e.g. out-of-fold)
 
     @property
     def val(self) -> ProbTable:

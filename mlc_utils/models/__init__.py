@@ -1,7 +1,7 @@
 """Models the training loop trains, and the registry that rebuilds one from a checkpoint's ``spec``.
 
 Every model carries ``spec`` (a JSON-able dict with at least ``kind`` and ``num_classes``).
-Other stages (text, fusion) add their builders to :data:`MODEL_BUILDERS` under their ``kind``.
+Other stages (caption, fusion) add their builders to :data:`MODEL_BUILDERS` under their ``kind``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ MODEL_BUILDERS: dict[str, Callable[[dict], "nn.Module"]] = {}
 # transformers, so params and ``validate`` stay light)
 LAZY_KINDS: dict[str, str] = {
     "image": "mlc_utils.models.image",
-    "text": "mlc_utils.models.text",
+    "caption": "mlc_utils.models.caption",
     "fusion": "mlc_utils.models.fusion",
     "fusion_head": "mlc_utils.models.fusion",
 }
@@ -41,12 +41,30 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+# words of the specs saved before a rename -> the words now: a kind (``"kind": "text"``) or a key of a
+# fusion spec (``"text": {...}``, ``"text_dim"``); :func:`current_spec` reads old checkpoints with it
+RENAMED_IN_SPECS = {"text": "caption", "text_head": "caption_head", "text_dim": "caption_dim"}
+
+
+def current_spec(spec: Any) -> Any:
+    """``spec`` in the words of now (:data:`RENAMED_IN_SPECS`), its sub-models' specs too, so a checkpoint
+    saved before the caption modality was renamed rebuilds and passes the identity check."""
+    if not isinstance(spec, dict):
+        return spec
+    out = {}
+    for key, value in spec.items():
+        key = RENAMED_IN_SPECS.get(key, key)
+        out[key] = RENAMED_IN_SPECS.get(value, value) if key == "kind" else current_spec(value)
+    return out
+
+
 def register_model_kind(kind: str, builder: Callable[[dict], "nn.Module"]) -> None:
     MODEL_BUILDERS[kind] = builder
 
 
 def build_model(spec: dict) -> "nn.Module":
     """Rebuild the model a checkpoint's ``spec`` describes (weights not loaded)."""
+    spec = current_spec(spec)
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind not in MODEL_BUILDERS and kind in LAZY_KINDS:
         importlib.import_module(LAZY_KINDS[kind])
@@ -56,5 +74,5 @@ def build_model(spec: dict) -> "nn.Module":
 
 
 __all__ = ["DEFAULT_TTA_VIEWS", "HEADS", "ImageModel", "ImageModelConfig", "MODEL_BUILDERS", "OfflineWeightsError",
-           "PACKAGED_WEIGHTS", "WeightSource", "build_image_model", "build_model", "create_image_model",
+           "PACKAGED_WEIGHTS", "WeightSource", "build_image_model", "build_model", "create_image_model", "current_spec",
            "lukemelas_to_timm", "offline_choices", "register_model_kind", "resolve_pretrained"]

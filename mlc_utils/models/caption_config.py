@@ -1,7 +1,7 @@
 """The one description of a caption model: :class:`CaptionModelConfig`, without torch.
 
 As :class:`mlc_utils.models.image_config.ImageModelConfig` does for image models: the params file's
-``text`` section (``study.params.TextStageParams`` adds the stage's own keys to it), a checkpoint's
+``caption`` section (``study.params.CaptionStageParams`` adds the stage's own keys to it), a checkpoint's
 ``spec`` (its fields at the top level beside ``kind`` and ``num_classes``) and the dataset the model
 reads (its ``max_length`` and ``cleaning``) are this dataclass serialised. A new field is added
 here, with its default and its check, and nowhere else.
@@ -16,7 +16,7 @@ from mlc_utils.core.config import from_dict, require
 from mlc_utils.data.captions import CaptionCleaner
 
 DEFAULT_CAPTION_MODEL = "all-MiniLM-L6-v2"
-PoolingName = Literal["mean", "cls"]  # models.text.POOLINGS implements each
+PoolingName = Literal["mean", "cls"]  # models.caption.POOLINGS implements each
 
 
 @dataclass

@@ -74,6 +74,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
                          "the file is truncated or not a torch checkpoint") from None
     if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an mlc training checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    if "spec" in checkpoint:  # one saved before a rename reads as one saved now
+        from mlc_utils.models import current_spec
+        checkpoint["spec"] = current_spec(checkpoint["spec"])
     return checkpoint
 
 

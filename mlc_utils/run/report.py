@@ -88,7 +88,7 @@ FIGURES = [
     ("data", F.eda_examples, "Example images with their captions and labels."),
     ("split", F.split_frequencies, "Label shares in the training and validation folds, against a random split."),
     ("method", F.image_curves, "Image models: training loss and validation sample-F1 by epoch."),
-    ("method", F.text_curves, "Caption model: training loss and validation sample-F1 by epoch."),
+    ("method", F.caption_curves, "Caption model: training loss and validation sample-F1 by epoch."),
     ("results", F.late_fusion_weight, "Late fusion: validation sample-F1 by the weight on the image model "
                                       "(chosen on validation: in-sample)."),
     ("results", F.ablation, "Ablation: change in sample-F1 at 0.5 when one switch is flipped."),
@@ -169,7 +169,7 @@ def write_index(study, results) -> Path:
         data_table=_markup(pd.DataFrame(list(fingerprint.items()), columns=["data file", "sha256"])),
         params_yaml=yaml.safe_dump(params_as_dict(params), sort_keys=False))
     headline = {}
-    for stage in ("image", "text", "fusion", "ensemble"):
+    for stage in ("image", "caption", "fusion", "ensemble"):
         for key, value in summaries.get(stage, {}).get("headline", {}).items():
             if isinstance(value, float) and "seconds" not in key:
                 headline[f"{stage} {key}"] = value

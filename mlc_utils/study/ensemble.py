@@ -8,15 +8,15 @@ from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation import metrics
 from mlc_utils.evaluation.ensemble import Member
 from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED
+from mlc_utils.study.caption import caption_members
 from mlc_utils.study.image import image_members
 from mlc_utils.study.members import MEMBER_FILE, load_member, save_member
 from mlc_utils.study.paper import PAPER_TABLE2
-from mlc_utils.study.text import text_members
 
 
 def study_members(ctx) -> list[Member]:
-    """Every saved member of the image, text and fusion stages (the ensemble's candidates)."""
-    members = image_members(ctx) + text_members(ctx)
+    """Every saved member of the image, caption and fusion stages (the ensemble's candidates)."""
+    members = image_members(ctx) + caption_members(ctx)
     fusion_dir = ctx.dir_of("fusion")
     for path in sorted(fusion_dir.glob(f"*/{MEMBER_FILE}")) if fusion_dir.is_dir() else []:
         member = load_member(path.parent)
@@ -63,7 +63,7 @@ def run_ensemble(ctx, log=print):
 
 def best_per_input(members: list[Member], y_val: np.ndarray) -> pd.DataFrame:
     """The paper's Table 2: the best validation sample-F1 for image, caption and image+caption inputs."""
-    groups = {"image": ("image",), "caption": ("text",), "image+caption": ("fusion", "late_fusion", "ensemble")}
+    groups = {"image": ("image",), "caption": ("caption",), "image+caption": ("fusion", "late_fusion", "ensemble")}
     rows = []
     for name, kinds in groups.items():
         pool = [m for m in members if m.kind in kinds]

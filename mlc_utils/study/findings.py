@@ -175,7 +175,7 @@ def _split_found(summary: dict) -> list[str]:
 
 
 def _models_found(stage: str, summary: dict) -> list[str]:
-    """A model stage (image, text, fusion): its best model at 0.5, the others, and its times."""
+    """A model stage (image, caption, fusion): its best model at 0.5, the others, and its times."""
     head = summary.get("headline", {})
     lines = []
     table = recorded_table({stage: summary}, THRESHOLD_TABLES[stage])
@@ -213,7 +213,7 @@ STAGE_FINDINGS: dict[str, Callable[[dict], list[str]]] = {
     "eda": _eda_found,
     "split": _split_found,
     "image": partial(_models_found, "image"),
-    "text": partial(_models_found, "text"),
+    "caption": partial(_models_found, "caption"),
     "fusion": _fusion_found,
     "ablation": lambda summary: [line for line in findings({"ablation": summary}) if line.startswith("Ablation")],
     "ensemble": lambda summary: findings({"ensemble": summary}),

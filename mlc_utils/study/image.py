@@ -1,6 +1,6 @@
 """The image stage (03_image): train or reuse each backbone of ``image.models`` as a member.
 
-``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains the
+``mode: frozen_backbone`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains the
 whole model, through torchrun when ``image.gpus > 1`` or ``image.launcher: torchrun``.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
+from mlc_utils.study.members import BEST_EPOCH, SAVED_WHOLE, cross_fit_member, load_member, reuse_or_train
 from mlc_utils.train.config import merge_settings
 
 
@@ -25,7 +25,7 @@ def train_image(ctx, spec, out_dir: Path | None = None, log=print, alternates: t
                 cross_validate: bool | None = None) -> Member:
     """Train (or reuse) one image model of ``image.models`` and predict validation and test rows.
 
-    ``mode: frozen`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains
+    ``mode: frozen_backbone`` trains the head on cached backbone features (CPU-fast); ``finetune`` trains
     the whole model, through torchrun when ``image.gpus > 1`` (or ``launcher: torchrun``). Validation and test probabilities
     average the TTA views (``image.tta``; ``center`` only when the model's ``tta`` is off).
     ``cross_validate`` (default: whether the split has ``split.folds``) trains one model per fold
@@ -58,13 +58,14 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
     model = create_image_model(spec.model_config(), ctx.params.num_classes, views)
     log(f"{spec.label}: {spec.name} ({model.spec['weights']}), {spec.mode}, {spec.img_size}px, "
         f"{len(train_df)} train / {len(val_df)} val images")
-    if spec.mode == "frozen":
+    if spec.mode == "frozen_backbone":
         from mlc_utils.train.features import FeatureCache, fit_head, predict_head
         cache = FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features"))
         _, val_probs = fit_head(model, root, list(train_df.ImageID), y_train, list(val_df.ImageID), y_val, cfg,
                                 out_dir, ctx.inference, views=views, cache=cache)
         test_probs = predict_head(model, root, test_ids, views, ctx.inference, cache)
         info = {"feature_cache": {"hits": cache.hits, "misses": cache.misses, "computed_images": cache.computed}}
+        checkpoint = SAVED_WHOLE
     else:
         if ctx.params.image.torchrun_processes():
             model = _fit_torchrun(ctx, spec, cfg, views, out_dir, log, rows)
@@ -80,9 +81,10 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
             fit(model, train_set, val_set, cfg, out_dir, teacher=teacher)
         val_probs = predict_images(model, root, list(val_df.ImageID), views, ctx.inference, progress=cfg.progress)
         test_probs = predict_images(model, root, test_ids, views, ctx.inference, progress=cfg.progress)
-        info = {}
+        info, checkpoint = {}, BEST_EPOCH
     info.update(weights=model.spec["weights"], mode=spec.mode, views=views)
-    return Member(spec.label, "image", out_dir, list(val_df.ImageID), val_probs, test_ids, test_probs, info=info)
+    return Member(spec.label, "image", out_dir, list(val_df.ImageID), val_probs, test_ids, test_probs, info=info,
+                  checkpoint=checkpoint)
 
 
 
@@ -117,7 +119,7 @@ def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple):
     code = launch_torchrun(config, ctx.params.image.torchrun_processes(), out_dir, echo=log)
     if code != 0:
         raise RuntimeError(f"{spec.label}: torchrun exited with status {code}; its log is above and in {out_dir}")
-    return load_checkpoint(out_dir / "best.pt")[0]
+    return load_checkpoint(out_dir / BEST_EPOCH)[0]
 
 
 

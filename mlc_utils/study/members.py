@@ -23,6 +23,9 @@ from mlc_utils.evaluation.ensemble import FOLD_DIR, Member
 from mlc_utils.evaluation.probs import load_probs, save_probs
 
 MEMBER_FILE = "member.json"
+# what a stage names as a member's ``checkpoint``, by how the model was trained
+BEST_EPOCH = "best.pt"       # through the training loop: the checkpoint of its best epoch
+SAVED_WHOLE = "model.pt"     # a head trained on what a frozen backbone or encoder computed, saved with them
 
 # the code each kind of member is made by (modules, or packages with all their modules): part of its key
 _TRAINING_CODE = ("mlc_utils.core", "mlc_utils.data.csvio", "mlc_utils.data.labels", "mlc_utils.data.split",
@@ -31,8 +34,8 @@ _TRAINING_CODE = ("mlc_utils.core", "mlc_utils.data.csvio", "mlc_utils.data.labe
 MEMBER_CODE = {
     "image": _TRAINING_CODE + ("mlc_utils.data.images", "mlc_utils.models.image", "mlc_utils.models.weights",
                                "mlc_utils.models.hub", "mlc_utils.study.image"),
-    "text": _TRAINING_CODE + ("mlc_utils.data.captions", "mlc_utils.data.caption_tokens", "mlc_utils.models.text",
-                              "mlc_utils.models.tfidf", "mlc_utils.models.hub", "mlc_utils.study.text"),
+    "caption": _TRAINING_CODE + ("mlc_utils.data.captions", "mlc_utils.data.caption_tokens", "mlc_utils.models.caption",
+                                 "mlc_utils.models.tfidf", "mlc_utils.models.hub", "mlc_utils.study.caption"),
     "fusion": _TRAINING_CODE + ("mlc_utils.data", "mlc_utils.models", "mlc_utils.study.fusion"),
 }
 
@@ -44,7 +47,7 @@ def member_key(ctx, config: dict, kind: str, rows: dict | None = None) -> str:
     root = ctx.params.data_path(ctx.root)
     split = sha256_file(ctx.dir_of("split") / "split.csv") if rows is None else digest(rows)
     return digest({"config": config, "code": source_digest(MEMBER_CODE[kind]), "split": split,
-                   "data": data_fingerprint(root, images=kind != "text"), "num_classes": ctx.params.num_classes})
+                   "data": data_fingerprint(root, images=kind != "caption"), "num_classes": ctx.params.num_classes})
 
 
 def save_member(member: Member, key: str) -> Member:
@@ -53,7 +56,7 @@ def save_member(member: Member, key: str) -> Member:
     save_probs(member.out_dir / "test_probs.npz", member.test_ids, member.test_probs)
     atomic_write_text(member.out_dir / MEMBER_FILE, json.dumps(
         {"name": member.name, "kind": member.kind, "key": key, "seconds": round(member.seconds, 2),
-         "info": member.info}, indent=1, default=str))
+         "checkpoint": member.checkpoint, "info": member.info}, indent=1, default=str))
     return member
 
 
@@ -67,9 +70,16 @@ def load_member(out_dir: Path, key: str | None = None) -> Member | None:
         return None
     if key is not None and meta.get("key") != key:
         return None
+    checkpoint = meta["checkpoint"] if "checkpoint" in meta else _found_checkpoint(out_dir)
     return Member.from_tables(meta["name"], val, test, kind=meta["kind"], out_dir=out_dir,
                               seconds=meta.get("seconds", 0.0), reused=True, info=meta.get("info", {}),
-                              key=meta.get("key", ""))
+                              key=meta.get("key", ""), checkpoint=checkpoint)
+
+
+def _found_checkpoint(out_dir: Path) -> str:
+    """The checkpoint of a member saved before member.json named it: the whole model where one was
+    saved (a head on frozen features keeps its own best epoch beside it), else the best epoch."""
+    return next((name for name in (SAVED_WHOLE, BEST_EPOCH) if (out_dir / name).is_file()), "")
 
 
 def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member], log=print,
@@ -90,7 +100,7 @@ def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member]
         if found is not None:
             log(f"{out_dir.name}: same configuration as {other}; reusing its result")
             out_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("log.csv", "metrics.json", "best.pt", "model.pt"):
+            for name in ("log.csv", "metrics.json", BEST_EPOCH, SAVED_WHOLE):
                 if (other / name).is_file():
                     (out_dir / name).unlink(missing_ok=True)
                     try:  # checkpoints are large: a hard link where the filesystem allows
@@ -134,9 +144,12 @@ def cross_fit_member(ctx, name: str, kind: str, out_dir: Path, config: dict,
 
 
 def member_model(member: Member):
+    """The model ``member.checkpoint`` holds, in eval mode."""
     from mlc_utils.models.checkpoint import load_checkpoint
-    path = member.out_dir / ("model.pt" if member.info.get("mode") == "frozen" else "best.pt")
-    return load_checkpoint(path)[0].eval()
+    if not member.checkpoint:
+        raise FileNotFoundError(f"{member.name}: no checkpoint of one model in {member.out_dir} (a cross-validated, "
+                                "re-predicting or combined member)")
+    return load_checkpoint(member.out_dir / member.checkpoint)[0].eval()
 
 
 

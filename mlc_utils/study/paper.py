@@ -44,7 +44,7 @@ PAPER_TABLE3: list[tuple[str, str, float]] = [
     ("Swin-V2-L without Mixup", "mixup off", 0.8856),
 ]
 
-INPUT_OF_KIND = {"image": "image", "text": "caption", "fusion": "image+caption",
+INPUT_OF_KIND = {"image": "image", "caption": "caption", "fusion": "image+caption",
                  "late_fusion": "image+caption", "ensemble": "image+caption"}
 
 

@@ -19,7 +19,12 @@ import yaml
 from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
     ParamError,
     check_device_name,
+    current_choice,
+    current_keys,
     from_dict,
+    old_keys,
+    renamed,
+    renamed_from,
     require,
     to_dict,
 )
@@ -59,7 +64,9 @@ class ImageModelSpec(ImageModelConfig):
     """One backbone to train in the image stage: its :class:`ImageModelConfig` (name, pretrained, head,
     img_size ...: the model's own keys, defaults and checks) and how the study trains and names it;
     ``train`` overrides the stage-wide ``image.train``."""
-    mode: Literal["finetune", "frozen"] = "finetune"  # frozen = cached backbone features + trained head
+    # frozen_backbone: the backbone's features computed once (cached), a head trained on them
+    mode: Literal["finetune", "frozen_backbone"] = field(default="finetune",
+                                                         metadata=renamed_from(frozen="frozen_backbone"))
     label: str = ""                      # display name in tables (default: name)
     auto_augment: str = "rand-m9-mstd0.5"  # timm RandAugment policy for fine-tuning; "" = off
     tta: bool = True                     # average the stage's ``tta`` views (else centre crop only)
@@ -109,7 +116,9 @@ class ImageStageParams:
 class FusionStageParams:
     heads: list[Literal["concat", "bilinear"]] = field(default_factory=lambda: ["concat", "bilinear"])
     fusion_input: Literal["logits", "features"] = "logits"   # what the heads read from each sub-model
-    mode: Literal["frozen", "end_to_end"] = "frozen"         # frozen: train the head on saved outputs
+    # frozen_submodels: the heads train on the sub-models' saved outputs; end_to_end: everything trains
+    mode: Literal["frozen_submodels", "end_to_end"] = field(default="frozen_submodels",
+                                                            metadata=renamed_from(frozen="frozen_submodels"))
     image_model: str = ""    # label of the image model to fuse (default: the best on validation)
     train: TrainSettings = field(default_factory=TrainSettings)  # over the heads' defaults (_fusion_head_training)
 
@@ -145,7 +154,7 @@ def _caption_training() -> TrainSettings:
     # A fresh head at a fine-tuning rate learns too slowly in a few hundred steps: on the dev captions
     # (8,000 train, batch 64) one epoch at 1e-4 reached 0.67 val sample-F1; one head-only epoch at
     # 3e-3 0.79, at 1e-2 0.84, then one fine-tuning epoch at 1e-4 0.86. So the head goes first, fast:
-    # lr is the rate of the frozen-encoder epochs, after_freeze_lr the fine-tuning rate.
+    # lr is the rate of the head-only epochs (encoder frozen), after_freeze_lr the fine-tuning rate.
     return TrainSettings(epochs=3, batch_size=64, lr=1e-2, freeze_epochs=1, after_freeze_lr=1e-4,
                          weight_decay=0.01, scheduler="cosine", warmup_epochs=0)
 
@@ -156,20 +165,22 @@ def _caption_head_training() -> TrainSettings:
                          warmup_epochs=0)
 
 
-CAPTION_MEMBER_KINDS = ("finetune", "frozen", "tfidf")
+CAPTION_MEMBER_KINDS = ("finetune", "frozen_encoder", "tfidf")
+RENAMED_CAPTION_KINDS = {"frozen": "frozen_encoder"}   # old kind -> kind now (params files, member names)
 
 
 @dataclass
-class TextStageParams(CaptionModelConfig):
+class CaptionStageParams(CaptionModelConfig):
     """The caption members: which (``members``), the encoder they share (the
     :class:`~mlc_utils.models.caption_config.CaptionModelConfig` fields: ``model_name``, ``pooling``,
     ``max_length``, ``cleaning``, ...), and how each is trained.
 
-    ``finetune`` fine-tunes the encoder (``train``); ``frozen`` runs it once over every caption and
+    ``finetune`` fine-tunes the encoder (``train``); ``frozen_encoder`` runs it once over every caption and
     trains a linear head on the pooled embeddings (``head_train``), cheap enough for K folds on a
     CPU; ``tfidf`` is word and character n-grams with a logistic regression per label (``tfidf_c``).
     """
-    members: list[Literal["finetune", "frozen", "tfidf"]] = field(default_factory=lambda: ["finetune"])
+    members: list[Literal["finetune", "frozen_encoder", "tfidf"]] = field(
+        default_factory=lambda: ["finetune"], metadata=renamed_from(**RENAMED_CAPTION_KINDS))
     train: TrainSettings = field(default_factory=_caption_training)
     head_train: TrainSettings = field(default_factory=_caption_head_training)
     tfidf_c: float = 8.0                    # inverse L2 strength of the tfidf member's regressions
@@ -183,15 +194,15 @@ class TextStageParams(CaptionModelConfig):
     def training(self, **defaults) -> TrainConfig:
         """The TrainConfig of the fine-tuned caption model: ``defaults`` (seed, threshold), then its
         defaults, then ``train``."""
-        return merge_settings("text.train", defaults, _caption_training(), self.train)
+        return merge_settings("caption.train", defaults, _caption_training(), self.train)
 
     def head_training(self, **defaults) -> TrainConfig:
-        """The TrainConfig of the frozen member's head: ``defaults``, its defaults, then ``head_train``."""
-        return merge_settings("text.head_train", defaults, _caption_head_training(), self.head_train)
+        """The TrainConfig of the frozen_encoder member's head: ``defaults``, its defaults, then ``head_train``."""
+        return merge_settings("caption.head_train", defaults, _caption_head_training(), self.head_train)
 
 
 # --- the names of the members the ensemble can choose (``ensemble.members``) ---------------------
-# The stages name their members by these rules (study/text.py:text_member_name, study/fusion.py);
+# The stages name their members by these rules (study/caption.py, study/fusion.py);
 # ``ensemble.members`` is checked against them when params load, not when stage 7 runs.
 LATE_FUSION_MEMBER = "late fusion"
 
@@ -204,14 +215,21 @@ def caption_member_name(model_name: str, kind: str = "finetune") -> str:
     return name if kind == "finetune" else f"{name}-{kind}"
 
 
-def fusion_member_name(head: str, mode: str = "frozen") -> str:
+def fusion_member_name(head: str, mode: str = "frozen_submodels") -> str:
     return f"fusion:{head}" + ("-e2e" if mode == "end_to_end" else "")
 
 
+def renamed_member_names(params: "StudyParams") -> dict[str, str]:
+    """Member names of before a rename -> the names now (``caption:<encoder>-frozen`` is now
+    ``caption:<encoder>-frozen_encoder``), so ``ensemble.members`` of older params files keep working."""
+    model = params.caption.model_name
+    return {caption_member_name(model, old): caption_member_name(model, new) for old, new in RENAMED_CAPTION_KINDS.items()}
+
+
 def ensemble_candidates(params: "StudyParams") -> list[str]:
-    """Every member name the image, text and fusion stages can save with these params."""
+    """Every member name the image, caption and fusion stages can save with these params."""
     return ([m.label or m.name for m in params.image.models]
-            + [caption_member_name(params.text.model_name, kind) for kind in params.text.members]
+            + [caption_member_name(params.caption.model_name, kind) for kind in params.caption.members]
             + [fusion_member_name(head, params.fusion.mode) for head in params.fusion.heads] + [LATE_FUSION_MEMBER])
 
 
@@ -247,11 +265,11 @@ class StudyParams:
     # where every model trains and runs: auto = CUDA when visible, else the CPU; cpu; cuda; cuda:N
     device: str = "auto"
     inference: InferenceParams = field(default_factory=InferenceParams)
-    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES), metadata=renamed_from(text="caption"))
     eda: EdaParams = field(default_factory=EdaParams)
     split: SplitParams = field(default_factory=SplitParams)
     image: ImageStageParams = field(default_factory=ImageStageParams)
-    text: TextStageParams = field(default_factory=TextStageParams)
+    caption: CaptionStageParams = field(default_factory=CaptionStageParams, metadata=renamed_from("text"))
     fusion: FusionStageParams = field(default_factory=FusionStageParams)
     ablation: AblationStageParams = field(default_factory=AblationStageParams)
     ensemble: EnsembleStageParams = field(default_factory=EnsembleStageParams)
@@ -282,17 +300,19 @@ class StudyParams:
             close = difflib.get_close_matches(stage, STAGE_NAMES, n=1)
             require(stage in STAGE_NAMES, f"stages[{i}]: {stage!r} is not one of {' | '.join(map(repr, STAGE_NAMES))}"
                                           + (f" (did you mean {close[0]!r}?)" if close else ""))
-        candidates = ensemble_candidates(self)
+        candidates, renames = ensemble_candidates(self), renamed_member_names(self)
+        self.ensemble.members = [current_choice(name, renames, f"ensemble.members[{i}]")
+                                 for i, name in enumerate(self.ensemble.members)]
         for i, name in enumerate(self.ensemble.members):
             close = difflib.get_close_matches(str(name), candidates, n=1)
             require(name in candidates, f"ensemble.members[{i}]: {name!r} is not a member these stages save "
                                         f"({', '.join(map(repr, candidates))})"
                                         + (f" (did you mean {close[0]!r}?)" if close else ""))
-        self.text.training()  # the caption stage's training fields, checked before any work
-        self.text.head_training()
+        self.caption.training()  # the caption stage's training fields, checked before any work
+        self.caption.head_training()
         if self.split.folds:
-            require(self.fusion.mode == "frozen", f"fusion.mode: end_to_end is not cross-validated; use frozen "
-                                                  f"with split.folds: {self.split.folds}")
+            require(self.fusion.mode == "frozen_submodels", f"fusion.mode: end_to_end is not cross-validated; use "
+                                                            f"frozen_submodels with split.folds: {self.split.folds}")
             require(self.fusion.fusion_input == "logits",
                     f"fusion.fusion_input: the heads read out-of-fold outputs, which are logits; 'features' "
                     f"needs split.folds: 0 (got split.folds: {self.split.folds})")
@@ -306,7 +326,7 @@ class StudyParams:
         yield "image.train", self.image.train
         for i, model in enumerate(self.image.models):
             yield f"image.models[{i}].train", model.train
-        for where in ("text.train", "text.head_train", "fusion.train", "ablation.train"):
+        for where in ("caption.train", "caption.head_train", "fusion.train", "ablation.train"):
             section, name = where.split(".")
             yield where, getattr(getattr(self, section), name)
 
@@ -334,13 +354,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict, overrides: Mapping[str, Any] | Sequence[str]) -> dict:
-    """Set dotted keys in a nested mapping (a copy). Unknown keys are caught later by validation."""
+def apply_overrides(data: dict, overrides: Mapping[str, Any] | Sequence[str], cls: type | None = None) -> dict:
+    """Set dotted keys in a nested mapping (a copy). Unknown keys are caught later by validation; a key
+    may start with the old name of a section of ``cls`` (it is set under the new one, with a warning)."""
     data = yaml.safe_load(yaml.safe_dump(data)) or {}
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    sections = old_keys(cls) if cls is not None else {}
     for key, value in items:
         node = data
         parts = key.split(".")
+        if parts[0] in sections:
+            parts[0] = renamed(parts[0], sections[parts[0]], f"--set {key}")
         for part in parts[:-1]:
             if not isinstance(node.get(part, {}), dict):
                 raise ParamError(f"--set {key}: '{part}' is not a section")
@@ -369,8 +393,8 @@ def read_params_file(path: str | os.PathLike) -> dict:
 def load_params(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] = ()) -> StudyParams:
     """Read, override and validate. Errors name the file and the parameter."""
     data = read_params_file(path) if path else {}
-    data = apply_overrides(data, overrides)
-    try:
+    try:  # the file's old section names first, so an old --set key lands in the section the file gives
+        data = apply_overrides(current_keys(StudyParams, data), overrides, StudyParams)
         params = from_dict(StudyParams, data)
     except ParamError as err:
         raise ParamError(f"{path or 'params'}: {err}") from None

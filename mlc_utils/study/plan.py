@@ -258,7 +258,7 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
     if predict_only:
         return Training(label or spec.label, "image-predict", 1, 0, 0, (val_rows + n_test) * views, **common)
     probs = _probs(params, n_train, n_test, runs)
-    if spec.mode == "frozen":   # one feature pass per image and view (cached), then head epochs on its rows
+    if spec.mode == "frozen_backbone":   # one feature pass per image and view (cached), then head epochs on its rows
         return Training(label or spec.label, "image-features", runs, cfg.epochs, train_rows * views, 0,
                         once_rows=(n_train + n_test) * views, params=head, backbone_params=total,
                         checkpoint_bytes=_checkpoint_bytes(head, cfg), feature_bytes=(n_train + n_test) * views * dim * 4,
@@ -284,10 +284,10 @@ def _caption_model(params, device: str = "cpu"):
     """The caption model with random weights, or None where its config is not available here."""
     import torch
 
-    from mlc_utils.models.text import create_caption_model
+    from mlc_utils.models.caption import create_caption_model
     try:
         with torch.device(device):
-            model = create_caption_model(params.text.model_config(), params.num_classes, load_weights=False)
+            model = create_caption_model(params.caption.model_config(), params.num_classes, load_weights=False)
     except Exception:  # noqa: BLE001 - offline and not cached: no architecture to count or time
         return None
     return model
@@ -302,14 +302,14 @@ def caption_lengths(params, data_dir: Path | None, n: int = CAPTION_SAMPLE):
     try:
         from mlc_utils.data.caption_tokens import CaptionDataset
         from mlc_utils.data.csvio import read_train_csv
-        from mlc_utils.models.text import load_tokenizer
+        from mlc_utils.models.caption import load_tokenizer
         captions = read_train_csv(Path(data_dir, "train.csv"))["Caption"].astype(str).head(n).tolist()
-        tokenizer = load_tokenizer(params.text.model_name, params.text.pretrained)
+        tokenizer = load_tokenizer(params.caption.model_name, params.caption.pretrained)
     except Exception:  # noqa: BLE001 - unreadable file, tokenizer offline: calibrate at max_length
         return None
     if not captions:
         return None
-    tokens = CaptionDataset(captions, tokenizer, None, params.text.max_length, params.text.cleaning,
+    tokens = CaptionDataset(captions, tokenizer, None, params.caption.max_length, params.caption.cleaning,
                             num_classes=params.num_classes)
     return tokens.attention_mask.sum(dim=1).numpy()
 
@@ -330,15 +330,15 @@ def _caption_trainings(params, n_train: int, n_test: int, lengths=None, eval_bat
     runs, train_rows, val_rows = _fits(params, n_train)
     found = _caption_model_facts(params)
     total, dim = found if found else (0, 0)
-    length = params.text.max_length
+    length = params.caption.max_length
     if eval_batch is None:
         from mlc_utils.core.inference import Inference
         eval_batch = Inference("cpu").batch_for("tokens")
 
     def arch_for(train_batch: int) -> dict:
         if lengths is None:
-            return {"caption": params.text.model_name, "pooling": params.text.pooling, "max_length": length}
-        return {"caption": params.text.model_name, "pooling": params.text.pooling,
+            return {"caption": params.caption.model_name, "pooling": params.caption.pooling, "max_length": length}
+        return {"caption": params.caption.model_name, "pooling": params.caption.pooling,
                 "length": padded_length(lengths, eval_batch, False), "train_length": padded_length(lengths, train_batch, True)}
 
     def build_for(arch: dict):
@@ -351,18 +351,18 @@ def _caption_trainings(params, n_train: int, n_test: int, lengths=None, eval_bat
             return _caption_model(params), batch_of
         return build
     out = []
-    for kind in params.text.members:
+    for kind in params.caption.members:
         probs = _probs(params, n_train, n_test, runs)
         if kind == "finetune":
-            cfg = params.text.training(**params.training_defaults())
+            cfg = params.caption.training(**params.training_defaults())
             arch = arch_for(cfg.batch_size)
             out.append(Training(f"caption {kind}", "caption", runs, cfg.epochs, train_rows,
                                 cfg.epochs * val_rows + val_rows + n_test, params=total,
                                 checkpoint_bytes=_checkpoint_bytes(total, cfg), extra_bytes=probs,
                                 batch_size=cfg.batch_size, build=build_for(arch) if found else None, arch=arch,
                                 frozen_epochs=min(cfg.freeze_epochs, cfg.epochs)))
-        elif kind == "frozen":
-            cfg = params.text.head_training(**params.training_defaults())
+        elif kind == "frozen_encoder":
+            cfg = params.caption.head_training(**params.training_defaults())
             arch = arch_for(cfg.batch_size)
             head = dim * params.num_classes
             out.append(Training(f"caption {kind}", "caption-features", runs, cfg.epochs, train_rows, 0,
@@ -418,7 +418,7 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
                               for name, spec in ablation_specs(Ctx) if name != "baseline" or params.split.folds]
             for t in plan.trainings:
                 t.once_rows = t.feature_bytes = 0
-        elif stage == "text":
+        elif stage == "caption":
             plan.trainings = _caption_trainings(params, n_train, n_test, caption_lengths(params, data_dir), eval_batch)
         else:   # heads on saved outputs, the ensemble, the views of the mistakes
             runs = _fits(params, n_train)[0]

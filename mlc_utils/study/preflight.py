@@ -6,7 +6,7 @@ from pathlib import Path
 from mlc_utils.study.context import PROJECT_ROOT
 
 # stages that predict test.csv (the data stages, eda and split, read only train.csv)
-PREDICTING = ("image", "text", "fusion", "ablation", "ensemble", "explore")
+PREDICTING = ("image", "caption", "fusion", "ablation", "ensemble", "explore")
 
 
 def data_problems(params, stages, root=None) -> list[str]:
@@ -103,10 +103,10 @@ def preflight(params, stages, root=None, log=print) -> list[str]:
                 resolve_pretrained(spec.name, spec.pretrained)
             except Exception as err:  # OfflineWeightsError, a missing checkpoint path ...
                 problems.append(f"image.models[{spec.label}].pretrained: {err}")
-    if "text" in stages and params.text.pretrained:
-        from mlc_utils.models.text import resolve_model_source
+    if "caption" in stages and params.caption.pretrained:
+        from mlc_utils.models.caption import resolve_model_source
         try:
-            resolve_model_source(params.text.model_name)
+            resolve_model_source(params.caption.model_name)
         except Exception as err:
-            problems.append(f"text.model_name: {err}")
+            problems.append(f"caption.model_name: {err}")
     return problems

@@ -55,15 +55,15 @@ def method_frame(params) -> pd.DataFrame:
                      ("random init" if spec.pretrained is False else str(spec.pretrained)),
                      "resolution": f"{spec.img_size} px", "training": "; ".join(
                          s for s in (image_train, _given(to_dict(spec.train))) if s)})
-    text = params.text
-    for kind in getattr(text, "members", ["finetune"]):
+    caption = params.caption
+    for kind in getattr(caption, "members", ["finetune"]):
         tfidf = kind == "tfidf"
-        training = {"finetune": _given(to_dict(text.train)), "frozen": _given(to_dict(text.head_train)),
-                    "tfidf": f"logistic regression per label, C {text.tfidf_c}"}[kind]
+        training = {"finetune": _given(to_dict(caption.train)), "frozen_encoder": _given(to_dict(caption.head_train)),
+                    "tfidf": f"logistic regression per label, C {caption.tfidf_c}"}[kind]
         rows.append({"input": "caption", "model": f"caption ({kind})",
-                     "architecture": "TF-IDF word 1-2 + character 2-5 grams" if tfidf else text.model_name,
-                     "mode": kind, "weights": "" if tfidf else ("pretrained" if text.pretrained else "random init"),
-                     "resolution": "" if tfidf else f"{getattr(text, 'max_length', '')} tokens", "training": training})
+                     "architecture": "TF-IDF word 1-2 + character 2-5 grams" if tfidf else caption.model_name,
+                     "mode": kind, "weights": "" if tfidf else ("pretrained" if caption.pretrained else "random init"),
+                     "resolution": "" if tfidf else f"{getattr(caption, 'max_length', '')} tokens", "training": training})
     fusion = params.fusion
     rows.append({"input": "image+caption", "model": ", ".join(fusion.heads) + ", late fusion",
                  "architecture": f"heads on {fusion.fusion_input}", "mode": fusion.mode, "weights": "",

