@@ -38,9 +38,9 @@ def test_stage_output_streams_line_by_line_with_time_left(tmp_path):
 def test_a_line_that_only_looks_like_an_epoch_gets_no_time_left(tmp_path):
     """The time left comes from the loop's events, not from matching what a cell prints."""
     lines = []
-    progress = StageProgress("text", lines.append, events=tmp_path / "events.jsonl")
+    progress = StageProgress("caption", lines.append, events=tmp_path / "events.jsonl")
     progress.write("epoch 1/3 train_loss=0.5 (5 s)\n")
-    assert lines == ["[text] epoch 1/3 train_loss=0.5 (5 s)"]
+    assert lines == ["[caption] epoch 1/3 train_loss=0.5 (5 s)"]
 
 
 def test_events_are_read_back_typed_and_a_partial_line_waits(tmp_path):
