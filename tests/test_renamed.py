@@ -96,3 +96,15 @@ def test_a_fusion_model_built_with_the_old_mode(tmp_path):
         model = FusionModel(nn.Linear(4, 3), nn.Linear(4, 3), "concat", "logits", mode="frozen", num_classes=3,
                             image_dim=3, caption_dim=3)
     assert model.mode == model.spec["mode"] == "frozen_submodels" and not list(model.backbone_parameters())
+
+
+def test_run_only_takes_the_old_stage_name(tmp_path):
+    """``run --only text`` runs the caption stage (here it stops at once: the split has not run)."""
+    from mlc_utils.run.pipeline import run_study
+    path = tmp_path / "p.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nstages: [split, caption]\n")
+    (tmp_path / "data").mkdir()
+    with pytest.warns(RenamedWarning, match="--only text: 'text' is the old name of 'caption'"):
+        results = run_study(str(path), only=["text"], root=tmp_path, log=lambda *_: None, plan=False)
+    assert [(r.stage, r.status) for r in results] == [("caption", "failed")]
+    assert "needs split to have run first" in results[0].error

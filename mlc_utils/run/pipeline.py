@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlc_utils.core.config import current_choice
 from mlc_utils.core.fingerprint import data_fingerprint, source_digest
 from mlc_utils.core.io import (
     atomic_write_text,
@@ -41,7 +42,7 @@ from mlc_utils.study.params import (
     parse_override,
     stage_fingerprint,
 )
-from mlc_utils.study.stages import STAGE_NAMES, STAGES
+from mlc_utils.study.stages import RENAMED_STAGES, STAGE_NAMES, STAGES
 
 KERNEL_NAME = "mlc"
 MIN_FREE_MB = 1024  # checkpoints, executed notebooks and reports: refuse to start a run with less free
@@ -271,6 +272,7 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
     override_map = dict(parse_override(o) for o in overrides) if not isinstance(overrides, dict) else dict(overrides)
     params = load_params(params_file, override_map)
     study = Study(params, override_map, Path(root))
+    only = [current_choice(s, RENAMED_STAGES, f"--only {s}") for s in only or ()]
     chosen = [s for s in params.stages if not only or s in only]
     if only:
         unknown = [s for s in only if s not in STAGE_NAMES]

@@ -30,7 +30,7 @@ from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
 )
 from mlc_utils.models.caption_config import CaptionModelConfig
 from mlc_utils.models.image_config import ImageModelConfig
-from mlc_utils.study.stages import DEFAULT_STAGES, STAGE_NAMES
+from mlc_utils.study.stages import DEFAULT_STAGES, RENAMED_STAGES, STAGE_NAMES
 from mlc_utils.train.config import TrainConfig, TrainSettings, merge_settings
 
 
@@ -265,7 +265,7 @@ class StudyParams:
     # where every model trains and runs: auto = CUDA when visible, else the CPU; cpu; cuda; cuda:N
     device: str = "auto"
     inference: InferenceParams = field(default_factory=InferenceParams)
-    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES), metadata=renamed_from(text="caption"))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES), metadata=renamed_from(**RENAMED_STAGES))
     eda: EdaParams = field(default_factory=EdaParams)
     split: SplitParams = field(default_factory=SplitParams)
     image: ImageStageParams = field(default_factory=ImageStageParams)

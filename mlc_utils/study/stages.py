@@ -31,3 +31,4 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
 DEFAULT_STAGES: tuple[str, ...] = tuple(name for name, stage in STAGES.items() if not stage.optional)
+RENAMED_STAGES = {"text": "caption"}   # old stage name -> name now (params' ``stages``, ``run --only``)
