@@ -47,12 +47,12 @@ COMPETITION_ROWS = (30_000, 10_000)
 STAGE_OVERHEAD_BYTES = 5 * 2**20      # executed notebook, its HTML, tables and figures
 PROBS_BYTES = 4                       # float32 probabilities per row and class
 # Fitted to the stage times of two idle demo runs and the dev-pack CPU profile on a 2-core EPYC
-# (2026-12-02, benchmarks/plan_accuracy.py): eda 8-13/7 s, split 6-8/6 s, fusion 24-26/50 s, ensemble
-# 6-7/33 s, explore 5-6 s. A stage's kernel start and imports took 4-9 s (papermill's cell times), its
+# (2026-12-02/03, benchmarks/plan_accuracy.py): eda 8-13/7 s, split 6-8/6 s, fusion 24-26/44-50 s,
+# ensemble 6-7/33 s, explore 5-6 s. A stage's kernel start and imports took 4-9 s (papermill's cell times), its
 # figures and tables 2-4 s whatever the rows; TF-IDF 5.6 s to fit 8,000 captions on every core.
 STAGE_OVERHEAD_S = 6.0               # every stage: kernel start, imports, rendering the report
 NOMINAL_S = {"eda": 2.0, "split": 0.5, "fusion": 14.0, "ensemble": 0.0, "explore": 0.0}   # on top of the overhead
-NOMINAL_ROW_S = {"eda": 0.001, "split": 0.0001, "tfidf": 0.0008, "head": 2e-5, "fusion": 1e-5,
+NOMINAL_ROW_S = {"eda": 0.001, "split": 0.0001, "tfidf": 0.0008, "head": 2e-5, "fusion": 7e-6,
                  "ensemble": 5e-4}   # per row (x epochs for heads, x fits for the ensemble)
 # seconds to decode and transform one image where the data folder has none to time: one core, no
 # loader workers (benchmarks/README.md, input_pipeline: decode + train / eval transform)
