@@ -11,8 +11,9 @@ import pandas as pd
 from mlc_utils.core.config import to_dict
 from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import BEST_EPOCH, SAVED_WHOLE, cross_fit_member, load_member, reuse_or_train
+from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
 from mlc_utils.study.params import caption_member_name
+from mlc_utils.train.config import BEST_CHECKPOINT, WHOLE_MODEL
 
 
 def _member_dir(ctx, kind: str) -> Path:
@@ -67,7 +68,7 @@ def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Memb
         return predict_probs(model, sets[split], ctx.inference, name=f"{name} predictions",
                              collate_fn=trim_padding_collate)
     return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
-                  predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction}, checkpoint=BEST_EPOCH)
+                  predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction}, checkpoint=BEST_CHECKPOINT)
 
 
 def _fit_frozen_encoder(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
@@ -95,12 +96,12 @@ def _fit_frozen_encoder(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) ->
             "test": dataset("test", ctx.data.test)}
     head = CaptionEmbeddingHead(model)  # shares model.head: training it trains the model's head
     fit(head, sets["train"], sets["val"], cfg, out_dir)
-    save_model(model, out_dir / SAVED_WHOLE, params={**asdict(cfg), "mode": "frozen_encoder"})
+    save_model(model, out_dir / WHOLE_MODEL, params={**asdict(cfg), "mode": "frozen_encoder"})
 
     def predict(split: str):
         return predict_probs(head, sets[split], ctx.inference, name=f"{name} head")
     return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(ctx.data.test.ImageID),
-                  predict("test"), checkpoint=SAVED_WHOLE)
+                  predict("test"), checkpoint=WHOLE_MODEL)
 
 
 _EMBEDDINGS: dict[str, tuple] = {}

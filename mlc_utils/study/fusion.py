@@ -9,14 +9,8 @@ import pandas as pd
 
 from mlc_utils.core.fingerprint import digest
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import (
-    BEST_EPOCH,
-    SAVED_WHOLE,
-    cross_fit_member,
-    member_model,
-    reuse_or_train,
-    save_member,
-)
+from mlc_utils.study.members import cross_fit_member, member_model, reuse_or_train, save_member
+from mlc_utils.train.config import BEST_CHECKPOINT, WHOLE_MODEL
 
 
 def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict[str, list[str]]) -> dict:
@@ -35,7 +29,7 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
     root = ctx.params.data_path(ctx.root)
     out = {}
     for split, ids in ids_by_split.items():
-        if member.kind == "image" and member.checkpoint == SAVED_WHOLE:
+        if member.kind == "image" and member.checkpoint == WHOLE_MODEL:
             from mlc_utils.train.features import FeatureCache, cached_features, head_outputs
             features = cached_features(model, root, ids, "center", ctx.inference,
                                        FeatureCache(Path(ctx.root, ctx.params.image.cache_dir, "features")))
@@ -116,7 +110,7 @@ def _fit_head(ctx, head: str, cfg, image_inputs: dict, caption_inputs: dict, ids
     fit(model, sets["train"], sets["val"], cfg, out_dir)
     probs = {s: predict_probs(model, sets[s], ctx.inference, name=f"fusion:{head}") for s in ("val", "test")}
     return Member(f"fusion:{head}", "fusion", out_dir, ids["val"], probs["val"], ids["test"], probs["test"],
-                  info={"image": image.name, "caption": caption.name, "input": fusion_input}, checkpoint=BEST_EPOCH)
+                  info={"image": image.name, "caption": caption.name, "input": fusion_input}, checkpoint=BEST_CHECKPOINT)
 
 
 def oof_logits(member: Member, ids, split: str) -> np.ndarray:
@@ -171,7 +165,7 @@ def train_fusion_end_to_end(ctx, image: Member, caption: Member, head: str, log=
         probs = {s: predict_probs(model, sets[s], ctx.inference, name=f"fusion:{head}-e2e, {s} rows")
                  for s in ("val", "test")}
         return Member(f"fusion:{head}-e2e", "fusion", out_dir, list(val_df.ImageID), probs["val"],
-                      list(ctx.data.test.ImageID), probs["test"], info={"mode": "end_to_end"}, checkpoint=BEST_EPOCH)
+                      list(ctx.data.test.ImageID), probs["test"], info={"mode": "end_to_end"}, checkpoint=BEST_CHECKPOINT)
     return reuse_or_train(ctx, out_dir, config, run, log, kind="fusion")
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from mlc_utils.evaluation.ensemble import Member
-from mlc_utils.study.members import BEST_EPOCH, SAVED_WHOLE, cross_fit_member, load_member, reuse_or_train
-from mlc_utils.train.config import merge_settings
+from mlc_utils.study.members import cross_fit_member, load_member, reuse_or_train
+from mlc_utils.train.config import BEST_CHECKPOINT, WHOLE_MODEL, merge_settings
 
 
 def image_train_config(ctx, spec):
@@ -65,7 +65,7 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
                                 out_dir, ctx.inference, views=views, cache=cache)
         test_probs = predict_head(model, root, test_ids, views, ctx.inference, cache)
         info = {"feature_cache": {"hits": cache.hits, "misses": cache.misses, "computed_images": cache.computed}}
-        checkpoint = SAVED_WHOLE
+        checkpoint = WHOLE_MODEL
     else:
         if ctx.params.image.torchrun_processes():
             model = _fit_torchrun(ctx, spec, cfg, views, out_dir, log, rows)
@@ -81,7 +81,7 @@ def _train_image(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple) -> Memb
             fit(model, train_set, val_set, cfg, out_dir, teacher=teacher)
         val_probs = predict_images(model, root, list(val_df.ImageID), views, ctx.inference, progress=cfg.progress)
         test_probs = predict_images(model, root, test_ids, views, ctx.inference, progress=cfg.progress)
-        info, checkpoint = {}, BEST_EPOCH
+        info, checkpoint = {}, BEST_CHECKPOINT
     info.update(weights=model.spec["weights"], mode=spec.mode, views=views)
     return Member(spec.label, "image", out_dir, list(val_df.ImageID), val_probs, test_ids, test_probs, info=info,
                   checkpoint=checkpoint)
@@ -119,7 +119,7 @@ def _fit_torchrun(ctx, spec, cfg, views, out_dir: Path, log, rows: tuple):
     code = launch_torchrun(config, ctx.params.image.torchrun_processes(), out_dir, echo=log)
     if code != 0:
         raise RuntimeError(f"{spec.label}: torchrun exited with status {code}; its log is above and in {out_dir}")
-    return load_checkpoint(out_dir / BEST_EPOCH)[0]
+    return load_checkpoint(out_dir / BEST_CHECKPOINT)[0]
 
 
 

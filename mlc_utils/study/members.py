@@ -21,11 +21,9 @@ from mlc_utils.core.fingerprint import data_fingerprint, digest, source_digest
 from mlc_utils.core.io import atomic_write_text, sha256_file
 from mlc_utils.evaluation.ensemble import FOLD_DIR, Member
 from mlc_utils.evaluation.probs import load_probs, save_probs
+from mlc_utils.train.config import BEST_CHECKPOINT, WHOLE_MODEL  # what a member names as its checkpoint
 
 MEMBER_FILE = "member.json"
-# what a stage names as a member's ``checkpoint``, by how the model was trained
-BEST_EPOCH = "best.pt"       # through the training loop: the checkpoint of its best epoch
-SAVED_WHOLE = "model.pt"     # a head trained on what a frozen backbone or encoder computed, saved with them
 
 # the code each kind of member is made by (modules, or packages with all their modules): part of its key
 _TRAINING_CODE = ("mlc_utils.core", "mlc_utils.data.csvio", "mlc_utils.data.labels", "mlc_utils.data.split",
@@ -79,7 +77,7 @@ def load_member(out_dir: Path, key: str | None = None) -> Member | None:
 def _found_checkpoint(out_dir: Path) -> str:
     """The checkpoint of a member saved before member.json named it: the whole model where one was
     saved (a head on frozen features keeps its own best epoch beside it), else the best epoch."""
-    return next((name for name in (SAVED_WHOLE, BEST_EPOCH) if (out_dir / name).is_file()), "")
+    return next((name for name in (WHOLE_MODEL, BEST_CHECKPOINT) if (out_dir / name).is_file()), "")
 
 
 def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member], log=print,
@@ -100,7 +98,7 @@ def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member]
         if found is not None:
             log(f"{out_dir.name}: same configuration as {other}; reusing its result")
             out_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("log.csv", "metrics.json", BEST_EPOCH, SAVED_WHOLE):
+            for name in ("log.csv", "metrics.json", BEST_CHECKPOINT, WHOLE_MODEL):
                 if (other / name).is_file():
                     (out_dir / name).unlink(missing_ok=True)
                     try:  # checkpoints are large: a hard link where the filesystem allows

@@ -127,6 +127,12 @@ class TrainConfig:
 # optimizers built by timm's factory (parameter groups: decay-free 1-d and no_weight_decay(), layer_decay)
 TIMM_OPTIMIZERS = ("timm_adamw",)
 
+# the files a model's out_dir holds after training (THE names: the loop, the heads on features and the
+# study's members read them here)
+LAST_CHECKPOINT = "last.pt"   # every epoch: the resumable state
+BEST_CHECKPOINT = "best.pt"   # the best epoch by validation sample-F1, in the same format
+WHOLE_MODEL = "model.pt"      # a head trained on saved features, saved with its frozen backbone or encoder
+
 # fields that may change between an interrupted run and its resumption
 RESUMABLE_CHANGES = frozenset({"epochs", "resume", "num_workers", "device", "progress", "eval_batch_size",
                                "restore_best"})

@@ -38,7 +38,7 @@ from mlc_utils.core.io import atomic_write_text, save_npy
 from mlc_utils.data.images import image_dataset
 from mlc_utils.evaluation.predict import predict_probs
 from mlc_utils.models.checkpoint import save_model, state_digest
-from mlc_utils.train.config import TrainConfig
+from mlc_utils.train.config import WHOLE_MODEL, TrainConfig
 from mlc_utils.train.loop import FitResult, fit
 
 DEFAULT_CACHE_DIR = "cache/features"
@@ -207,7 +207,7 @@ def fit_head(model, root: str | os.PathLike, train_ids: Sequence[str], train_tar
     head = FeatureHead(model.head, model.spec)  # shares model.head: training it trains the model's head
     cfg = replace(cfg, mixup=False, freeze_epochs=0, restore_best=True)
     result = fit(head, train_set, val_sets[0] if val_sets else None, cfg, out_dir)
-    save_model(model, Path(out_dir) / "model.pt",
+    save_model(model, Path(out_dir) / WHOLE_MODEL,
                params={**asdict(cfg), "mode": "frozen_backbone", "views": list(views)})
     tta = None
     if val_sets:

@@ -55,7 +55,7 @@ from mlc_utils.models.checkpoint import (
     model_identity,
     read_checkpoint,
 )
-from mlc_utils.train.config import RESUMABLE_CHANGES, TrainConfig
+from mlc_utils.train.config import BEST_CHECKPOINT, LAST_CHECKPOINT, RESUMABLE_CHANGES, TrainConfig
 from mlc_utils.train.losses import (
     NEEDS_POS_WEIGHT,
     build_loss,
@@ -84,11 +84,11 @@ class FitResult:
 
     @property
     def best_path(self) -> Path:
-        return self.out_dir / "best.pt"
+        return self.out_dir / BEST_CHECKPOINT
 
     @property
     def last_path(self) -> Path:
-        return self.out_dir / "last.pt"
+        return self.out_dir / LAST_CHECKPOINT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +227,7 @@ class _Trainer:
                                history=self.history, best={"epoch": self.best_epoch, "score": self.best_score})
 
     def resume(self) -> None:
-        path = self.out_dir / "last.pt"
+        path = self.out_dir / LAST_CHECKPOINT
         if not path.is_file():
             return
         ckpt = read_checkpoint(path)
@@ -247,7 +247,7 @@ class _Trainer:
         self.history = list(ckpt["history"])
         self.start_epoch, self.global_step = ckpt["epoch"] + 1, ckpt["global_step"]
         self.best_epoch, self.best_score = ckpt["best"]["epoch"], ckpt["best"]["score"]
-        best_path = self.out_dir / "best.pt"
+        best_path = self.out_dir / BEST_CHECKPOINT
         if best_path.is_file() and self.best_epoch >= 0:
             self.best_state = inference_state(read_checkpoint(best_path))
             probs_path = self.out_dir / "val_probs.npy"
@@ -257,9 +257,9 @@ class _Trainer:
         if self.rank != 0:
             return
         ckpt = self.checkpoint(epoch)
-        atomic_save(self.out_dir / "last.pt", lambda p: torch.save(ckpt, p))
+        atomic_save(self.out_dir / LAST_CHECKPOINT, lambda p: torch.save(ckpt, p))
         if is_best:
-            atomic_save(self.out_dir / "best.pt", lambda p: torch.save(ckpt, p))
+            atomic_save(self.out_dir / BEST_CHECKPOINT, lambda p: torch.save(ckpt, p))
             if probs is not None:
                 save_npy(self.out_dir / "val_probs.npy", probs)
         import pandas as pd
