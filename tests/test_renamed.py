@@ -24,6 +24,15 @@ def test_the_old_text_section_loads_as_caption_with_a_warning(tmp_path):
     assert params.caption.max_length == 20 and params.caption.members == ["tfidf"]
 
 
+def test_the_warning_names_the_file_and_the_line_that_loaded_it(tmp_path):
+    with pytest.warns(RenamedWarning) as caught:
+        _params(tmp_path, "text: {max_length: 20}\n", ["text.pooling=cls"])
+    messages = [str(w.message) for w in caught]
+    assert messages == [f"{tmp_path / 'p.yaml'}: text: 'text' is the old name of 'caption'; it still works, but write 'caption'",
+                        "--set text.pooling: 'text' is the old name of 'caption'; it still works, but write 'caption'"]
+    assert {w.filename for w in caught} == {__file__}   # where the params were loaded, not inside mlc_utils
+
+
 def test_a_file_with_both_sections_names_both(tmp_path):
     with pytest.raises(ParamError, match="text and caption: both are given"):
         _params(tmp_path, "text: {max_length: 20}\ncaption: {max_length: 30}\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -18,6 +19,7 @@ import yaml
 
 from mlc_utils.core.config import (  # noqa: F401  (ParamError is re-exported)
     ParamError,
+    RenamedWarning,
     check_device_name,
     current_choice,
     current_keys,
@@ -393,13 +395,31 @@ def read_params_file(path: str | os.PathLike) -> dict:
 def load_params(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] = ()) -> StudyParams:
     """Read, override and validate. Errors name the file and the parameter."""
     data = read_params_file(path) if path else {}
-    try:  # the file's old section names first, so an old --set key lands in the section the file gives
-        data = apply_overrides(current_keys(StudyParams, data), overrides, StudyParams)
-        params = from_dict(StudyParams, data)
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # the file's old section names first, so an old --set key lands in the section the file gives
+            data = apply_overrides(current_keys(StudyParams, data), overrides, StudyParams)
+            params = from_dict(StudyParams, data)
     except ParamError as err:
         raise ParamError(f"{path or 'params'}: {err}") from None
+    finally:
+        _warn_naming_file(caught, path)
     params.source = str(path or "")
     return params
+
+
+def _warn_naming_file(caught: list, path) -> None:
+    """Warn again what reading ``path`` warned, a renamed key of the file with the file's name in front
+    (an old name given with ``--set`` says so itself)."""
+    for w in caught:
+        message = str(w.message)
+        if issubclass(w.category, RenamedWarning):
+            prefix = f"{path}: " if path and not message.startswith("--set") else ""
+            warnings.warn(prefix + message, w.category, stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def params_as_dict(params: StudyParams) -> dict:
