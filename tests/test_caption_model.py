@@ -222,3 +222,31 @@ def test_the_caption_model_is_described_once_and_round_trips_through_its_spec():
     assert caption_dataset_for(rebuilt, ["A Dog."]).texts == ["a dog"]
     with pytest.raises(TypeError, match="fields of the CaptionModelConfig"):
         create_caption_model(config, 3, max_length=20)
+
+
+def test_caption_passes_run_shortest_first_and_give_rows_back_in_the_callers_order(monkeypatch):
+    """Batches of similar lengths are cut short (trim_padding_collate); the rows come back where the caller
+    put them, with the values a pass in the callers' order gives."""
+    import mlc_utils.core.inference as inference_module
+    from mlc_utils.core.inference import probabilities, run_model
+    from mlc_utils.models.caption import caption_outputs
+
+    torch.manual_seed(0)
+    model = create_caption_model(pretrained=False, num_classes=3, max_length=24)
+    captions = ["a cat", "a very long caption about a dog on a red bus near the station today", "bus",
+                "two people ride bicycles down a street", "pizza on a plate", "a"]
+    lengths = []
+
+    def recording(model, dataset, inference, **kw):
+        lengths.extend(dataset.attention_mask.sum(dim=1).tolist())
+        return run_model(model, dataset, inference, **kw)
+    monkeypatch.setattr(inference_module, "run_model", recording)
+    model.train()
+    probs = caption_outputs(model, captions, Inference("cpu", batch_size=2), probabilities, name="test", progress=False)
+    assert model.training, "the caller's training mode is kept"
+    assert lengths == sorted(lengths), "captions run shortest first"
+    monkeypatch.undo()
+    expected = run_model(model, caption_dataset_for(model, captions), Inference("cpu", batch_size=1), name="one by one",
+                         output=probabilities, collate_fn=trim_padding_collate, progress=False)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert not np.allclose(probs[0], probs[1], atol=1e-4)

@@ -161,3 +161,21 @@ def test_the_plan_reads_each_stage_s_training_settings_where_the_stage_does():
         assert epochs == expected
         fusion, = stage_plans(params, 1000, 100, ["fusion"])
         assert f"x {epochs} epochs" in fusion.work
+
+
+def test_the_holdout_s_fusion_inputs_are_forward_passes_of_the_fused_models():
+    """On the holdout the fusion heads read a fine-tuned image model's and the caption encoder's outputs,
+    computed by one pass over every row (``study.fusion.sub_model_outputs``): the plan counts both; out of
+    fold (``split.folds``) the heads read saved probabilities and no pass runs."""
+    from mlc_utils.study.plan import stage_plans
+    demo = Path(__file__).resolve().parent.parent / "params" / "demo.yaml"
+    fusion, = stage_plans(load_params(demo), 1000, 100, ["fusion"])
+    passes = {t.kind: t for t in fusion.trainings}
+    assert set(passes) == {"image-predict", "caption-predict"}
+    assert all(t.eval_rows == 1100 and t.epochs == 0 and t.build is not None for t in passes.values())
+    assert "lite0-finetune" in passes["image-predict"].label   # as large as lite0-scratch: the first is planned
+    assert "predicts 1,100 images" in fusion.work and "predicts 1,100 captions" in fusion.work
+    named, = stage_plans(load_params(demo, ["fusion.image_model=lite0-scratch"]), 1000, 100, ["fusion"])
+    assert [t.label for t in named.trainings if t.kind == "image-predict"] == ["fusion input: lite0-scratch"]
+    folds, = stage_plans(load_params(demo, ["split.folds=5"]), 1000, 100, ["fusion"])
+    assert folds.trainings == []

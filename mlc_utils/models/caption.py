@@ -193,23 +193,35 @@ class CaptionEmbeddingHead(nn.Module):
         return self.head(self.dropout(embeddings))
 
 
-def embed_captions(model: CaptionClassifier, captions, inference, progress: bool = True) -> np.ndarray:
-    """The model's pooled embedding of each caption (its own cleaning and max_length), ``(n, hidden)`` float32;
-    ``inference`` (a :class:`mlc_utils.core.inference.Inference`) says where and how the pass runs."""
+def caption_outputs(model: nn.Module, captions, inference, output: Callable, *, name: str,
+                    progress: bool = True) -> np.ndarray:
+    """``output(model, batch)`` for every caption, in the callers' order, through the one inference path.
+
+    The captions run shortest first: each batch is cut to its own longest caption (``trim_padding_collate``),
+    so batches of similar lengths carry little padding. ``model`` is a caption classifier (its own cleaning
+    and max_length) and keeps its training mode.
+    """
+    from mlc_utils.core.inference import run_model
     from mlc_utils.data.caption_tokens import trim_padding_collate
-    from mlc_utils.models.fusion import compute_outputs
+    captions = list(captions)
+    order = np.argsort([len(str(c)) for c in captions], kind="stable")
+    was_training = model.training
+    out = run_model(model, caption_dataset_for(model, [captions[i] for i in order]), inference, name=name,
+                    output=output, collate_fn=trim_padding_collate, progress=progress)
+    model.train(was_training)
+    rows = np.empty_like(out)
+    rows[order] = out
+    return rows
+
+
+def embed_captions(model: CaptionClassifier, captions, inference, progress: bool = True) -> np.ndarray:
+    """The model's pooled embedding of each caption, ``(n, hidden)`` float32; ``inference`` (a
+    :class:`mlc_utils.core.inference.Inference`) says where and how the pass runs."""
     captions = list(captions)
     if not captions:  # the tokenizer cannot batch nothing
         return np.zeros((0, model.feature_dim), dtype=np.float32)
-    # shortest first: each batch is padded to its own longest caption (trim_padding_collate), so
-    # batches of similar lengths carry little padding; the rows go back to the callers' order
-    order = np.argsort([len(str(c)) for c in captions], kind="stable")
-    out = compute_outputs(model, caption_dataset_for(model, [captions[i] for i in order]), "features", inference,
-                          name=f"{Path(str(model.config.model_name)).name} caption embeddings",
-                          collate_fn=trim_padding_collate, progress=progress)
-    embeddings = np.empty_like(out)
-    embeddings[order] = out
-    return embeddings
+    return caption_outputs(model, captions, inference, lambda m, batch: m.features(batch),
+                           name=f"{Path(str(model.config.model_name)).name} caption embeddings", progress=progress)
 
 
 def _encoder(name: str, pretrained: bool, tokenizer, load_weights: bool = True) -> tuple[nn.Module, str]:

@@ -51,9 +51,9 @@ def _create_model(ctx):
 
 def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:
     """The encoder and a linear head fine-tuned on ``rows`` = (train_frame, val_frame, y_train, y_val)."""
+    from mlc_utils.core.inference import probabilities
     from mlc_utils.data.caption_tokens import trim_padding_collate
-    from mlc_utils.evaluation.predict import predict_probs
-    from mlc_utils.models.caption import caption_dataset_for
+    from mlc_utils.models.caption import caption_dataset_for, caption_outputs
     from mlc_utils.train.loop import fit
     train_df, val_df, y_train, y_val = rows
     test = ctx.data.test
@@ -61,14 +61,13 @@ def _fit_finetuned(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Memb
     log(f"{name}: {model.source} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
         f"parameters), {len(train_df)} train / {len(val_df)} val captions")
     sets = {split: caption_dataset_for(model, list(frame.Caption), targets)
-            for split, frame, targets in (("train", train_df, y_train), ("val", val_df, y_val), ("test", test, None))}
+            for split, frame, targets in (("train", train_df, y_train), ("val", val_df, y_val))}
     fit(model, sets["train"], sets["val"], cfg, out_dir, collate_fn=trim_padding_collate)
 
-    def predict(split: str):
-        return predict_probs(model, sets[split], ctx.inference, name=f"{name} predictions",
-                             collate_fn=trim_padding_collate)
-    return Member(name, "caption", out_dir, list(val_df.ImageID), predict("val"), list(test.ImageID),
-                  predict("test"), info={"truncated_val_captions": sets["val"].truncated_fraction}, checkpoint=BEST_CHECKPOINT)
+    def predict(frame):
+        return caption_outputs(model, frame.Caption, ctx.inference, probabilities, name=f"{name} predictions", progress=False)
+    return Member(name, "caption", out_dir, list(val_df.ImageID), predict(val_df), list(test.ImageID),
+                  predict(test), info={"truncated_val_captions": sets["val"].truncated_fraction}, checkpoint=BEST_CHECKPOINT)
 
 
 def _fit_frozen_encoder(ctx, name: str, cfg, out_dir: Path, log, rows: tuple) -> Member:

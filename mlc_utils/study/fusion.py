@@ -40,12 +40,11 @@ def sub_model_outputs(ctx, member: Member, fusion_input: str, ids_by_split: dict
             out[split] = compute_outputs(model, dataset, fusion_input, ctx.inference,
                                          name=f"{member.name} {fusion_input}, {split} rows")
         else:
-            from mlc_utils.data.caption_tokens import trim_padding_collate
-            from mlc_utils.models.caption import caption_dataset_for
-            captions = _captions(ctx, ids)
-            out[split] = compute_outputs(model, caption_dataset_for(model, captions), fusion_input, ctx.inference,
-                                         name=f"{member.name} {fusion_input}, {split} rows",
-                                         collate_fn=trim_padding_collate)
+            from mlc_utils.models.caption import caption_outputs
+            from mlc_utils.models.fusion import sub_model_output
+            out[split] = caption_outputs(model, _captions(ctx, ids), ctx.inference,
+                                         lambda m, batch: sub_model_output(m, batch, fusion_input),
+                                         name=f"{member.name} {fusion_input}, {split} rows")
     from mlc_utils.core.io import atomic_save
     arrays = {**out, **{f"{s}_ids": np.array(ids) for s, ids in ids_by_split.items()}}
     atomic_save(cache, lambda tmp: np.savez(tmp, **arrays))

@@ -18,6 +18,9 @@ predict the validation and test rows in each TTA view; a frozen one pays one fea
 every image and view (cached, shared by its folds and by the ablation) and cheap head epochs; the
 ablation's baseline is the image stage's model where the image stage has no folds, and its TTA
 switch only predicts again; caption models likewise (the frozen one embeds every caption once).
+On the holdout the fusion heads' inputs are one more pass of the fused image and caption models
+over every row; the heads' epochs are nominal. Epochs that train a head alone (``freeze_epochs``)
+cost a third of a step, and every epoch writes its checkpoints (``CHECKPOINT_BYTES_S``).
 
 Calibration runs at the run's settings (training batch size, inference batch size of the device,
 precision, torch's thread count), one untimed warm-up batch then ``steps`` timed ones, and times the
@@ -46,14 +49,20 @@ from mlc_utils.study.context import PROJECT_ROOT
 COMPETITION_ROWS = (30_000, 10_000)
 STAGE_OVERHEAD_BYTES = 5 * 2**20      # executed notebook, its HTML, tables and figures
 PROBS_BYTES = 4                       # float32 probabilities per row and class
-# Fitted to the stage times of two idle demo runs and the dev-pack CPU profile on a 2-core EPYC
-# (2026-12-02/03, benchmarks/plan_accuracy.py): eda 8-13/7 s, split 6-8/6 s, fusion 24-26/44-50 s,
-# ensemble 6-7/33 s, explore 5-6 s. A stage's kernel start and imports took 4-9 s (papermill's cell times), its
+# Fitted to the stage times of idle demo runs and the dev-pack CPU profile on a 2-core EPYC
+# (2026-12-02/03, benchmarks/plan_accuracy.py): eda 8-13/7 s, split 6-8/6 s, ensemble 6-7/33 s,
+# explore 5-6 s. A stage's kernel start and imports took 4-9 s (papermill's cell times), its
 # figures and tables 2-4 s whatever the rows; TF-IDF 5.6 s to fit 8,000 captions on every core.
+# A fusion head's epoch: 0.05 s on the demo's 900 rows (120 epochs in 6 s, its inputs cached), 0.09 s
+# on 8,000 (the dev pack's 400 epochs in 35-40 s); the holdout's fusion inputs are forward passes, timed.
 STAGE_OVERHEAD_S = 6.0               # every stage: kernel start, imports, rendering the report
-NOMINAL_S = {"eda": 2.0, "split": 0.5, "fusion": 14.0, "ensemble": 0.0, "explore": 0.0}   # on top of the overhead
-NOMINAL_ROW_S = {"eda": 0.001, "split": 0.0001, "tfidf": 0.0008, "head": 2e-5, "fusion": 7e-6,
+NOMINAL_S = {"eda": 2.0, "split": 0.5, "fusion": 5.0, "ensemble": 0.0, "explore": 0.0}   # on top of the overhead
+NOMINAL_ROW_S = {"eda": 0.001, "split": 0.0001, "tfidf": 0.0008, "head": 2e-5, "fusion": 5.6e-6,
                  "ensemble": 5e-4}   # per row (x epochs for heads, x fits for the ensemble)
+FUSION_EPOCH_S = 0.045               # a fusion head's epoch besides its rows: validation, metrics, checkpoint
+FROZEN_STEP_SHARE = 1 / 3            # a step with the encoder frozen is its forward pass: a third of a full step
+CHECKPOINT_BYTES_S = 600e6           # torch.save to the run's disk (272 MB in 0.24-0.68 s here); last.pt and
+                                     # best.pt are both counted every epoch (early epochs mostly improve)
 # seconds to decode and transform one image where the data folder has none to time: one core, no
 # loader workers (benchmarks/README.md, input_pipeline: decode + train / eval transform)
 DECODE_S = {"train": 0.0029, "eval": 0.0026}
@@ -229,6 +238,18 @@ def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _image_facts(params, spec, cache: dict | None) -> tuple[int, int, int, dict]:
+    """(parameters, head parameters, head input width, data config) of an image model, built on
+    the meta device once per architecture (``cache``)."""
+    key = json.dumps({**spec.as_dict(), "pretrained": False}, sort_keys=True)
+    cache = {} if cache is None else cache
+    if key not in cache:
+        model = _image_model(params, spec)
+        cache[key] = (_count(model), _count(model.head), int(getattr(model.head, "in_features", 0)),
+                      dict(model.spec["data"]))
+    return cache[key]
+
+
 def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | None = None,
                     cross_validate: bool = True, cache: dict | None = None, predict_only: bool = False) -> Training:
     """One image model of ``image.models`` (or of the ablation: ``cross_validate`` False trains on the
@@ -239,13 +260,7 @@ def _image_training(params, spec, cfg, n_train: int, n_test: int, label: str | N
         val_rows = round(n_train * params.split.val_fraction)
         runs, train_rows = 1, n_train - val_rows
     views = len(params.image.tta) if spec.tta else 1
-    key = json.dumps({**spec.as_dict(), "pretrained": False}, sort_keys=True)
-    cache = {} if cache is None else cache
-    if key not in cache:
-        model = _image_model(params, spec)
-        cache[key] = (_count(model), _count(model.head), int(getattr(model.head, "in_features", 0)),
-                      dict(model.spec["data"]))
-    total, head, dim, data_config = cache[key]
+    total, head, dim, data_config = _image_facts(params, spec, cache)
     hub = total * 4 if spec.pretrained is True and _needs_download(spec.name) and not predict_only else 0
     size = spec.img_size
     arch = {"image": spec.name, "head": spec.head, "img_size": size, "pool": spec.global_pool,
@@ -387,11 +402,10 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
                 eval_batch: int | None = None) -> list[StagePlan]:
     """Work and disk of every stage in ``stages`` (times come from :func:`calibrate`); ``data_dir``
     gives the captions' lengths, ``eval_batch`` the inference batch of captions on the plan's device."""
-    from mlc_utils.study.image import image_train_config
+    from types import SimpleNamespace
 
-    class Ctx:  # what image_train_config reads
-        pass
-    Ctx.params = params
+    from mlc_utils.study.image import image_train_config
+    ctx = SimpleNamespace(params=params)  # what image_train_config and ablation_specs read
     cache: dict = {}
     out = []
     for stage in stages:
@@ -406,34 +420,73 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
                 f" of {n_train:,} rows ({params.split.method})"
             plan.nominal_s += NOMINAL_S[stage] + n_train * NOMINAL_ROW_S[stage]
         elif stage == "image":
-            plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
+            plan.trainings = [_image_training(params, spec, image_train_config(ctx, spec), n_train, n_test,
                                               cache=cache) for spec in params.image.models]
         elif stage == "ablation":
             # the holdout baseline is the image stage's model; features are shared; the TTA switch of
             # a fine-tuned model only predicts again
             from mlc_utils.study.ablation import ablation_specs
-            plan.trainings = [_image_training(params, spec, image_train_config(Ctx, spec), n_train, n_test,
+            plan.trainings = [_image_training(params, spec, image_train_config(ctx, spec), n_train, n_test,
                                               f"{name}: {spec.label}", cross_validate=False, cache=cache,
                                               predict_only=name == "tta" and spec.mode == "finetune")
-                              for name, spec in ablation_specs(Ctx) if name != "baseline" or params.split.folds]
+                              for name, spec in ablation_specs(ctx) if name != "baseline" or params.split.folds]
             for t in plan.trainings:
                 t.once_rows = t.feature_bytes = 0
         elif stage == "caption":
             plan.trainings = _caption_trainings(params, n_train, n_test, caption_lengths(params, data_dir), eval_batch)
         else:   # heads on saved outputs, the ensemble, the views of the mistakes
-            runs = _fits(params, n_train)[0]
+            runs, train_rows, _ = _fits(params, n_train)
             heads = len(params.fusion.heads) if stage == "fusion" else 0
             epochs = params.fusion.training(**params.training_defaults()).epochs
-            plan.work = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {n_train:,} rows of saved outputs" \
+            plan.work = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {train_rows:,} rows of saved outputs" \
                 if heads else f"combines the saved probabilities of {n_train + n_test:,} rows"
-            plan.nominal_s += NOMINAL_S[stage] + heads * runs * epochs * n_train * NOMINAL_ROW_S["fusion"]
+            plan.nominal_s += NOMINAL_S[stage] + heads * runs * epochs * (FUSION_EPOCH_S + train_rows * NOMINAL_ROW_S["fusion"])
             if stage == "ensemble":  # weights and threshold searched once, and again per fold when cross-fitted
                 plan.nominal_s += n_train * (1 + params.split.folds) * NOMINAL_ROW_S["ensemble"]
             plan.disk_bytes += (heads + 1) * _probs(params, n_train, n_test, runs)
+            if heads:
+                plan.trainings = _fusion_inputs(params, n_train, n_test, cache, data_dir, eval_batch)
         if plan.trainings:
-            plan.work = "; ".join(_work(t) for t in plan.trainings)
+            plan.work = "; ".join(([plan.work] if plan.work else []) + [_work(t) for t in plan.trainings])
             plan.disk_bytes += sum(t.disk_bytes for t in plan.trainings)
         out.append(plan)
+    return out
+
+
+def _forward_only(t: Training, label: str, rows: int, width: int) -> Training:
+    """``t``'s model, once trained, run over ``rows`` once (its ``width`` outputs a row saved)."""
+    return Training(label, "image-predict" if t.kind in IMAGE_KINDS else "caption-predict", 1, 0, 0, rows,
+                    extra_bytes=rows * width * PROBS_BYTES, batch_size=t.batch_size, build=t.build, arch=t.arch,
+                    data_config=t.data_config)
+
+
+def _fusion_inputs(params, n_train: int, n_test: int, cache: dict, data_dir: Path | None,
+                   eval_batch: int | None) -> list[Training]:
+    """The forward passes that give the holdout's fusion heads their inputs (``study.fusion.sub_model_outputs``):
+    a fine-tuned image model and a caption encoder, each run once over every row. The image model is
+    ``fusion.image_model``, else the best on validation, known only at run time: planned at the largest
+    fine-tuned one. Heads on cached image features and cross-validated (out-of-fold) inputs run no pass."""
+    from types import SimpleNamespace
+
+    from mlc_utils.study.image import image_train_config
+    if params.split.folds or params.fusion.mode != "frozen_submodels":
+        return []
+    rows, logits = n_train + n_test, params.fusion.fusion_input == "logits"
+    wanted = params.fusion.image_model
+    specs = [s for s in params.image.models if s.mode == "finetune" and (not wanted or s.label == wanted)]
+    out = []
+    if specs:
+        spec = max(specs, key=lambda s: _image_facts(params, s, cache)[0])
+        t = _image_training(params, spec, image_train_config(SimpleNamespace(params=params), spec), n_train, n_test,
+                            cache=cache)
+        chosen = "" if wanted or len(specs) == 1 else " (the largest; the best on validation is fused)"
+        out.append(_forward_only(t, f"fusion input: {spec.label}{chosen}", rows,
+                                 params.num_classes if logits else _image_facts(params, spec, cache)[2]))
+    encoders = [t for t in _caption_trainings(params, n_train, n_test, caption_lengths(params, data_dir), eval_batch)
+                if t.kind in ("caption", "caption-features")]
+    if encoders:
+        out.append(_forward_only(encoders[0], f"fusion input: {params.caption.model_name}", rows,
+                                 params.num_classes if logits else encoders[0].head_dim or params.num_classes))
     return out
 
 
@@ -441,8 +494,8 @@ def _work(t: Training) -> str:
     runs = f"{t.runs} fits x " if t.runs > 1 else ""
     if t.kind == "tfidf":
         return f"{t.label}: {runs}{t.train_rows:,} captions"
-    if t.kind == "image-predict":
-        return f"{t.label}: predicts {t.eval_rows:,} images (no training)"
+    if t.kind.endswith("predict"):
+        return f"{t.label}: predicts {t.eval_rows:,} {'images' if t.kind in IMAGE_KINDS else 'captions'} (no training)"
     if t.kind.endswith("features"):
         return f"{t.label}: features of {t.once_rows:,} rows once, then a head {runs}{t.epochs} epochs x {t.train_rows:,}"
     what = "images" if t.kind == "image" else "captions"
@@ -668,13 +721,14 @@ def _seconds(t: Training, train_batch_s: float, forward_row_s: float, decode_tra
              decode_eval_s: float) -> float:
     """The model of time of one training (module docstring): its fits, then its forward passes."""
     per_process = math.ceil(t.train_rows / t.processes)
-    if t.kind in TRAINED:   # epochs that train the head alone cost about a forward pass of their rows
-        fit_s = (t.epochs - t.frozen_epochs) * math.ceil(per_process / t.batch_size) * train_batch_s + \
-            t.frozen_epochs * per_process * forward_row_s + t.epochs * per_process * decode_train_s
+    if t.kind in TRAINED:   # epochs that train the head alone cost a forward pass at the training batch's shape
+        steps = t.epochs - t.frozen_epochs + t.frozen_epochs * FROZEN_STEP_SHARE
+        fit_s = steps * math.ceil(per_process / t.batch_size) * train_batch_s + t.epochs * per_process * decode_train_s
     elif train_batch_s:   # a head on saved features, its training batches timed, plus each epoch's validation
         fit_s = t.epochs * (math.ceil(t.train_rows / t.batch_size) * train_batch_s * (1 + HEAD_VALIDATION) + HEAD_EPOCH_S)
     else:   # a head on saved features, untimed: nominal
         fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"]
+    fit_s += t.epochs * 2 * t.checkpoint_bytes / CHECKPOINT_BYTES_S
     forward_rows = t.runs * math.ceil(t.eval_rows / t.processes) + t.once_rows
     return t.runs * fit_s + forward_rows * (forward_row_s + decode_eval_s)
 
