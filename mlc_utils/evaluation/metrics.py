@@ -14,6 +14,9 @@ from mlc_utils.data.labels import TOP1_FALLBACK, decide
 PAPER_THRESHOLDS = (0.4, 0.5, 0.6)  # the grid of the paper's Table 1
 #: the coarse threshold grid each candidate of a weight search (ensemble weights, late fusion) is scored on
 SEARCH_THRESHOLDS = tuple(np.round(np.arange(0.2, 0.71, 0.05), 2))
+#: the fine grid a global threshold is tuned on, and the coarser one of each class's coordinate ascent
+TUNING_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.01), 2))
+CLASS_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 
 
 def f1_at(threshold: float) -> str:
@@ -82,7 +85,7 @@ def per_class_f1(y_true, probs, threshold: float | np.ndarray = 0.5) -> pd.DataF
 
 def tune_global_threshold(y_true, probs, grid: np.ndarray | None = None) -> tuple[float, float]:
     """The single threshold that maximises sample-F1 on these rows: (threshold, score)."""
-    grid = np.round(np.arange(0.05, 0.951, 0.01), 2) if grid is None else np.asarray(grid)
+    grid = np.asarray(TUNING_THRESHOLDS if grid is None else grid)
     scores = [sample_f1(y_true, probs, t) for t in grid]
     best = int(np.argmax(scores))
     return float(grid[best]), float(scores[best])
@@ -96,7 +99,7 @@ def tune_class_thresholds(y_true, probs, grid: np.ndarray | None = None, rounds:
     when it raises sample-F1, so the result never scores below the global threshold on these rows.
     """
     y_true, probs = _check(y_true, probs)
-    grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else np.asarray(grid)
+    grid = np.asarray(CLASS_THRESHOLDS if grid is None else grid)
     base = tune_global_threshold(y_true, probs)[0] if start is None else start
     thresholds = np.full(y_true.shape[1], base, dtype=np.float64)
     best = sample_f1(y_true, probs, thresholds)
