@@ -155,6 +155,24 @@ def test_the_image_config_is_what_params_checkpoints_and_the_feature_key_seriali
         create_image_model(config, num_classes=3, head="replace")  # a field goes in the config, not beside it
 
 
+def test_stochastic_depth_is_one_field_that_reaches_timm_and_not_the_feature_key():
+    """drop_path_rate: null keeps the architecture's own (timm drops None), a rate builds DropPath layers,
+    a rate out of range names the field; it changes training only, so cached features stay valid."""
+    from timm.layers import DropPath
+
+    from mlc_utils.models import ImageModelConfig
+
+    def rates(config):
+        return [m.drop_prob for m in create_image_model(config, num_classes=3).modules() if isinstance(m, DropPath)]
+    assert rates(ImageModelConfig("test_resnet", img_size=32)) == []
+    assert max(rates(ImageModelConfig("test_resnet", img_size=32, drop_path_rate=0.2))) == pytest.approx(0.2)  # the deepest block's
+    config = ImageModelConfig("test_resnet", img_size=32, drop_path_rate=0.2)
+    assert "drop_path_rate" not in config.feature_identity()
+    assert build_model(create_image_model(config, num_classes=3).spec).config == config
+    with pytest.raises(ValueError, match=r"drop_path_rate: must be in \[0, 1\)"):
+        create_image_model("test_resnet", drop_path_rate=1.5)
+
+
 def test_class_attention_round_trips_and_names_its_errors():
     model = create_image_model("test_resnet", num_classes=3, head="class_attention", img_size=32,
                                attention_grid=2).eval()

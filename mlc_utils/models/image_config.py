@@ -54,6 +54,7 @@ class ImageModelConfig:
     global_pool: str = ""                # timm pooling for head: replace ("" = the model's own; catavgmax)
     attention_grid: int = 3              # head: class_attention scores attention_grid x attention_grid regions
     drop_rate: float = field(default=0.0, metadata={**TIMM, **TRAINING_ONLY})  # dropout before the head
+    drop_path_rate: float | None = field(default=None, metadata={**TIMM, **TRAINING_ONLY})  # stochastic depth (None: timm's)
 
     def check(self):
         require(bool(str(self.name).strip()), "name: must name a timm model")
@@ -62,6 +63,8 @@ class ImageModelConfig:
         require(self.crop_mode in CROP_MODES, f"crop_mode: must be one of {list(CROP_MODES)} (got {self.crop_mode!r})")
         require(self.img_size >= 16, f"img_size: must be >= 16 (got {self.img_size})")
         require(0.0 <= self.drop_rate < 1.0, f"drop_rate: must be in [0, 1) (got {self.drop_rate})")
+        require(self.drop_path_rate is None or 0.0 <= self.drop_path_rate < 1.0,
+                f"drop_path_rate: must be in [0, 1) or null for the architecture's own (got {self.drop_path_rate})")
         require(isinstance(self.attention_grid, int) and not isinstance(self.attention_grid, bool)
                 and self.attention_grid >= 1, f"attention_grid: must be an integer >= 1 (got {self.attention_grid!r})")
         check_pooling(self.head, self.global_pool)
