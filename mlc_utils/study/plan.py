@@ -402,11 +402,21 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
                 eval_batch: int | None = None) -> list[StagePlan]:
     """Work and disk of every stage in ``stages`` (times come from :func:`calibrate`); ``data_dir``
     gives the captions' lengths, ``eval_batch`` the inference batch of captions on the plan's device."""
+    from functools import cache as once
     from types import SimpleNamespace
 
     from mlc_utils.study.image import image_train_config
     ctx = SimpleNamespace(params=params)  # what image_train_config and ablation_specs read
     cache: dict = {}
+
+    @once   # the image and caption stages' trainings, also read by the fusion stage's passes
+    def image_trainings() -> tuple[Training, ...]:
+        return tuple(_image_training(params, spec, image_train_config(ctx, spec), n_train, n_test, cache=cache)
+                     for spec in params.image.models)
+
+    @once
+    def caption_trainings() -> tuple[Training, ...]:
+        return tuple(_caption_trainings(params, n_train, n_test, caption_lengths(params, data_dir), eval_batch))
     out = []
     for stage in stages:
         plan = StagePlan(stage, nominal_s=STAGE_OVERHEAD_S)
@@ -420,8 +430,7 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
                 f" of {n_train:,} rows ({params.split.method})"
             plan.nominal_s += NOMINAL_S[stage] + n_train * NOMINAL_ROW_S[stage]
         elif stage == "image":
-            plan.trainings = [_image_training(params, spec, image_train_config(ctx, spec), n_train, n_test,
-                                              cache=cache) for spec in params.image.models]
+            plan.trainings = list(image_trainings())
         elif stage == "ablation":
             # the holdout baseline is the image stage's model; features are shared; the TTA switch of
             # a fine-tuned model only predicts again
@@ -433,7 +442,7 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
             for t in plan.trainings:
                 t.once_rows = t.feature_bytes = 0
         elif stage == "caption":
-            plan.trainings = _caption_trainings(params, n_train, n_test, caption_lengths(params, data_dir), eval_batch)
+            plan.trainings = list(caption_trainings())
         else:   # heads on saved outputs, the ensemble, the views of the mistakes
             runs, train_rows, _ = _fits(params, n_train)
             heads = len(params.fusion.heads) if stage == "fusion" else 0
@@ -445,7 +454,7 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
                 plan.nominal_s += n_train * (1 + params.split.folds) * NOMINAL_ROW_S["ensemble"]
             plan.disk_bytes += (heads + 1) * _probs(params, n_train, n_test, runs)
             if heads:
-                plan.trainings = _fusion_inputs(params, n_train, n_test, cache, data_dir, eval_batch)
+                plan.trainings = _fusion_inputs(params, n_train + n_test, image_trainings(), caption_trainings(), cache)
         if plan.trainings:
             plan.work = "; ".join(([plan.work] if plan.work else []) + [_work(t) for t in plan.trainings])
             plan.disk_bytes += sum(t.disk_bytes for t in plan.trainings)
@@ -460,30 +469,25 @@ def _forward_only(t: Training, label: str, rows: int, width: int) -> Training:
                     data_config=t.data_config)
 
 
-def _fusion_inputs(params, n_train: int, n_test: int, cache: dict, data_dir: Path | None,
-                   eval_batch: int | None) -> list[Training]:
+def _fusion_inputs(params, rows: int, images, captions, cache: dict) -> list[Training]:
     """The forward passes that give the holdout's fusion heads their inputs (``study.fusion.sub_model_outputs``):
-    a fine-tuned image model and a caption encoder, each run once over every row. The image model is
-    ``fusion.image_model``, else the best on validation, known only at run time: planned at the largest
-    fine-tuned one. Heads on cached image features and cross-validated (out-of-fold) inputs run no pass."""
-    from types import SimpleNamespace
-
-    from mlc_utils.study.image import image_train_config
+    a fine-tuned image model and a caption encoder of ``images`` / ``captions`` (the stages' trainings), each
+    run once over every row. The image model is ``fusion.image_model``, else the best on validation, known
+    only at run time: planned at the largest fine-tuned one. Heads on cached image features and
+    cross-validated (out-of-fold) inputs run no pass."""
     if params.split.folds or params.fusion.mode != "frozen_submodels":
         return []
-    rows, logits = n_train + n_test, params.fusion.fusion_input == "logits"
+    logits = params.fusion.fusion_input == "logits"
     wanted = params.fusion.image_model
-    specs = [s for s in params.image.models if s.mode == "finetune" and (not wanted or s.label == wanted)]
+    fine_tuned = [(spec, t) for spec, t in zip(params.image.models, images)
+                  if t.kind == "image" and (not wanted or spec.label == wanted)]
     out = []
-    if specs:
-        spec = max(specs, key=lambda s: _image_facts(params, s, cache)[0])
-        t = _image_training(params, spec, image_train_config(SimpleNamespace(params=params), spec), n_train, n_test,
-                            cache=cache)
-        chosen = "" if wanted or len(specs) == 1 else " (the largest; the best on validation is fused)"
+    if fine_tuned:
+        spec, t = max(fine_tuned, key=lambda pair: pair[1].params)
+        chosen = "" if wanted or len(fine_tuned) == 1 else " (the largest; the best on validation is fused)"
         out.append(_forward_only(t, f"fusion input: {spec.label}{chosen}", rows,
                                  params.num_classes if logits else _image_facts(params, spec, cache)[2]))
-    encoders = [t for t in _caption_trainings(params, n_train, n_test, caption_lengths(params, data_dir), eval_batch)
-                if t.kind in ("caption", "caption-features")]
+    encoders = [t for t in captions if t.kind in ("caption", "caption-features")]
     if encoders:
         out.append(_forward_only(encoders[0], f"fusion input: {params.caption.model_name}", rows,
                                  params.num_classes if logits else encoders[0].head_dim or params.num_classes))
