@@ -73,8 +73,8 @@ def test_a_second_plan_on_the_same_machine_calibrates_nothing(tiny_data, tmp_pat
     def timed(*args, **kwargs):
         calls.append(args)
         return 0.01
-    monkeypatch.setattr(planning, "_time_batches", timed)
-    monkeypatch.setattr(planning, "_time_decode", timed)
+    monkeypatch.setattr(planning.calibration, "_time_batches", timed)
+    monkeypatch.setattr(planning.calibration, "_time_decode", timed)
     second = make_plan(params, tmp_path)
     assert calls == [] and [s.seconds for s in second.stages] == [s.seconds for s in first.stages]
     # another training batch size is another calibration of the training batch only
