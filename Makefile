@@ -10,6 +10,9 @@ ARGS   ?=
 
 .PHONY: setup allocator run test lab demo-data browser clean-runs
 
+# `make setup` is everything `make run` and `make test` set up: the venv, the stack, the kernel and the allocator
+setup: $(STAMP) allocator
+
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -18,12 +21,10 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name mlc --display-name "Python (mlc)"
 	@touch $(STAMP)
 
-setup: $(STAMP)
-
 # tcmalloc keeps freed memory, so CPU passes do not fault their activations in page by page: 2-3x the
 # images/s here (mlc_utils/core/allocator.py, benchmarks/feature_extraction.py). Debian's package where
 # it can be installed; elsewhere glibc's malloc is tuned in-process. `run` preloads it for its kernels.
-allocator: setup
+allocator: $(STAMP)
 	@test -n "$$($(PY) -m mlc_utils.core.allocator)" || \
 	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) ; } || \
@@ -36,7 +37,7 @@ $(DEMO)/train.csv: | $(STAMP)
 
 demo-data: $(DEMO)/train.csv
 
-run: setup allocator $(DEMO)/train.csv
+run: setup $(DEMO)/train.csv
 	$(PY) -m mlc_utils run --params $(PARAMS) $(ARGS)
 
 # Headless Chromium for the report test (Debian's package); where it cannot be installed, that
@@ -47,10 +48,10 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "make: chromium not installed; the browser test of the reports will skip"
 
-test: setup allocator browser
+test: setup browser
 	$(PRELOAD) $(PY) -m pytest $(ARGS)
 
-lab: setup allocator $(DEMO)/train.csv
+lab: setup $(DEMO)/train.csv
 	$(PRELOAD) $(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 clean-runs:

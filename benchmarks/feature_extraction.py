@@ -13,8 +13,11 @@ under one allocator, because the allocator is fixed when a process starts:
 Rows per allocator: the bare forward (``model.embed`` under ``torch.inference_mode``, channels_last)
 at each ``--batches`` size; decoding alone (the study's eval view through ``ImageDataset``, one
 process); the project's pass (``train.features.compute_features``, i.e. ``core.inference.run_model``
-with the device's defaults) with 0 and 1 DataLoader workers; bf16 autocast at the default batch,
-with its largest difference from fp32. Each row is timed ``--repeats`` times, the rows taken in turn
+with the device's defaults) with 0 and 1 DataLoader workers, on torch and on OpenVINO
+(``core.openvino``: converted once, f32, its first batch checked against torch); OpenVINO's bare
+forward in f32 and at its own default precision (bf16 on a CPU that has it); bf16 autocast at the
+default batch. Rows that change the numbers say by how much (their largest difference from the fp32
+torch pass, as a share of its largest value). Each row is timed ``--repeats`` times, the rows taken in turn
 (this host's speed drifts by 10-20% from minute to minute), and keeps its fastest pass; each row gives images/s, minor page faults per image
 (``resource.getrusage(...).ru_minflt``) and system CPU seconds per 100 images, so the allocator's
 cost shows even on a machine where it hurts less than here.
@@ -87,6 +90,7 @@ def child(args) -> dict:
     import numpy as np
     import torch
 
+    from mlc_utils.core import openvino
     from mlc_utils.core.allocator import loaded_allocator, tune_glibc
     from mlc_utils.core.inference import BATCH_SIZES, Inference
     from mlc_utils.data.images import image_dataset
@@ -121,19 +125,61 @@ def child(args) -> dict:
     rows[f"bare forward, batch {default}, 1 thread"] = one_thread(forward(default))
     rows["decode alone (eval view, 1 process)"] = lambda: [dataset[i] for i in range(len(ids))]
     for workers in (0, 1):
-        inference = Inference("cpu", num_workers=workers)
+        inference = Inference("cpu", num_workers=workers, runtime="torch")
         rows[f"project pass, {workers} worker(s)"] = (
             lambda inference=inference: compute_features(model, data, ids, "center", inference, progress=False))
+    compiled = {}
+    if openvino.available():
+        started = time.perf_counter()
+        compiled["f32"], why = openvino.compile_pass(cl, lambda m, x: m.embed(x), decoded[:default])
+        results["openvino convert s"] = time.perf_counter() - started
+        compiled["default"] = _openvino_default_precision(cl, decoded[:default])
+        for precision, fn in compiled.items():
+            if fn is None:
+                print(f"OpenVINO {precision}: {why}", file=sys.stderr)
+                continue
+            rows[f"OpenVINO bare forward, {precision}, batch {default}"] = (
+                lambda fn=fn: torch.cat([fn(decoded[i:i + default]) for i in range(0, len(decoded), default)]))
+        ov = Inference("cpu", runtime="openvino")   # the first (warm-up) pass converts; the timed ones reuse it
+        rows["project pass, 0 worker(s), OpenVINO"] = (
+            lambda: compute_features(model, data, ids, "center", ov, progress=False))
     results.update(_measure_all(rows, len(ids), args.repeats))
     fp32 = results["project pass, 0 worker(s)"]["out"]
-    bf16 = _measure_all({"bf16": forward(default, torch.bfloat16)}, len(ids), 1)["bf16"]
     scale = float(np.abs(fp32).max())
+    for name, row in results.items():
+        if "OpenVINO" in name:
+            row["note"] = f"max difference {float(np.abs(np.asarray(row['out']) - fp32).max()) / scale:.1e} of max |fp32|"
+    bf16 = _measure_all({"bf16": forward(default, torch.bfloat16)}, len(ids), 1)["bf16"]
     bf16["note"] = f"max |bf16 - fp32| = {float(np.abs(bf16['out'].numpy() - fp32).max()) / scale:.1e} of max |fp32|"
     results[f"bf16 autocast forward, batch {default}"] = bf16
     for row in results.values():
         if isinstance(row, dict):
             row.pop("out", None)
     return results
+
+
+def _openvino_default_precision(model, example):
+    """OpenVINO's own choice of precision on this CPU (bf16 where the CPU has it): faster, other numbers."""
+    import warnings
+
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    from mlc_utils.core.openvino import _Pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(_Pass(model, lambda m, x: m.embed(x)).eval(), example_input=example)
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    return lambda batch: torch.from_numpy(np.array(compiled(batch.contiguous().numpy())[0]))
+
+
+def _of_limit(row: str, v: dict, limits: dict, allocator: str) -> str:
+    """A project pass against the limit of its own runtime (torch's or OpenVINO's bare forward + decoding)."""
+    if not row.startswith("project"):
+        return ""
+    limit = limits.get(f"{allocator}, OpenVINO f32") if "OpenVINO" in row else limits[allocator]
+    return f"{v['img_s'] / limit:.2f}" if limit else ""
 
 
 def main(argv=None) -> int:
@@ -163,10 +209,15 @@ def main(argv=None) -> int:
         bare = max(v["img_s"] for k, v in results.items() if k.startswith("bare forward"))
         decode = results["decode alone (eval view, 1 process)"]["img_s"]
         limits[name] = 1 / (1 / bare + 1 / decode)
+        ov_bare = next((v["img_s"] for k, v in results.items() if k.startswith("OpenVINO bare forward, f32")), None)
+        if ov_bare:
+            limits[f"{name}, OpenVINO f32"] = 1 / (1 / ov_bare + 1 / decode)
+        if "openvino convert s" in results:
+            print(f"{name}: OpenVINO converted and checked the model in {results['openvino convert s']:.1f} s (once a process)")
         for row, v in results.items():
             if isinstance(v, dict):
                 table.append([name, row, f"{v['img_s']:.1f}", f"{v['faults']:.0f}", f"{v['sys100']:.2f}",
-                              f"{v['img_s'] / limits[name]:.2f}" if row.startswith("project") else "", v.get("spread", ""), v.get("note", "")])
+                              _of_limit(row, v, limits, name), v.get("spread", ""), v.get("note", "")])
     print_table(["allocator", "row", "img/s", "page faults/img", "sys s/100 img", "of limit", "img/s of each pass", "note"], table,
                 title="CPU image pass: bare model, decoding, the project's pass")
     for name, limit in limits.items():

@@ -104,3 +104,59 @@ def test_map_ignores_absent_classes():
     y = np.array([[1, 0, 0], [0, 1, 0]])
     p = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5]])
     assert M.mean_average_precision(y, p) == 1.0
+
+
+def _class_thresholds_one_by_one(y, probs, grid, rounds=2):
+    """The coordinate ascent as first written: sample_f1 called for every class and grid point."""
+    thresholds = np.full(y.shape[1], M.tune_global_threshold(y, probs)[0])
+    best = M.sample_f1(y, probs, thresholds)
+    for _ in range(rounds):
+        improved = False
+        for c in range(y.shape[1]):
+            keep = thresholds[c]
+            for t in grid:
+                thresholds[c] = t
+                score = M.sample_f1(y, probs, thresholds)
+                if score > best + 1e-12:
+                    best, keep, improved = score, t, True
+            thresholds[c] = keep
+        if not improved:
+            break
+    return thresholds, best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_threshold_sweeps_give_exactly_what_sample_f1_gives_threshold_by_threshold(seed):
+    rng = np.random.default_rng(seed)
+    n, c = int(rng.integers(1, 200)), int(rng.integers(1, 7))
+    y = (rng.random((n, c)) < rng.random()).astype(float)
+    probs = np.round(rng.random((n, c)), int(rng.integers(1, 4)))   # many probabilities equal to grid points
+    grid = rng.choice(M.CLASS_THRESHOLDS, size=int(rng.integers(1, 12)))  # unsorted, repeats
+    assert M.sample_f1_sweep(y, probs, grid).tolist() == [M.sample_f1(y, probs, t) for t in grid]
+    assert M.sample_f1_sweep(y, probs, grid, at_least_one=False).tolist() == \
+        [M.sample_f1(y, probs, t, at_least_one=False) for t in grid]
+    scores = [M.sample_f1(y, probs, t) for t in M.TUNING_THRESHOLDS]
+    assert M.tune_global_threshold(y, probs) == (M.TUNING_THRESHOLDS[int(np.argmax(scores))], max(scores))
+    thresholds, best = M.tune_class_thresholds(y, probs)
+    expected, expected_best = _class_thresholds_one_by_one(y, probs, np.asarray(M.CLASS_THRESHOLDS))
+    assert thresholds.tolist() == expected.tolist() and best == expected_best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_evaluate_gives_sklearns_scores(seed):
+    from sklearn.metrics import average_precision_score
+    rng = np.random.default_rng(seed)
+    n, c = int(rng.integers(5, 300)), int(rng.integers(3, 9))
+    y = (rng.random((n, c)) < 0.3).astype(np.int8)
+    y[:2, :2] = 1                                   # at least two classes present: sklearn's multilabel case
+    y[:, -1] = 0                                    # and one absent, as labels 0 and 12 are here
+    probs = np.round(rng.random((n, c)), int(rng.integers(1, 4)))   # ties in the rankings
+    pred = decide(probs, 0.5).astype(np.int8)
+    present = y.sum(axis=0) > 0
+    got = M.evaluate(y, probs, 0.5)
+    assert got["sample_f1"] == f1_score(y, pred, average="samples", zero_division=0)
+    assert got["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro", zero_division=0), abs=1e-12)
+    assert got["macro_f1"] == pytest.approx(
+        f1_score(y[:, present], pred[:, present], average="macro", zero_division=0), abs=1e-12)
+    assert got["mAP"] == pytest.approx(average_precision_score(y[:, present], probs[:, present], average="macro"),
+                                       abs=1e-12)

@@ -288,3 +288,38 @@ def test_image_dataset_items(tmp_path):
     assert x.shape == (3, 32, 32) and y.shape == (20,) and y.sum() == 0
     with pytest.raises(ValueError, match="targets"):
         ImageDataset(tmp_path / "data", ["a.jpg"], np.zeros((2, 20)))
+
+
+@pytest.mark.parametrize("head", ["class_attention", "replace"])
+def test_tail_stages_move_the_last_stages_into_the_head_and_change_nothing_else(head):
+    def build(**extra):
+        torch.manual_seed(0)   # the same weights: moving stages draws no random numbers
+        return create_image_model("test_efficientnet", num_classes=3, head=head, img_size=32, **extra).eval()
+    whole, tailed = build(), build(tail_stages=2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(tailed(x), whole(x), atol=1e-6)
+        assert tailed.embed(x).shape == (2, tailed.head.in_features)    # the cached rows: the cut's feature map
+    # the tail's stages train with the head; what stays frozen is smaller
+    assert _count(tailed.head_parameters()) > _count(whole.head_parameters())
+    assert _count(tailed.backbone_parameters()) < _count(whole.backbone_parameters())
+    assert tailed.config.feature_identity()["tail_stages"] == 2    # another cut, other cached features
+    rebuilt = build_model(tailed.spec)
+    rebuilt.load_state_dict(tailed.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), tailed(x))
+
+
+def test_tail_stages_name_what_they_need():
+    with pytest.raises(ValueError, match="tail_stages: needs a backbone with stages in `blocks`.*ResNet"):
+        create_image_model("test_resnet", head="replace", img_size=32, tail_stages=1)
+    with pytest.raises(ValueError, match="tail_stages: EfficientNet has 5 stages, so at most 4 can train"):
+        create_image_model("test_efficientnet", head="replace", img_size=32, tail_stages=5)
+    with pytest.raises(ValueError, match="tail_stages: trains the backbone's last stages with head: replace"):
+        create_image_model("test_efficientnet", head="extra_linear", img_size=32, tail_stages=1)
+    with pytest.raises(ValueError, match="tail_stages: must be an integer >= 0"):
+        create_image_model("test_efficientnet", head="replace", img_size=32, tail_stages=-1)
+
+
+def _count(parameters) -> int:
+    return sum(p.numel() for p in parameters)

@@ -179,3 +179,38 @@ def test_the_holdout_s_fusion_inputs_are_forward_passes_of_the_fused_models():
     assert [t.label for t in named.trainings if t.kind == "image-predict"] == ["fusion input: lite0-scratch"]
     folds, = stage_plans(load_params(demo, ["split.folds=5"]), 1000, 100, ["fusion"])
     assert folds.trainings == []
+
+
+@pytest.mark.parametrize("allocator", ["tcmalloc", "glibc, tuned"])
+def test_the_first_line_names_the_allocator_and_without_tcmalloc_what_it_costs(allocator, tiny_data, tmp_path,
+                                                                               monkeypatch):
+    from mlc_utils.core.allocator import TCMALLOC_INSTALL
+    from mlc_utils.study.plan import calibration
+    real = calibration.machine_facts
+    monkeypatch.setattr(calibration, "machine_facts", lambda device: {**real(device), "allocator": allocator})
+    # a quarter of the timed batches' CPU time in the kernel (a short calibration may see none in ticks)
+    monkeypatch.setattr(calibration._KernelShare, "__exit__", lambda self, *exc: setattr(self, "share", 0.25))
+    plan = make_plan(_tiny_params(tiny_data, tmp_path), tmp_path)
+    lines = plan.render().splitlines()
+    assert lines[0].endswith(f"device cpu, allocator {allocator}")
+    if allocator == "tcmalloc":
+        assert plan.allocator_saving_s == 0 and not any("without tcmalloc" in line for line in lines)
+    else:   # the calibration's own kernel time says what tcmalloc would save, and how to install it
+        assert plan.allocator_saving_s > 0
+        assert lines[1].startswith("  without tcmalloc: the calibration's batches spent CPU time in the kernel")
+        saved = float(lines[1].split("(")[1].split("%")[0])
+        assert 0 < saved <= 25 and TCMALLOC_INSTALL in lines[1]      # no more than the kernel's share
+
+
+@pytest.mark.skipif(not __import__("mlc_utils.core.openvino", fromlist=["available"]).available(),
+                    reason="openvino is not installed")
+@pytest.mark.parametrize("runtime", ["auto", "torch"])
+def test_a_large_feature_pass_is_timed_on_the_runtime_the_run_will_use(runtime, tiny_data, tmp_path):
+    params = _tiny_params(tiny_data, tmp_path, **{
+        "stages": ["image"], "inference.runtime": runtime,
+        "image.models": [{"name": "test_resnet", "img_size": 32, "pretrained": False, "mode": "frozen_backbone",
+                          "head": "replace"}]})
+    [image] = make_plan(params, tmp_path, rows=(3000, 1000)).stages
+    [training] = image.trainings
+    assert training.runtime == ("openvino" if runtime == "auto" else "torch")
+    assert ("rows once (OpenVINO)" in image.work) == (runtime == "auto")

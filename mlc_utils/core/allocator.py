@@ -9,7 +9,8 @@ tcmalloc keeps freed memory for reuse: about 150x fewer faults and 2-3x the imag
 
 * :func:`tcmalloc_path`: Debian's ``libtcmalloc-minimal4`` (``make setup`` installs it where it can);
 * :func:`allocator_env`: ``LD_PRELOAD`` for the processes the project starts (``make test``, the
-  notebook kernels and torchrun workers of ``run``), which inherit it;
+  notebook kernels and torchrun workers of ``run``), which inherit it, with the one setting a library
+  needs beside it (:data:`TCMALLOC_COMPANIONS`);
 * :func:`restart_on_tcmalloc`: the command line (``python -m mlc_utils ...``) restarts itself once on
   tcmalloc before it imports torch, so ``run``, ``plan`` (whose calibration times the model in that
   process) and ``predict`` get it however they are started;
@@ -30,6 +31,8 @@ from pathlib import Path
 CANDIDATES = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
               "/usr/lib64/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4",
               "/usr/local/lib/libtcmalloc_minimal.so.4")
+#: how a user installs it (what ``make setup`` runs where it can)
+TCMALLOC_INSTALL = "sudo apt-get install libtcmalloc-minimal4 (Debian, Ubuntu), or `make setup` as root"
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 GLIBC_MMAP_MAX = 32 * 2**20          # the largest mmap threshold glibc accepts on 64-bit systems
@@ -56,6 +59,11 @@ def loaded_allocator() -> str:
     return "glibc, tuned" if _TUNED else "glibc"
 
 
+#: what a process on tcmalloc needs besides the preload: OpenVINO's oneTBB otherwise binds its NUMA
+#: helper's ``free`` to glibc's (RTLD_DEEPBIND) and aborts on tcmalloc's pointers (``core.openvino``)
+TCMALLOC_COMPANIONS = {"TBB_ENABLE_SANITIZERS": "1"}
+
+
 def allocator_env(environ: dict | None = None) -> dict:
     """``environ`` (default: this process's) with tcmalloc preloaded for child processes, when it is
     installed and nothing else is preloaded; ``MLC_ALLOCATOR=system`` leaves the environment as it is."""
@@ -63,6 +71,8 @@ def allocator_env(environ: dict | None = None) -> dict:
     path = tcmalloc_path()
     if path and env.get("MLC_ALLOCATOR", "") != "system" and "tcmalloc" not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = " ".join(filter(None, [path, env.get("LD_PRELOAD", "")]))
+    if "tcmalloc" in env.get("LD_PRELOAD", ""):
+        env.update({k: v for k, v in TCMALLOC_COMPANIONS.items() if k not in env})
     return env
 
 
@@ -103,7 +113,11 @@ def tune_glibc() -> bool:
 if __name__ == "__main__":
     import sys
     if sys.argv[1:] == ["--env"]:
-        preload = allocator_env().get("LD_PRELOAD", "")
-        print(f"LD_PRELOAD={preload}" if preload and " " not in preload else "")
+        env = allocator_env()
+        preload = env.get("LD_PRELOAD", "")
+        if preload and " " not in preload:
+            print(" ".join([f"LD_PRELOAD={preload}", *(f"{k}={env[k]}" for k in TCMALLOC_COMPANIONS)]))
+        else:
+            print("")
     else:
         print(tcmalloc_path())

@@ -15,7 +15,10 @@ from the device is decided once:
   instead of mapping and faulting in hundreds of MB per batch (``benchmarks/feature_extraction.py``);
 * DataLoader workers and pinned memory for the device, ``torch.inference_mode``, channels_last
   image batches and weights;
-* a progress bar at a notebook, periodic lines under ``run`` (:mod:`mlc_utils.core.progress`).
+* a progress bar at a notebook, periodic lines under ``run`` (:mod:`mlc_utils.core.progress`);
+* the runtime: a large fp32 pass over images or captions on the CPU runs under OpenVINO where it is
+  installed and its first batch matches torch's (:mod:`mlc_utils.core.openvino`: about 1.35x for
+  EfficientNet-Lite0, 2x for MiniLM here); ``runtime`` forces one.
 
 ``MLC_INFERENCE_TRACE=<file>`` appends one JSON line per pass (its name, device, precision, batch
 size, rows) and, while set, one line for any no-grad forward of a model outside a pass: how a test
@@ -23,6 +26,7 @@ proves that every pass of a whole study ran here on the study's device.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -37,6 +41,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 from mlc_utils.core.allocator import tune_glibc
 from mlc_utils.core.device import native_autocast_dtype, place_model, resolve_device, to_device, unwrap
 
+#: auto: OpenVINO for fp32 passes over images or captions of at least ``openvino.MIN_ROWS`` rows on the CPU where it is
+#: installed and agrees with torch, else torch; torch: always torch; openvino: OpenVINO for every CPU pass
+#: it can compile (a warning says when it cannot).
+RUNTIMES = ("auto", "torch", "openvino")
 PRECISIONS = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: (device type, input kind) -> rows per batch when none is given. Measured on a 2-core EPYC,
@@ -51,16 +59,19 @@ TRACE_ENV = "MLC_INFERENCE_TRACE"
 
 @dataclass(frozen=True)
 class Inference:
-    """How passes run: the device, and the batch size, workers and precision (0 / -1 / "auto":
-    chosen for the device). Built once by the study (``ctx.inference``) and passed down."""
+    """How passes run: the device, and the batch size, workers, precision and runtime (0 / -1 /
+    "auto": chosen for the device). Built once by the study (``ctx.inference``) and passed down."""
     device: str = "auto"
     batch_size: int = 0
     num_workers: int = -1
     precision: str = "auto"
+    runtime: str = "auto"
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: must be one of {sorted(PRECISIONS)} (got {self.precision!r})")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime: must be one of {list(RUNTIMES)} (got {self.runtime!r})")
         if self.batch_size < 0:
             raise ValueError(f"batch_size: must be >= 0, 0 = chosen for the device (got {self.batch_size})")
 
@@ -87,6 +98,15 @@ class Inference:
         if self.torch_device.type == "cuda":
             return min(8, os.cpu_count() or 1)
         return 0
+
+    def wants_openvino(self, kind: str, rows: int) -> bool:
+        """Whether a pass over ``rows`` rows of ``kind`` should try OpenVINO (fp32 on the CPU only)."""
+        if self.runtime == "torch" or self.torch_device.type != "cpu" or self.autocast_dtype() is not None:
+            return False
+        if self.runtime == "openvino":
+            return True
+        from mlc_utils.core import openvino
+        return kind in ("images", "tokens") and rows >= openvino.MIN_ROWS and openvino.available()
 
 
 def input_kind(dataset: Dataset) -> str:
@@ -184,17 +204,28 @@ def run_model(model: nn.Module, dataset: Dataset, inference: Inference, *, name:
     model = unwrap(model)
     model = place_model(model, device) if kind == "images" else model.to(device)
     model.eval()
-    _trace({"pass": name, "asked": inference.device, "device": str(device), "precision": str(dtype or torch.float32).replace("torch.", ""),
-            "batch_size": batch_size, "workers": workers, "rows": len(dataset), "pid": os.getpid()})
     loader = make_loader(dataset, batch_size, sampler, num_workers=workers, collate_fn=collate_fn,
                          pin_memory=device.type == "cuda")
+    batches = iter(loader)
+    first = next(batches, None)
+    compiled = None
+    if first is not None and inference.wants_openvino(kind, len(dataset)):
+        from mlc_utils.core import openvino
+        compiled, why = openvino.compile_pass(model, output, first[0])
+        if compiled is None:
+            openvino.note_failure(name, why)
+    _trace({"pass": name, "asked": inference.device, "device": str(device), "precision": str(dtype or torch.float32).replace("torch.", ""),
+            "batch_size": batch_size, "workers": workers, "rows": len(dataset), "pid": os.getpid(),
+            "runtime": "openvino" if compiled else "torch"})
     from mlc_utils.core.progress import progress as progress_bar
     chunks, targets = [], []
     _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            for inputs, target in progress_bar(loader, f"{name} (batches)", leave=False, disable=not progress):
-                chunks.append(output(model, to_device(inputs, device)).float().cpu().numpy())
+            for inputs, target in progress_bar(itertools.chain([first] if first is not None else [], batches),
+                                               f"{name} (batches)", total=len(loader), leave=False, disable=not progress):
+                out = compiled(inputs) if compiled else output(model, to_device(inputs, device))
+                chunks.append(out.float().cpu().numpy())
                 if with_targets:
                     targets.append(np.asarray(target, dtype=np.float32))
     finally:

@@ -16,6 +16,11 @@ Heads (registry :data:`HEADS`):
   rest of the image. Frozen Lite0 at 320 px on the dev pack, 5 folds out-of-fold: 0.822 against
   0.815 for ``catavgmax``, for the same feature pass (the cache keeps 9 regions instead of 2 vectors).
 
+``tail_stages: N`` moves the backbone's last N stages and its final convolution into the head
+(:class:`TailHead`): the frozen part's output, a smaller feature map, is what ``embed`` gives and the
+feature cache keeps, and the head trains those stages on it. Fine-tuning the top of the network costs
+its share of the FLOPs (Lite0 at 320 px: the last stage is about a tenth), not a whole pass per epoch.
+
 Preprocessing for evaluation is timm's; ``crop_mode: squash`` resizes the whole image to the input
 size instead of centre-cropping it, so objects at the borders (a car at the edge of a street scene)
 stay in the picture: a multi-label target describes the whole image.
@@ -114,6 +119,44 @@ def _class_attention(backbone: nn.Module, num_classes: int, global_pool: str = "
     _reset_classifier(backbone, ("",), f"head: class_attention needs an unpooled feature map, which {arch} cannot give")
     head = ClassAttentionHead(int(backbone.num_features), grid * grid, num_classes)
     return HeadParts(backbone, RegionPool(grid, arch), head)
+
+
+class TailHead(nn.Module):
+    """The backbone's last stages, then a head's pooling and classifier, on flattened rows of the
+    feature map the stages before them output (``shape``: its channels, height, width)."""
+
+    def __init__(self, tail: nn.Module, pool: nn.Module, head: nn.Module, shape: tuple[int, int, int]):
+        super().__init__()
+        self.tail, self.pool, self.head, self.shape = tail, pool, head, tuple(int(s) for s in shape)
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.tail(rows.reshape(len(rows), *self.shape))))
+
+
+TAIL_PARTS = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")   # timm's EfficientNet family
+
+
+def _split_tail(parts: HeadParts, stages: int, img_size: int) -> HeadParts:
+    """``parts`` with the backbone's last ``stages`` stages, final convolution and norm moved into the head."""
+    backbone = parts.backbone
+    arch = type(backbone).__name__
+    if not all(hasattr(backbone, name) for name in TAIL_PARTS):
+        raise ValueError(f"tail_stages: needs a backbone with stages in `blocks` and a final `conv_head` "
+                         f"(timm's EfficientNet family); {arch} has none")
+    if not 0 < stages < len(backbone.blocks):
+        raise ValueError(f"tail_stages: {arch} has {len(backbone.blocks)} stages, so at most "
+                         f"{len(backbone.blocks) - 1} can train (got {stages})")
+    cut = len(backbone.blocks) - stages
+    stem = nn.Sequential(backbone.conv_stem, backbone.bn1, *backbone.blocks[:cut])
+    tail = nn.Sequential(*backbone.blocks[cut:], backbone.conv_head, backbone.bn2)
+    pool = parts.pool if not isinstance(parts.pool, nn.Identity) else backbone.global_pool
+    with torch.no_grad():
+        shape = stem.eval()(torch.zeros(1, 3, img_size, img_size)).shape[1:]
+    return HeadParts(nn.Sequential(stem, nn.Flatten(1)), nn.Identity(), TailHead(tail, pool, parts.head, shape))
 
 
 # head name -> fn(backbone, num_classes, global_pool, grid) -> HeadParts
@@ -232,9 +275,12 @@ def create_image_model(config: ImageModelConfig | str, num_classes: int = 20,
     kwargs = {**config.timm_kwargs(), **_timm_size_kwargs(source.arch, config.img_size), **timm_kwargs}
     backbone = create_backbone(source, **kwargs)
     parts = HEADS[config.head](backbone, num_classes, config.global_pool, config.attention_grid)
+    data = _data_config(parts.backbone, config.img_size, config.crop_mode)
+    if config.tail_stages:
+        parts = _split_tail(parts, config.tail_stages, data["input_size"][1])
     spec = {"kind": "image", **config.as_dict(), "arch": source.arch, "num_classes": num_classes,
             "timm_kwargs": timm_kwargs, "weights": source.ident,
-            "data": _data_config(parts.backbone, config.img_size, config.crop_mode), "tta_views": list(tta_views)}
+            "data": data, "tta_views": list(tta_views)}
     return ImageModel(parts.backbone, parts.head, spec, parts.pool)
 
 

@@ -53,6 +53,9 @@ class ImageModelConfig:
     crop_mode: Literal["center", "squash"] = "center"  # evaluation resize: squash keeps the whole image
     global_pool: str = ""                # timm pooling for head: replace ("" = the model's own; catavgmax)
     attention_grid: int = 3              # head: class_attention scores attention_grid x attention_grid regions
+    # the backbone's last tail_stages stages (timm's EfficientNet ``blocks``) and its final convolution go
+    # with the head: with mode frozen_backbone they train on cached activations of the stage before them
+    tail_stages: int = 0
     drop_rate: float = field(default=0.0, metadata={**TIMM, **TRAINING_ONLY})  # dropout before the head
     drop_path_rate: float | None = field(default=None, metadata={**TIMM, **TRAINING_ONLY})  # stochastic depth (None: timm's)
 
@@ -67,6 +70,11 @@ class ImageModelConfig:
                 f"drop_path_rate: must be in [0, 1) or null for the architecture's own (got {self.drop_path_rate})")
         require(isinstance(self.attention_grid, int) and not isinstance(self.attention_grid, bool)
                 and self.attention_grid >= 1, f"attention_grid: must be an integer >= 1 (got {self.attention_grid!r})")
+        require(isinstance(self.tail_stages, int) and not isinstance(self.tail_stages, bool) and self.tail_stages >= 0,
+                f"tail_stages: must be an integer >= 0 (got {self.tail_stages!r})")
+        require(not self.tail_stages or self.head != "extra_linear",
+                "tail_stages: trains the backbone's last stages with head: replace or class_attention (extra_linear "
+                "keeps the ImageNet classifier, which the tail would have to feed)")
         check_pooling(self.head, self.global_pool)
 
     def model_config(self) -> ImageModelConfig:

@@ -92,7 +92,7 @@ class StageContext:
         ``device`` and its ``inference`` section, resolved once and passed down."""
         from mlc_utils.core.inference import Inference
         settings = self.params.inference
-        return Inference(self.params.device, settings.batch_size, settings.num_workers, settings.precision)
+        return Inference(self.params.device, settings.batch_size, settings.num_workers, settings.precision, settings.runtime)
 
     @property
     def labels(self) -> LabelSpace:

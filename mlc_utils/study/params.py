@@ -246,10 +246,13 @@ class EnsembleStageParams:
 class InferenceParams:
     """How every pass of a model over a dataset runs (``mlc_utils.core.inference``) on the study's
     ``device``; 0, -1 and auto choose for the device (CPU: 16 images a batch, no workers, fp32;
-    CUDA: 128 images, 8 workers, bf16 where the card has it natively, else fp16)."""
+    CUDA: 128 images, 8 workers, bf16 where the card has it natively, else fp16). ``runtime``: auto
+    runs large fp32 passes over images or captions on the CPU under OpenVINO where it is installed and matches torch
+    (``core.openvino``), torch keeps every pass on torch, openvino tries it for every CPU pass."""
     batch_size: int = 0
     num_workers: int = -1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    runtime: Literal["auto", "torch", "openvino"] = "auto"
 
     def check(self):
         require(self.batch_size >= 0, f"batch_size: must be >= 0, 0 = chosen for the device (got {self.batch_size})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -57,6 +58,41 @@ def _time_batches(model, batch, train: bool, device, amp_dtype, steps: int) -> f
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - started) / steps
+
+
+def _features(model, batch):
+    return model.features(batch) if hasattr(model, "features") else model.embed(batch)
+
+
+class _KernelShare:
+    """The share of this process's CPU time spent in the kernel while the block runs (``share``): on
+    glibc's malloc, mostly faulting in freshly mapped activations, which tcmalloc avoids (``core.allocator``)."""
+
+    def __enter__(self):
+        self.before = resource.getrusage(resource.RUSAGE_SELF)
+        return self
+
+    def __exit__(self, *exc):
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = after.ru_utime - self.before.ru_utime, after.ru_stime - self.before.ru_stime
+        self.share = system / (user + system) if user + system > 0 else 0.0
+
+
+def _time_compiled(model, batch, steps: int) -> dict | None:
+    """A model's pass compiled by OpenVINO, as ``run_model`` compiles it (an image model's features, a
+    caption model's embeddings): seconds per batch after one untimed batch, and the seconds its
+    conversion took; None where it cannot be compiled."""
+    from mlc_utils.core import openvino
+    started = time.perf_counter()
+    compiled, _ = openvino.compile_pass(model.eval(), _features, batch)
+    if compiled is None:
+        return None
+    compile_s = time.perf_counter() - started
+    compiled(batch)
+    started = time.perf_counter()
+    for _ in range(steps):
+        compiled(batch)
+    return {"s": (time.perf_counter() - started) / steps, "compile_s": compile_s, "runtime": "openvino"}
 
 
 def _time_head(head, dim: int, batch: int, device, amp_dtype, steps: int) -> float:
@@ -168,10 +204,14 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
     if not plan.measurable:
         return
     settings = plan.params.inference
-    inference = Inference(plan.device, settings.batch_size, settings.num_workers, settings.precision)
+    inference = Inference(plan.device, settings.batch_size, settings.num_workers, settings.precision, settings.runtime)
     device, amp = inference.torch_device, inference.autocast_dtype()
     cache = cache or CalibrationCache(None)
+    if device.type == "cpu":
+        from mlc_utils.core.allocator import tune_glibc
+        tune_glibc()   # as run_model does in the run's kernels, so glibc is timed as the run will use it
     machine = {**machine_facts(device), "precision": str(amp or torch.float32)}
+    plan.allocator = machine.get("allocator", "")
     images = _sample_images(data_dir) if data_dir is not None else []
     started = time.perf_counter()
     for stage in plan.stages:
@@ -179,7 +219,11 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
             if t.build is None or t.seconds is not None:
                 continue
             eval_batch = inference.batch_for("images" if t.kind in IMAGE_KINDS else "tokens")
-            keys = {"forward": cache.key(**t.arch, **machine, forward_batch=eval_batch)}
+            # the largest pass decides the runtime, as run_model decides it per pass (core.openvino)
+            openvino = inference.wants_openvino("images" if t.kind in IMAGE_KINDS else "tokens",
+                                                max(t.once_rows, t.eval_rows)) and t.kind != "tfidf"
+            keys = {"forward": cache.key(**t.arch, **machine, forward_batch=eval_batch,
+                                         **({"runtime": "openvino"} if openvino else {}))}
             if t.kind in TRAINED:
                 keys["train"] = cache.key(**t.arch, **machine, train_batch=t.batch_size)
             if t.head_dim:
@@ -191,25 +235,33 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
                 if budget_s is not None and time.perf_counter() - started > budget_s:
                     stage.time_note = f"not calibrated (calibration stopped after {budget_s:.0f} s)"
                     continue
-                _calibrate(t, missing, keys, cache, device, amp, steps, eval_batch, data_dir, images)
+                _calibrate(t, missing, keys, cache, device, amp, steps, eval_batch, data_dir, images, openvino)
                 if log:
                     log(f"calibrated {t.label} on {device}: " + ", ".join(
                         f"{what} {cache.get(keys[what])['s']:.3f} s" for what in missing))
             found = {what: cache.get(key) for what, key in keys.items()}
             decode = found.get("decode") or ({"s": DECODE_S["train"], "eval_s": DECODE_S["eval"]}
                                             if t.kind in IMAGE_KINDS else {"s": 0.0, "eval_s": 0.0})
-            t.seconds = training_seconds(t, (found.get("train") or found.get("head") or {"s": 0.0})["s"],
-                                 found["forward"]["s"] / eval_batch, decode["s"], decode["eval_s"])
+            trained = found.get("train") or found.get("head") or {"s": 0.0}
+            t.seconds = training_seconds(t, trained["s"], found["forward"]["s"] / eval_batch, decode["s"], decode["eval_s"])
+            if device.type == "cpu" and plan.allocator != "tcmalloc":   # what the kernel's share would save
+                t.allocator_saving_s = t.seconds - training_seconds(
+                    t, trained["s"] * (1 - trained.get("kernel_share", 0.0)),
+                    found["forward"]["s"] / eval_batch * (1 - found["forward"].get("kernel_share", 0.0)),
+                    decode["s"], decode["eval_s"])
+            t.seconds += found["forward"].get("compile_s", 0.0) * (1 if t.once_rows else t.runs)
+            t.runtime = found["forward"].get("runtime", "torch")
             peak = (found.get("train") or {}).get("peak")
             t.peak_bytes, t.peak_measured = (peak, True) if peak else (memory_floor(t), False)
     cache.save()
 
 
 def _calibrate(t: Training, missing: list[str], keys: dict, cache: CalibrationCache, device, amp, steps: int,
-               eval_batch: int, data_dir: Path | None, images: list[str]) -> None:
+               eval_batch: int, data_dir: Path | None, images: list[str], openvino: bool = False) -> None:
     """Time what ``missing`` names for ``t`` into ``cache``: a training batch (and its peak memory on
-    a GPU) and a forward batch of its architecture with random weights; the decoding of ``images``
-    (seconds a training image in ``s``, an evaluation image in ``eval_s``)."""
+    a GPU) and a forward batch of its architecture with random weights (compiled by OpenVINO where
+    the run's pass will be: its compile seconds too); the decoding of ``images`` (seconds a training
+    image in ``s``, an evaluation image in ``eval_s``)."""
     import torch
     if "decode" in missing:
         cache.put(keys["decode"], {"s": _time_decode(t.data_config, data_dir, images, True),
@@ -220,11 +272,15 @@ def _calibrate(t: Training, missing: list[str], keys: dict, cache: CalibrationCa
         torch.cuda.reset_peak_memory_stats(device)
     model, batch_of = t.build()
     if "train" in missing:
-        train_s = _time_batches(model, batch_of(t.batch_size, True), True, device, amp, steps)
+        with _KernelShare() as kernel:
+            train_s = _time_batches(model, batch_of(t.batch_size, True), True, device, amp, steps)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        cache.put(keys["train"], {"s": train_s, "peak": peak})
+        cache.put(keys["train"], {"s": train_s, "peak": peak, "kernel_share": kernel.share})
     if "forward" in missing:
-        cache.put(keys["forward"], {"s": _time_batches(model, batch_of(eval_batch), False, device, amp, steps)})
+        with _KernelShare() as kernel:
+            compiled = _time_compiled(model, batch_of(eval_batch), steps) if openvino else None
+            timed = compiled or {"s": _time_batches(model, batch_of(eval_batch), False, device, amp, steps)}
+        cache.put(keys["forward"], {**timed, "kernel_share": kernel.share})
     if "head" in missing:
         cache.put(keys["head"], {"s": _time_head(model.head, t.head_dim, t.batch_size, device, amp, max(steps, HEAD_STEPS))})
     del model

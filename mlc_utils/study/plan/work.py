@@ -51,6 +51,8 @@ class Training:
     peak_bytes: int | None = None
     peak_measured: bool = False    # else a floor: weights, gradients, optimizer (no activations)
     hub_bytes: int = 0         # weights to download into the hub cache
+    runtime: str = "torch"     # what its largest forward pass runs on (calibration: openvino where run_model will)
+    allocator_saving_s: float = 0.0   # seconds tcmalloc would save (glibc's malloc: its measured kernel share)
 
     @property
     def disk_bytes(self) -> int:
@@ -61,10 +63,15 @@ class Training:
 class StagePlan:
     stage: str
     trainings: list[Training] = field(default_factory=list)
-    work: str = ""
+    summary: str = ""          # the stage's own work, besides its trainings'
     nominal_s: float = 0.0
     disk_bytes: int = STAGE_OVERHEAD_BYTES
     time_note: str = ""        # why there is no time ("not measurable here ...")
+
+    @property
+    def work(self) -> str:
+        """What the stage does: its own work and each training's (read after calibration: the runtime)."""
+        return "; ".join(([self.summary] if self.summary else []) + [work_line(t) for t in self.trainings])
 
     @property
     def seconds(self) -> float | None:
@@ -87,6 +94,12 @@ class Plan:
     device: str                # where the profile runs, as this machine would run it
     measurable: bool
     note: str = ""
+    allocator: str = ""        # the CPU's allocator in this process (calibration): tcmalloc, glibc, glibc tuned
+
+    @property
+    def allocator_saving_s(self) -> float:
+        """What tcmalloc would save of this plan here (nothing where the plan already runs on it)."""
+        return sum(t.allocator_saving_s for s in self.stages for t in s.trainings)
 
     @property
     def seconds(self) -> float | None:
@@ -328,11 +341,11 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
         plan = StagePlan(stage, nominal_s=STAGE_OVERHEAD_S)
         if stage == "eda":
             sample = params.eda.image_size_sample or n_train + n_test
-            plan.work = f"reads {n_train + n_test:,} rows and the size of {min(sample, n_train + n_test):,} images"
+            plan.summary = f"reads {n_train + n_test:,} rows and the size of {min(sample, n_train + n_test):,} images"
             plan.nominal_s += NOMINAL_S[stage] + min(sample, n_train + n_test) * NOMINAL_ROW_S[stage]
         elif stage == "split":
             folds = params.split.folds
-            plan.work = (f"{folds} folds" if folds else f"a {params.split.val_fraction:.0%} holdout") + \
+            plan.summary = (f"{folds} folds" if folds else f"a {params.split.val_fraction:.0%} holdout") + \
                 f" of {n_train:,} rows ({params.split.method})"
             plan.nominal_s += NOMINAL_S[stage] + n_train * NOMINAL_ROW_S[stage]
         elif stage == "image":
@@ -353,7 +366,7 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
             runs, train_rows, _ = _fits(params, n_train)
             heads = len(params.fusion.heads) if stage == "fusion" else 0
             epochs = params.fusion.training(**params.training_defaults()).epochs
-            plan.work = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {train_rows:,} rows of saved outputs" \
+            plan.summary = f"{heads} head(s) x {runs} fit(s) x {epochs} epochs on {train_rows:,} rows of saved outputs" \
                 if heads else f"combines the saved probabilities of {n_train + n_test:,} rows"
             plan.nominal_s += NOMINAL_S[stage] + heads * runs * epochs * (FUSION_EPOCH_S + train_rows * NOMINAL_ROW_S["fusion"])
             if stage == "ensemble":  # weights and threshold searched once, and again per fold when cross-fitted
@@ -362,7 +375,6 @@ def stage_plans(params, n_train: int, n_test: int, stages, data_dir: Path | None
             if heads:
                 plan.trainings = _fusion_inputs(params, n_train + n_test, image_trainings(), caption_trainings(), cache)
         if plan.trainings:
-            plan.work = "; ".join(([plan.work] if plan.work else []) + [work_line(t) for t in plan.trainings])
             plan.disk_bytes += sum(t.disk_bytes for t in plan.trainings)
         out.append(plan)
     return out
