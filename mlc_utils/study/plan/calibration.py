@@ -6,13 +6,22 @@ machine, then turned into each training's seconds by :mod:`.costs`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import resource
 import time
 from pathlib import Path
 
-from mlc_utils.study.plan.costs import DECODE_S, IMAGE_KINDS, TRAINED, memory_floor, training_seconds
+from mlc_utils.study.plan.costs import (
+    DECODE_S,
+    IMAGE_KINDS,
+    MACHINE_SCALE,
+    REFERENCE_S,
+    TRAINED,
+    memory_floor,
+    training_seconds,
+)
 from mlc_utils.study.plan.work import Plan, Training
 
 DECODE_SAMPLE = 8                    # images timed per transform (after one untimed)
@@ -58,6 +67,40 @@ def _time_batches(model, batch, train: bool, device, amp_dtype, steps: int) -> f
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - started) / steps
+
+
+def _machine_scale(cache: "CalibrationCache", machine: dict) -> float:
+    """This machine's seconds on the reference mix of small steps over ``REFERENCE_S`` (clipped), timed once a machine."""
+    key = cache.key(reference="small steps", **machine)
+    if cache.get(key) is None:
+        cache.put(key, {"s": _time_reference()})
+    low, high = MACHINE_SCALE
+    return min(max(cache.get(key)["s"] / REFERENCE_S, low), high)
+
+
+def _time_reference(repeats: int = 3) -> float:
+    """The fastest of ``repeats`` runs of a fixed mix of what the nominal stages do: threshold sweeps and
+    the epoch metrics on 4,000 rows, and 40 training steps of a small head (a fusion head's shape)."""
+    import numpy as np
+    import torch
+
+    from mlc_utils.evaluation import metrics
+    rng = np.random.default_rng(0)
+    y, probs = rng.random((4000, 20)) < 0.1, rng.random((4000, 20))
+    head = torch.nn.Linear(40, 20)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    inputs, targets = torch.randn(256, 40), torch.rand(256, 20)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        metrics.tune_global_threshold(y, probs)
+        metrics.evaluate(y, probs)
+        for _ in range(40):
+            torch.nn.functional.binary_cross_entropy_with_logits(head(inputs), targets).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def _features(model, batch):
@@ -214,7 +257,12 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
     plan.allocator = machine.get("allocator", "")
     images = _sample_images(data_dir) if data_dir is not None else []
     started = time.perf_counter()
+    scale = _machine_scale(cache, machine)
     for stage in plan.stages:
+        stage.scale = scale
+        for t in stage.trainings:
+            if t.build is None and t.seconds is not None and not t.scaled:   # a nominal training (TF-IDF)
+                t.seconds, t.scaled = t.seconds * scale, True
         for t in stage.trainings:
             if t.build is None or t.seconds is not None:
                 continue
@@ -243,12 +291,13 @@ def calibrate(plan: Plan, steps: int = 2, budget_s: float | None = None, log=Non
             decode = found.get("decode") or ({"s": DECODE_S["train"], "eval_s": DECODE_S["eval"]}
                                             if t.kind in IMAGE_KINDS else {"s": 0.0, "eval_s": 0.0})
             trained = found.get("train") or found.get("head") or {"s": 0.0}
-            t.seconds = training_seconds(t, trained["s"], found["forward"]["s"] / eval_batch, decode["s"], decode["eval_s"])
+            t.seconds = training_seconds(t, trained["s"], found["forward"]["s"] / eval_batch, decode["s"], decode["eval_s"],
+                                         scale)
             if device.type == "cpu" and plan.allocator != "tcmalloc":   # what the kernel's share would save
                 t.allocator_saving_s = t.seconds - training_seconds(
                     t, trained["s"] * (1 - trained.get("kernel_share", 0.0)),
                     found["forward"]["s"] / eval_batch * (1 - found["forward"].get("kernel_share", 0.0)),
-                    decode["s"], decode["eval_s"])
+                    decode["s"], decode["eval_s"], scale)
             t.seconds += found["forward"].get("compile_s", 0.0) * (1 if t.once_rows else t.runs)
             t.runtime = found["forward"].get("runtime", "torch")
             peak = (found.get("train") or {}).get("peak")

@@ -30,6 +30,11 @@ DECODE_S = {"train": 0.0029, "eval": 0.0026}
 HEAD_EPOCH_S = 0.08                  # a head's epoch besides its batches: metrics, checkpoints, progress; its
 HEAD_VALIDATION = 1 / 12             # validation pass: a quarter of the rows, forward only (a third of a step)
                                      # (profiled: 30 epochs of the class-attention head on 8,000 + 2,000 rows)
+# The nominal costs above were fitted on one machine; another runs them at its own speed. The calibration
+# times a fixed mix of the small steps' work (threshold sweeps, epoch metrics, a small head's training
+# steps) and scales every nominal cost by its seconds over REFERENCE_S, what it took where they were fitted.
+REFERENCE_S = 0.10
+MACHINE_SCALE = (0.25, 8.0)          # a measured scale outside this is taken as noise and clipped
 TRAINED = ("image", "caption")       # kinds whose whole model trains (the rest: heads on features, predictions)
 IMAGE_KINDS = ("image", "image-features", "image-predict")   # rows are decoded images
 OPTIMIZER_STATES = {"adamw": 2, "timm_adamw": 2, "sgd": 1}  # tensors of the parameters' size it keeps
@@ -44,16 +49,18 @@ def checkpoint_bytes(n_params: int, cfg) -> int:
 
 
 def training_seconds(t, train_batch_s: float, forward_row_s: float, decode_train_s: float,
-             decode_eval_s: float) -> float:
-    """The model of time of one training (module docstring): its fits, then its forward passes."""
+                     decode_eval_s: float, scale: float = 1.0) -> float:
+    """The model of time of one training (module docstring): its fits, then its forward passes;
+    ``scale``: this machine's speed on the small steps against the machine the nominal costs were fitted on."""
     per_process = math.ceil(t.train_rows / t.processes)
     if t.kind in TRAINED:   # epochs that train the head alone cost a forward pass at the training batch's shape
         steps = t.epochs - t.frozen_epochs + t.frozen_epochs * FROZEN_STEP_SHARE
         fit_s = steps * math.ceil(per_process / t.batch_size) * train_batch_s + t.epochs * per_process * decode_train_s
     elif train_batch_s:   # a head on saved features, its training batches timed, plus each epoch's validation
-        fit_s = t.epochs * (math.ceil(t.train_rows / t.batch_size) * train_batch_s * (1 + HEAD_VALIDATION) + HEAD_EPOCH_S)
+        fit_s = t.epochs * (math.ceil(t.train_rows / t.batch_size) * train_batch_s * (1 + HEAD_VALIDATION)
+                            + HEAD_EPOCH_S * scale)
     else:   # a head on saved features, untimed: nominal
-        fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"]
+        fit_s = t.epochs * t.train_rows * NOMINAL_ROW_S["head"] * scale
     fit_s += t.epochs * 2 * t.checkpoint_bytes / CHECKPOINT_BYTES_S
     forward_rows = t.runs * math.ceil(t.eval_rows / t.processes) + t.once_rows
     return t.runs * fit_s + forward_rows * (forward_row_s + decode_eval_s)

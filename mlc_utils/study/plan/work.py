@@ -53,6 +53,7 @@ class Training:
     hub_bytes: int = 0         # weights to download into the hub cache
     runtime: str = "torch"     # what its largest forward pass runs on (calibration: openvino where run_model will)
     allocator_saving_s: float = 0.0   # seconds tcmalloc would save (glibc's malloc: its measured kernel share)
+    scaled: bool = False       # a nominal time already scaled to this machine (calibration)
 
     @property
     def disk_bytes(self) -> int:
@@ -65,6 +66,7 @@ class StagePlan:
     trainings: list[Training] = field(default_factory=list)
     summary: str = ""          # the stage's own work, besides its trainings'
     nominal_s: float = 0.0
+    scale: float = 1.0         # this machine's speed on the small steps against the fitting machine's (calibration)
     disk_bytes: int = STAGE_OVERHEAD_BYTES
     time_note: str = ""        # why there is no time ("not measurable here ...")
 
@@ -77,7 +79,7 @@ class StagePlan:
     def seconds(self) -> float | None:
         if self.time_note:
             return None
-        return self.nominal_s + sum(t.seconds or 0.0 for t in self.trainings)
+        return self.nominal_s * self.scale + sum(t.seconds or 0.0 for t in self.trainings)
 
     @property
     def peak_bytes(self) -> int | None:
