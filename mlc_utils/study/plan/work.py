@@ -51,6 +51,7 @@ class Training:
     peak_bytes: int | None = None
     peak_measured: bool = False    # else a floor: weights, gradients, optimizer (no activations)
     hub_bytes: int = 0         # weights to download into the hub cache
+    seconds_range: tuple[float, float] | None = None   # (fast, slow) of a time planned from published figures
 
     @property
     def disk_bytes(self) -> int:
@@ -77,6 +78,14 @@ class StagePlan:
         peaks = [t.peak_bytes for t in self.trainings if t.peak_bytes]
         return max(peaks) if peaks else None
 
+    @property
+    def seconds_range(self) -> tuple[float, float] | None:
+        """(fast, slow) where a training's time is planned from published figures (:mod:`.published`)."""
+        if self.seconds is None or not any(t.seconds_range for t in self.trainings):
+            return None
+        return tuple(self.nominal_s + sum((t.seconds_range or (t.seconds or 0.0,) * 2)[end] for t in self.trainings)
+                     for end in (0, 1))
+
 
 @dataclass
 class Plan:
@@ -87,11 +96,18 @@ class Plan:
     device: str                # where the profile runs, as this machine would run it
     measurable: bool
     note: str = ""
+    sources: list[str] = field(default_factory=list)   # lines printed after the total (published figures)
 
     @property
     def seconds(self) -> float | None:
         times = [s.seconds for s in self.stages]
         return None if any(t is None for t in times) else sum(times)
+
+    @property
+    def seconds_range(self) -> tuple[float, float] | None:
+        if self.seconds is None or not any(s.seconds_range for s in self.stages):
+            return None
+        return tuple(sum((s.seconds_range or (s.seconds,) * 2)[end] for s in self.stages) for end in (0, 1))
 
     @property
     def disk_bytes(self) -> int:
