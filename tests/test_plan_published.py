@@ -148,3 +148,14 @@ def test_the_fast_end_is_timms_own_rtx4090_against_rtx3090_ratio():
         factors = published.card_multipliers(rtx4090, published.image_cost(arch, size).forward_share)
         assert 1 / factors["fast"] == pytest.approx(published_ratio, rel=0.05)
         assert 1 / factors["central"] < published_ratio / 1.15
+
+
+@pytest.mark.parametrize("profile", ["comp5329-gpu", "comp5329-gpu-timm"])
+def test_the_gpu_profiles_quote_their_plan_on_two_a4000(profile, no_cuda):
+    """The figure each GPU profile's comment quotes for the paper's cards is the plan's own."""
+    import re
+    path = ROOT / "params" / f"{profile}.yaml"
+    quoted = re.search(r"RTX A4000 ([\d.]+) h \(([\d.]+)-([\d.]+) h\)", path.read_text().replace("\n# ", " "))
+    plan = make_plan(load_params(path), rows=(30_000, 10_000), gpu="a4000")
+    assert quoted, f"{path.name}: no 'RTX A4000 H h (FAST-SLOW h)' in its comments"
+    assert [float(v) for v in quoted.groups()] == [round(v / 3600, 1) for v in (plan.seconds, *plan.seconds_range)]

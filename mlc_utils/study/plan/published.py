@@ -13,7 +13,7 @@ Per sample on the reference card (timm's RTX 3090 AMP benchmark):
   padded lengths of its batches, against the nearest transformer row in the same way (estimated).
 
 To the card: every per-sample time is multiplied by the reference card's memory bandwidth over the
-card's (the table's transformer rows keep the 3090's tensor cores busy a quarter to a half of a step;
+card's (the table's transformer rows keep the 3090's tensor cores busy a fifth to a half of a step;
 the rest moves memory), then the run's own step is built from it: its per-GPU batch, its optimizer's
 update (its weights, gradients and optimizer state read and written at the card's bandwidth), ``N``
 processes at ``MULTI_GPU_EFFICIENCY`` of N times one GPU, the epochs, views and passes of the work
