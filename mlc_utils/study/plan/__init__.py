@@ -4,7 +4,9 @@ For each stage: the work (models x folds x epochs over images x views, captions 
 (from a short calibration of each architecture on this machine's device: a few timed batches forward
 and backward at the run's batch size and precision, with random weights of the same architecture,
 so nothing is downloaded), the disk it writes and the peak memory of one process. Where this
-machine lacks the profile's device the time is "not measurable here" and the rest still shows.
+machine lacks the profile's device the time is "not measurable here" and the rest still shows;
+``--gpu CARD`` then plans a CUDA profile's GPU stages from published throughputs scaled to that card
+(:mod:`.published`), with a range and the figures' sources. A calibration on CUDA wins over them.
 
 Row counts come from ``--rows TRAIN/TEST``, else the data folder, else the data the profile names:
 ``data/demo`` is the demo generator's defaults, anything else the competition's 30,000 labelled
@@ -54,7 +56,9 @@ __all__ = ["CalibrationCache", "Plan", "STAGE_OVERHEAD_S", "StagePlan", "Trainin
 
 
 def make_plan(params, root: Path = PROJECT_ROOT, stages=None, rows: tuple[int, int] | None = None,
-              calibration: bool = True, budget_s: float | None = None, log=None) -> Plan:
+              calibration: bool = True, budget_s: float | None = None, log=None, gpu: str | None = None) -> Plan:
+    """``gpu``: the card (:func:`.published.gpu`) to plan a CUDA profile's time on from published
+    figures where this machine has no CUDA; where it has, the calibration measured here wins."""
     (n_train, n_test), rows_from = row_counts(params, Path(root), rows)
     device, why = plan_device(params)
     data_dir = params.data_path(Path(root))
@@ -69,7 +73,10 @@ def make_plan(params, root: Path = PROJECT_ROOT, stages=None, rows: tuple[int, i
             if t.peak_bytes is None and t.params:
                 t.peak_bytes = memory_floor(t)
         if device is None and any(t.build is not None for t in stage.trainings):
-            stage.time_note = why
+            stage.time_note = why if gpu else f"{why}; `plan --gpu CARD` plans it from published figures"
+    if device is None and gpu:
+        from mlc_utils.study.plan.published import plan_on_gpu
+        plan_on_gpu(plan, gpu)
     if device is not None and not calibration:
         plan.note = "time: not calibrated (--no-calibrate)"
         for stage in plans:
@@ -78,6 +85,8 @@ def make_plan(params, root: Path = PROJECT_ROOT, stages=None, rows: tuple[int, i
     elif calibration:
         calibrate(plan, budget_s=budget_s, log=log, cache=CalibrationCache(calibration_path(params, Path(root))),
                   data_dir=data_dir)
+    if device is not None and gpu:
+        plan.note = "; ".join(filter(None, [plan.note, f"--gpu {gpu} not used: times are measured on this machine's {device}"]))
     for stage in plans:  # a stage with a training nothing could time (no architecture available here)
         if not stage.time_note and any(t.seconds is None for t in stage.trainings):
             stage.time_note = "not measurable here (the model's configuration is not available offline)"
@@ -102,11 +111,17 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--rows", type=_rows, metavar="TRAIN/TEST",
                         help="row counts to plan for (default: the data folder's, see the docs)")
     parser.add_argument("--no-calibrate", action="store_true", help="skip the timed batches (no times)")
+    parser.add_argument("--gpu", metavar="CARD",
+                        help="without CUDA here: plan the GPU stages on this card (a4000, 3090, 4090, a100, h100, ...) "
+                             "from published throughputs, as many as image.gpus (--set image.gpus=N for another count)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params, args.overrides)
-    except ParamError as err:
+        if args.gpu:
+            from mlc_utils.study.plan.published import gpu
+            gpu(args.gpu)
+    except (ParamError, ValueError) as err:
         print(f"mlc_utils plan: {err}", file=sys.stderr)
         return 2
-    print(make_plan(params, rows=args.rows, calibration=not args.no_calibrate).render())
+    print(make_plan(params, rows=args.rows, calibration=not args.no_calibrate, gpu=args.gpu).render())
     return 0

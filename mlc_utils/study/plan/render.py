@@ -26,8 +26,11 @@ def render_plan(plan) -> str:
         lines.append(f"  {s.stage:<9} time {time_text(s)}, disk {human_size(s.disk_bytes)}, {peak}")
         lines.append(f"            {s.work}")
     total = duration(plan.seconds) if plan.seconds is not None else "not measurable here"
+    if plan.seconds_range:
+        total = f"~{total}{range_text(plan.seconds_range)}"
     hub = f"; hub downloads {human_size(plan.hub_bytes)}" if plan.hub_bytes else ""
     lines.append(f"  total     time {total}, disk {human_size(plan.disk_bytes)}{hub}")
+    lines.extend(f"  {line}" for line in plan.sources)
     return "\n".join(lines)
 
 
@@ -40,8 +43,14 @@ def _saved_share(plan) -> float:
 def time_text(stage) -> str:
     if stage.seconds is None:
         return stage.time_note
+    if stage.seconds_range:
+        return f"~{duration(stage.seconds)}{range_text(stage.seconds_range)}"
     measured = any(t.seconds is not None and t.build is not None for t in stage.trainings)
     return ("" if measured else "~") + duration(stage.seconds)
+
+
+def range_text(seconds_range) -> str:
+    return f" ({duration(seconds_range[0])} to {duration(seconds_range[1])})"
 
 
 def human_size(n: float | None) -> str:

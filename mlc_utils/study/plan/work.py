@@ -54,6 +54,7 @@ class Training:
     runtime: str = "torch"     # what its largest forward pass runs on (calibration: openvino where run_model will)
     allocator_saving_s: float = 0.0   # seconds tcmalloc would save (glibc's malloc: its measured kernel share)
     scaled: bool = False       # a nominal time already scaled to this machine (calibration)
+    seconds_range: tuple[float, float] | None = None   # (fast, slow) of a time planned from published figures
 
     @property
     def disk_bytes(self) -> int:
@@ -86,6 +87,14 @@ class StagePlan:
         peaks = [t.peak_bytes for t in self.trainings if t.peak_bytes]
         return max(peaks) if peaks else None
 
+    @property
+    def seconds_range(self) -> tuple[float, float] | None:
+        """(fast, slow) where a training's time is planned from published figures (:mod:`.published`)."""
+        if self.seconds is None or not any(t.seconds_range for t in self.trainings):
+            return None
+        return tuple(self.nominal_s * self.scale
+                     + sum((t.seconds_range or (t.seconds or 0.0,) * 2)[end] for t in self.trainings) for end in (0, 1))
+
 
 @dataclass
 class Plan:
@@ -97,6 +106,7 @@ class Plan:
     measurable: bool
     note: str = ""
     allocator: str = ""        # the CPU's allocator in this process (calibration): tcmalloc, glibc, glibc tuned
+    sources: list[str] = field(default_factory=list)   # lines printed after the total (published figures)
 
     @property
     def allocator_saving_s(self) -> float:
@@ -107,6 +117,12 @@ class Plan:
     def seconds(self) -> float | None:
         times = [s.seconds for s in self.stages]
         return None if any(t is None for t in times) else sum(times)
+
+    @property
+    def seconds_range(self) -> tuple[float, float] | None:
+        if self.seconds is None or not any(s.seconds_range for s in self.stages):
+            return None
+        return tuple(sum((s.seconds_range or (s.seconds,) * 2)[end] for s in self.stages) for end in (0, 1))
 
     @property
     def disk_bytes(self) -> int:
