@@ -228,14 +228,14 @@ def test_explorer_runs_and_browses_in_jupyterlab(lab, page):
     expect(lookup.locator(".widget-label")).to_have_text(["image id", "model"])
     shown = browse.locator(".widget-output")
     expect(shown).to_contain_text(views["first"])
-    old_image = _drawn_image(page, shown) if views["has_image"] else ""
+    old_image = _drawn_image(shown) if views["has_image"] else ""
 
     # another class: another case, and its image draws
     if views["kind"] != KINDS[0]:
         browse.locator(".widget-toggle-button", has_text=views["kind"]).click()
     browse.get_by_label("class", exact=True).select_option(value=views["class"])
     expect(shown).to_contain_text(views["then"])
-    assert _drawn_image(page, shown, not_src=old_image) != old_image
+    assert _drawn_image(shown, not_src=old_image) != old_image
 
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     assert errors.count() == 0, errors.all_inner_texts()
@@ -245,14 +245,16 @@ def test_explorer_runs_and_browses_in_jupyterlab(lab, page):
     assert page.script_errors == []
 
 
-def _drawn_image(page, output, not_src: str = "") -> str:
-    """The ``src`` of the image in ``output`` once it is decoded with a width (and is not ``not_src``)."""
-    handle = output.element_handle()
-    page.wait_for_function("""([output, old]) => {
-        const img = output.querySelector('img');
-        return img && img.src !== old && img.complete && img.naturalWidth > 0;
-    }""", arg=[handle, not_src])
-    return handle.eval_on_selector("img", "img => img.src")
+def _drawn_image(output, not_src: str = "") -> str:
+    """The ``src`` of the image in ``output`` (not ``not_src``) once it has decoded with a width."""
+    from playwright.sync_api import expect
+    image = output.locator("img")
+    expect(image).to_have_count(1)
+    if not_src:
+        expect(image).not_to_have_attribute("src", not_src)
+    width = image.evaluate("img => img.decode().then(() => img.naturalWidth, () => 0)")
+    assert width > 0, "the case's image does not draw"
+    return image.get_attribute("src")
 
 
 # --- the report and the runs index -------------------------------------------------------------
