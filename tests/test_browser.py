@@ -199,7 +199,7 @@ def _expected_views(root: Path, params: Path) -> dict:
     raise AssertionError(f"no class but the first shows a case of another image for {model}")
 
 
-def test_explorer_runs_and_browses_in_jupyterlab(lab, page):
+def test_explorer_runs_and_browses_in_jupyterlab(page, lab):   # page first: no browser, no JupyterLab started
     from playwright.sync_api import expect
     assert INSTALLED_LAB_SETTINGS.is_file() and \
         json.loads(INSTALLED_LAB_SETTINGS.read_text()) == json.loads(LAB_SETTINGS.read_text()), \
@@ -269,7 +269,7 @@ PAGE_FACTS = """() => ({
 })"""
 
 
-def test_report_and_runs_index_in_chromium(finished_study, page):
+def test_report_and_runs_index_in_chromium(page, finished_study):
     _all_ran(finished_study)
     reports = finished_study["report"].parent
     pages = sorted(finished_study["report"].glob("*.html")) + [reports / "index.html"]
