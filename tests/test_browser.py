@@ -117,6 +117,7 @@ def lab(finished_study, tmp_path):
                JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
                JUPYTERLAB_SETTINGS_DIR=str(home / "user-settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"))
+    env.pop("MLC_WIDGETS", None)   # as `make lab` has it: widgets on (`run`, in this process, turns them off)
     log = tmp_path / "lab.log"
     # the language-server and terminal extensions are left off: the notebook needs neither, and
     # the first scans for language servers for seconds
