@@ -4,14 +4,18 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the project's JupyterLab settings (no news prompt, no update check: jupyter/lab-overrides.json),
+# installed where this venv's JupyterLab reads defaults; a user's own settings still win
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/mlc.json
 PARAMS ?= params/demo.yaml
 DEMO   ?= data/demo
 ARGS   ?=
 
 .PHONY: setup allocator run test lab demo-data browser clean-runs
 
-# `make setup` is everything `make run` and `make test` set up: the venv, the stack, the kernel and the allocator
-setup: $(STAMP) allocator
+# `make setup` is everything `make run` and `make test` set up: the venv, the stack, the kernel, the lab
+# settings, the allocator and the browser the tests drive
+setup: $(STAMP) $(LAB_SETTINGS) allocator browser
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +24,9 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name mlc --display-name "Python (mlc)"
 	@touch $(STAMP)
+
+$(LAB_SETTINGS): jupyter/lab-overrides.json | $(STAMP)
+	install -D -m 644 $< $@
 
 # tcmalloc keeps freed memory, so CPU passes do not fault their activations in page by page: 2-3x the
 # images/s here (mlc_utils/core/allocator.py, benchmarks/feature_extraction.py). Debian's package where
@@ -40,19 +47,21 @@ demo-data: $(DEMO)/train.csv
 run: setup $(DEMO)/train.csv
 	$(PY) -m mlc_utils run --params $(PARAMS) $(ARGS)
 
-# Headless Chromium for the report test (Debian's package); where it cannot be installed, that
-# one test skips and says why.
+# Headless Chromium for the browser tests (Debian's package; tests/test_browser.py drives it with
+# Playwright from requirements-test.txt, no browser download); where it cannot be installed, those
+# tests skip and say why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-	  echo "make: chromium not installed; the browser test of the reports will skip"
+	  echo "make: chromium not installed; the browser tests (JupyterLab, reports) will skip"
 
-test: setup browser
-	$(PRELOAD) $(PY) -m pytest $(ARGS)
+# -rs: each skipped test says why (no browser, no real data, no GPU)
+test: setup
+	$(PRELOAD) $(PY) -m pytest -rs $(ARGS)
 
 lab: setup $(DEMO)/train.csv
-	$(PRELOAD) $(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(PRELOAD) $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-runs:
 	rm -rf runs reports/*/

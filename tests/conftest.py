@@ -126,6 +126,54 @@ def make_project(tmp_path: Path, data: Path, stages: str = "[eda, split]", image
     return root, params
 
 
+TINY_STUDY = """
+run: tiny
+data_dir: {data}
+seed: 3407
+stages: [eda, split, image, caption, fusion, ablation, ensemble, explore]
+eda: {{n_examples: 2, image_size_sample: 20}}
+split: {{val_fraction: 0.3}}
+image:
+  tta: [center, hflip]
+  cache_dir: {cache}
+  train: {{epochs: 2, batch_size: 8, lr: 1.0e-3, mixup: true, progress: false}}
+  models:
+    - {{label: vit-finetune, name: test_vit, pretrained: false, img_size: 32}}
+    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen_backbone, img_size: 32,
+        train: {{epochs: 3, mixup: false}}}}
+caption:
+  pretrained: false
+  max_length: 16
+  train: {{batch_size: 8, epochs: 2, progress: false}}
+fusion: {{heads: [concat, bilinear], train: {{epochs: 3, progress: false}}}}
+ablation: {{base: vit-finetune, switches: [mixup, tta, loss]}}
+ensemble: {{weights: optimized}}
+"""
+
+
+def run_tiny_study(tmp_path: Path, data: Path, template: str):
+    """A throw-away project with the notebooks and ``template``'s params, run once: (root, params, logs, results)."""
+    from mlc_utils.run.pipeline import run_study
+    root = tmp_path / "project"
+    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    params = root / "study.yaml"
+    params.write_text(template.format(data=data, cache=tmp_path / "cache"))
+    logs: list[str] = []
+    return root, params, logs, run_study(str(params), root=root, log=logs.append)
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory) -> dict:
+    """:data:`TINY_STUDY`, all eight stages, run once for the session (2-3 minutes on two cores):
+    tests/test_study.py checks what it wrote, tests/test_browser.py opens its report and explorer.
+    Tests read it; one that would change it works on a copy."""
+    base = tmp_path_factory.mktemp("finished-study")
+    data = make_tiny_folder(base / "tiny")
+    root, params, logs, results = run_tiny_study(base, data, TINY_STUDY)
+    return {"root": root, "params": params, "data": data, "logs": logs, "results": results,
+            "run": root / "runs" / "tiny", "report": root / "reports" / "tiny"}
+
+
 def assert_resumed_like_straight(straight, resumed, straight_dir: Path, resumed_dir: Path) -> dict:
     """A resumed fit ended exactly where an uninterrupted one did: weights, EMA, step count, history.
 

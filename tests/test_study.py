@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_tiny_study
 
 from mlc_utils.data.csvio import read_test_csv, read_train_csv
 from mlc_utils.data.labels import LabelSpace
@@ -21,41 +22,6 @@ from mlc_utils.study.artifacts import F1_AT_05, F1_TUNED, TABLES
 
 PROJECT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-TINY_STUDY = """
-run: tiny
-data_dir: {data}
-seed: 3407
-stages: [eda, split, image, caption, fusion, ablation, ensemble, explore]
-eda: {{n_examples: 2, image_size_sample: 20}}
-split: {{val_fraction: 0.3}}
-image:
-  tta: [center, hflip]
-  cache_dir: {cache}
-  train: {{epochs: 2, batch_size: 8, lr: 1.0e-3, mixup: true, progress: false}}
-  models:
-    - {{label: vit-finetune, name: test_vit, pretrained: false, img_size: 32}}
-    - {{label: eff-frozen, name: test_efficientnet, pretrained: false, mode: frozen_backbone, img_size: 32,
-        train: {{epochs: 3, mixup: false}}}}
-caption:
-  pretrained: false
-  max_length: 16
-  train: {{batch_size: 8, epochs: 2, progress: false}}
-fusion: {{heads: [concat, bilinear], train: {{epochs: 3, progress: false}}}}
-ablation: {{base: vit-finetune, switches: [mixup, tta, loss]}}
-ensemble: {{weights: optimized}}
-"""
-
-
-def _run_tiny_study(tmp_path, data, template: str):
-    """A throw-away project with the notebooks and ``template``'s params, run once: (root, params, logs, results)."""
-    root = tmp_path / "project"
-    shutil.copytree(PROJECT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    params = root / "study.yaml"
-    params.write_text(template.format(data=data, cache=tmp_path / "cache"))
-    logs: list[str] = []
-    return root, params, logs, run_study(str(params), root=root, log=logs.append)
-
 
 def _empty_records(run: Path) -> dict:
     """Per stage, the tables and figures it recorded with nothing in them, and figures it lists
@@ -69,8 +35,9 @@ def _empty_records(run: Path) -> dict:
     return found
 
 
-def test_all_stages_end_to_end(tmp_path, tiny_data):
-    root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TINY_STUDY)
+def test_all_stages_end_to_end(finished_study):
+    root, params, logs, results = (finished_study[k] for k in ("root", "params", "logs", "results"))
+    tiny_data = finished_study["data"]
     assert [r.status for r in results] == ["ran"] * 8, "\n".join(logs + [r.error for r in results])
     assert _empty_records(root / "runs" / "tiny") == {}
     # the kernel's epoch lines reach the terminal with the time left from the loop's own events
@@ -152,7 +119,7 @@ ensemble: {{weights: optimized}}
 
 
 def test_cross_validated_study_stacks_on_out_of_fold_outputs(tmp_path, tiny_data):
-    root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TINY_FOLDS)
+    root, params, logs, results = run_tiny_study(tmp_path, tiny_data, TINY_FOLDS)
     assert [r.status for r in results] == ["ran"] * 5, "\n".join(logs + [r.error for r in results])
 
     run = root / "runs" / "tiny-folds"
@@ -211,7 +178,7 @@ image:
 def test_folds_train_through_torchrun_each_on_its_own_rows(tmp_path, tiny_data):
     """The GPU profile's launcher with split.folds: every fold is one torchrun job whose split.csv
     holds that fold's rows, and the out-of-fold member covers every labelled row."""
-    root, params, logs, results = _run_tiny_study(tmp_path, tiny_data, TORCHRUN_FOLDS)
+    root, params, logs, results = run_tiny_study(tmp_path, tiny_data, TORCHRUN_FOLDS)
     assert [r.status for r in results] == ["ran", "ran"], "\n".join(logs + [r.error for r in results])
     assert any("epochs, about" in line for line in logs), "\n".join(logs)  # events from torchrun's rank 0
     run = root / "runs" / "torchrun-folds"
