@@ -54,3 +54,14 @@ def test_mistakes_are_those_of_the_submitted_labels(explorer):
         assert len(explorer.cases("m", c, KINDS[0], 0.9)) == (truth[:, c] & ~submitted[:, c]).sum(), c
         assert len(explorer.cases("m", c, KINDS[1], 0.9)) == (~truth[:, c] & submitted[:, c]).sum(), c
     assert "b.jpg" in explorer.cases("m", 1, KINDS[1], 0.9).ImageID.tolist()
+
+
+def test_a_case_image_is_one_png_output_of_bounded_size(tmp_path):
+    from PIL import Image
+
+    from mlc_utils.study.explore import case_image
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(tmp_path / "x.jpg")
+    shown = case_image(tmp_path, "x.jpg", size=320)
+    assert shown.format == "png" and shown.data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(__import__("io").BytesIO(shown.data)) as png:
+        assert png.size == (320, 240)

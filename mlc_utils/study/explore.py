@@ -108,13 +108,18 @@ def load_explorer(ctx) -> Explorer:
     return Explorer(val_df, y_val, members, tuple(ctx.params.class_names))
 
 
-def show_image(image_dir, image_id: str, size: float = 3.2):
-    import matplotlib.pyplot as plt
+def case_image(image_dir, image_id: str, size: int = 320):
+    """The image as PNG bytes for ``display`` (longest side ``size`` px). Not a matplotlib figure: inside
+    a widget's callback a figure reaches the page through the inline backend's own display hook, and
+    under load the browser test saw the case's text and table arrive without it; one PNG output does not
+    depend on that hook."""
+    import io
+
+    from IPython.display import Image as PNG
     from PIL import Image
-    fig, ax = plt.subplots(figsize=(size, size))
     with Image.open(f"{image_dir}/{image_id}") as image:
-        ax.imshow(image.convert("RGB"))
-    ax.axis("off")
-    ax.set_title(image_id, fontsize=8)
-    fig.tight_layout()
-    return fig
+        picture = image.convert("RGB")
+    picture.thumbnail((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return PNG(data=buffer.getvalue(), format="png")
