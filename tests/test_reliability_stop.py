@@ -245,7 +245,7 @@ def test_a_kernel_killed_by_sigkill_is_one_line_with_its_memory_and_the_rerun_is
     said = [line for line in _lines(output) if line.startswith("mlc_utils run:")]
     assert said == [_lines(output)[-1]], output
     assert re.fullmatch(r"mlc_utils run: stage 'image' failed after \d+ s: its kernel was killed by SIGKILL in cell \d+, "
-                        r"training vit \(epoch \d+ of 8\), at a peak of \d+ MiB of memory; the out-of-memory killer "
+                        r"training vit \(epoch \d+ of 8\), at a peak of [\d.]+ (MiB|GiB) of memory; the out-of-memory killer "
                         r"ends a process so when memory runs out: try a smaller batch \(image.train.batch_size or "
                         r"inference.batch_size\)", said[0]), said[0]
     assert _no_process_left(tag) == [], "the killed kernel's DataLoader worker outlived it"
@@ -330,3 +330,31 @@ def test_stopped_kernel_is_killed_after_the_grace_period():
         stop.handler(signal.SIGINT, None)
         stop._timer.join(timeout=HANG_GUARD)
     assert killed and killed[0] - pressed >= 0.05
+
+
+def test_what_a_killed_parent_leaves_running_is_adopted_and_ended(tmp_path):
+    """A kernel killed under torchrun leaves torchrun (a session of its own) running: with this process
+    a child subreaper, the orphan is re-parented here, and end_orphans ends it."""
+    from mlc_utils.core.processes import child_subreaper, children, end_orphans
+    ready = tmp_path / "grandchild.pid"
+    script = ("import os, subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+              f"open({str(ready)!r}, 'w').write(str(p.pid))\n"
+              "os._exit(0)   # the parent dies; the grandchild runs on\n")
+    before = children()
+    with child_subreaper():
+        parent = subprocess.Popen([sys.executable, "-c", script])
+        assert parent.wait(timeout=HANG_GUARD) == 0
+        grandchild = int(ready.read_text())
+        assert os.getpid() == int(Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert end_orphans(before) == [grandchild]
+    assert not Path(f"/proc/{grandchild}").exists()
+
+
+def test_memory_of_a_process_is_read_from_proc():
+    from mlc_utils.core.processes import memory_bytes, proportional_bytes
+    rss, peak = memory_bytes(os.getpid())
+    assert 0 < rss <= peak and 0 < proportional_bytes(os.getpid()) <= peak
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    assert memory_bytes(ended.pid) == (0, 0) and proportional_bytes(ended.pid) == 0

@@ -90,6 +90,19 @@ def memory_bytes(pid: int) -> tuple[int, int]:
     return found.get("VmRSS", 0), found.get("VmHWM", 0)
 
 
+def proportional_bytes(pid: int) -> int:
+    """``pid``'s proportional set size (Pss: its private memory plus its share of pages it shares, so
+    a forked worker's copy of its parent's pages is not counted twice); 0 once it has ended."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _prctl(option: int, value: int = 0) -> int | None:
     if not sys.platform.startswith("linux"):
         return None

@@ -21,7 +21,14 @@ import signal
 import threading
 from pathlib import Path
 
-from mlc_utils.core.processes import descendants, memory_bytes, process_table, signal_groups, tree_groups
+from mlc_utils.core.processes import (
+    descendants,
+    memory_bytes,
+    process_table,
+    proportional_bytes,
+    signal_groups,
+    tree_groups,
+)
 
 STOP_GRACE_S = 20.0        # Ctrl-C -> kill: longer than launch_torchrun's own SIGTERM grace (15 s)
 SAMPLE_EVERY_S = 0.5       # the kernel's memory, read from /proc
@@ -38,7 +45,7 @@ class KernelWatch:
         self.process = None          # the kernel's Popen (jupyter_client's)
         self.cell = 0                # the execution count of the code cell running (1 = the first)
         self.cell_index = -1         # its index among the notebook's cells
-        self.peak = 0                # bytes: the kernel's peak resident memory, with its workers'
+        self.peak = 0                # bytes: the kernel's peak resident memory (VmHWM), or with its workers' (Pss) if more
         self.stopping = False        # Ctrl-C: start no more cells
         self._done = threading.Event()
         self._sampler: threading.Thread | None = None
@@ -89,10 +96,9 @@ class KernelWatch:
     def _sample(self) -> None:
         while not self._done.is_set() and self.alive():
             pid = self.process.pid
-            table = process_table()
-            rss, hwm = memory_bytes(pid)
-            tree = rss + sum(memory_bytes(child)[0] for child in descendants(pid, table))
-            self.peak = max(self.peak, hwm, tree)
+            workers = descendants(pid, process_table())
+            tree = proportional_bytes(pid) + sum(proportional_bytes(child) for child in workers) if workers else 0
+            self.peak = max(self.peak, memory_bytes(pid)[1], tree)
             self._done.wait(SAMPLE_EVERY_S)
 
     def close(self) -> None:
