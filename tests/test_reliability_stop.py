@@ -358,3 +358,17 @@ def test_memory_of_a_process_is_read_from_proc():
     ended = subprocess.Popen([sys.executable, "-c", "pass"])
     ended.wait()
     assert memory_bytes(ended.pid) == (0, 0) and proportional_bytes(ended.pid) == 0
+
+
+def test_a_run_whose_sigint_is_ignored_keeps_ignoring_it():
+    """A job started in the background by a script ignores SIGINT: run does not take it over."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopOnInterrupt():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with StopOnInterrupt() as stop:
+            assert signal.getsignal(signal.SIGINT) == stop.handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

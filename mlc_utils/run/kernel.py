@@ -173,7 +173,10 @@ class StopOnInterrupt:
                 self._timer = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        """Take over SIGINT, from the main thread only, and not where it is ignored (a job started in
+        the background by a script: its SIGINT is not a Ctrl-C)."""
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self.handler)
         return self
 
