@@ -44,7 +44,6 @@ class KernelWatch:
     def __init__(self):
         self.process = None          # the kernel's Popen (jupyter_client's)
         self.cell = 0                # the execution count of the code cell running (1 = the first)
-        self.cell_index = -1         # its index among the notebook's cells
         self.peak = 0                # bytes: the kernel's peak resident memory (VmHWM), or with its workers' (Pss) if more
         self.stopping = False        # Ctrl-C: start no more cells
         self._done = threading.Event()
@@ -62,13 +61,9 @@ class KernelWatch:
         if self.stopping:
             raise StopRequested("stopped by Ctrl-C before the next cell")
         if cell.cell_type == "code" and cell.source.strip():
-            self.cell, self.cell_index = self.cell + 1, cell_index
+            self.cell += 1
 
     # -- the process -----------------------------------------------------------------------------
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
