@@ -87,9 +87,9 @@ def main() -> None:
         if code:
             raise SystemExit(f"the run failed (exit status {code}): no table")
         if args.run is None:
-            from mlc_utils.study.params import load_params
-            args.run = REPO / "runs" / load_params(str(REPO / args.params), dict(
-                o.split("=", 1) for o in args.overrides)).run
+            from mlc_utils.study.params import load_params, parse_override
+            args.run = REPO / "runs" / load_params(str(REPO / args.params),
+                                                   dict(parse_override(o) for o in args.overrides)).run
     if args.run is None:
         raise SystemExit("--run DIR or --params FILE")
     log = args.run / "eta.jsonl"
