@@ -39,6 +39,13 @@ class DiskFullError(OSError):
 
 
 def _mib(n: int) -> str:
+    """Bytes as people read a file's size: 26 bytes, 12 KiB, 3.4 MiB, 250 MiB, 2.1 GiB."""
+    if n < 2**10:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
     return f"{n / 2**20:.1f} MiB" if n < 10 * 2**20 else f"{n / 2**20:.0f} MiB"
 
 
