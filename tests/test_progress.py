@@ -2,19 +2,26 @@
 the kernels start on IPC sockets (no "running over TCP without encryption" warning)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
-from mlc_utils.run.pipeline import StageProgress, ipc_kernel_manager
+from mlc_utils.run.kernel import KernelWatch, kernel_manager
+from mlc_utils.run.pipeline import StageProgress
 
 
-def _epoch(path, epoch: int, epochs: int, seconds: float, line: str, started: bool = False) -> str:
-    """What the loop does at an epoch's end: the event (core.progress.emit), then the printed line."""
+def _epoch(path, epoch: int, epochs: int, seconds: float, line: str, started: bool = False,
+           when: float | None = None) -> str:
+    """What the loop does at an epoch's end: the event (core.progress.emit; at the fake time ``when``
+    where the test runs a clock of its own), then the printed line."""
+    from unittest import mock
+
     from mlc_utils.core.progress import EVENTS_ENV, EpochEnded, FitStarted, emit
     os.environ[EVENTS_ENV] = str(path)
     try:
-        if started:
-            emit(FitStarted(epochs))
-        emit(EpochEnded(epoch, epochs, seconds, line))
+        with mock.patch("time.time", lambda: when) if when is not None else contextlib.nullcontext():
+            if started:
+                emit(FitStarted(epochs))
+            emit(EpochEnded(epoch, epochs, seconds, line))
     finally:
         del os.environ[EVENTS_ENV]
     return line + "\n"
@@ -74,7 +81,7 @@ def test_the_loop_emits_an_event_per_epoch_under_run(tmp_path, monkeypatch):
 
 
 def test_kernels_use_ipc_transport_in_their_own_folder(tmp_path):
-    manager = ipc_kernel_manager(tmp_path)(kernel_name="python3")
+    manager = kernel_manager(tmp_path, KernelWatch(), tmp_path / "kernel.log")(kernel_name="python3")
     assert manager.transport == "ipc" and manager.ip == str(tmp_path / "kernel")
 
 
@@ -112,10 +119,11 @@ def test_a_feature_pass_before_epoch_1_is_not_counted_as_an_epoch(tmp_path):
     now[0] = 500.0
     progress.write("features lite0 center (batches): 50/100 (50%), 500 s elapsed, about 500 s left\n")
     now[0] = 1004.0
-    progress.write(_epoch(events, 1, 30, 4.0, "epoch 1/30 train_loss=0.5000 sample_f1=0.4000 * (4 s)", started=True))
+    progress.write(_epoch(events, 1, 30, 4.0, "epoch 1/30 train_loss=0.5000 sample_f1=0.4000 * (4 s)", started=True,
+                          when=now[0]))
     assert "[1/30 epochs, about 116 s left for this model, 33 min for the stage, 43 min for the run]" in lines[-1]
     now[0] = 1008.0
-    progress.write(_epoch(events, 2, 30, 4.0, "epoch 2/30 train_loss=0.4000 (4 s)"))
+    progress.write(_epoch(events, 2, 30, 4.0, "epoch 2/30 train_loss=0.4000 (4 s)", when=now[0]))
     assert lines[-1].endswith("[2/30 epochs, about 112 s left for this model, 33 min for the stage, 43 min for the run]")
-    progress.write(_epoch(events, 1, 2, 50.0, "epoch 1/2 train_loss=0.3000 (50 s)", started=True))
+    progress.write(_epoch(events, 1, 2, 50.0, "epoch 1/2 train_loss=0.3000 (50 s)", started=True, when=now[0]))
     assert "[1/2 epochs, about 50 s left for this model" in lines[-1]   # the next model's clock starts anew

@@ -1,11 +1,14 @@
 """Atomic file writes: an artifact either exists whole or not at all.
 
 Every stage writes through these helpers, so a run killed mid-write never leaves a half file that
-a later run would trust (write to a temporary file in the same folder, fsync, then rename).
+a later run would trust (write to a temporary file in the same folder, fsync, then rename). A write
+that fills the disk says so in one line (:class:`DiskFullError`: the file, the space it needs) and
+leaves the previous file in place.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -13,10 +16,72 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+DISK_FULL_BYTES = 1 << 20   # free space under which a failed write is taken for a full disk
+
+
+class DiskFullError(OSError):
+    """A write ran out of disk space: names the file, what it needs and what is free, in one line.
+    The previous version of the file (if any) is still there and no temporary is left."""
+
+    def __init__(self, path: Path, written: int, previous: int, free: int, wanted: int = 0):
+        """``written``: bytes the write had put down when it failed; ``previous``: the size of the file it
+        replaces (the last epoch's checkpoint: about what this one needs); ``wanted``: the size the writer
+        asked for, where it said."""
+        need = max(written, previous, wanted)
+        about = f"about {_mib(need)}" if wanted or previous >= written else f"more than {_mib(need)}"
+        super().__init__(errno.ENOSPC, f"no space left on the disk to write {path}: it needs {about}, "
+                                       f"{_mib(free)} free there; free some space (or move the run's folder) "
+                                       f"and run again", str(path))
+        self.path, self.needed, self.free = path, need, free
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _mib(n: int) -> str:
+    """Bytes as people read a file's size: 26 bytes, 12 KiB, 3.4 MiB, 250 MiB, 2.1 GiB."""
+    if n < 2**10:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n < 10 * 2**20 else f"{n / 2**20:.0f} MiB"
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return DISK_FULL_BYTES
+    return stat.f_bavail * stat.f_frsize
+
+
+_SHORT_OF_SPACE = re.compile(r"no space|free space", re.IGNORECASE)
+_NUMPY_WANTED = re.compile(r"write (\d+) bytes after offset (\d+)")   # numpy's words when it cannot allocate the file
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT, or (writers such as torch.save
+    and np.save report it in words of their own) a message saying so, or a folder with next to nothing free."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, (OSError, RuntimeError)) and (
+        bool(_SHORT_OF_SPACE.search(str(err))) or _free_bytes(folder) < DISK_FULL_BYTES)
+
+
+def _wanted(err: BaseException) -> int:
+    """The size of the whole file the writer was writing, where its error says (numpy's may), else 0."""
+    found = _NUMPY_WANTED.search(str(err))
+    return int(found.group(1)) + int(found.group(2)) if found else 0
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    A write that runs out of disk raises :class:`DiskFullError` (the file, the space it needs); the
+    temporary is removed and the previous ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name ends in the real suffix, so writers that infer a format from it (or append
@@ -32,6 +97,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, DiskFullError) or not _disk_full(err, path.parent):
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        previous = path.stat().st_size if path.is_file() else 0
+        tmp.unlink(missing_ok=True)
+        raise DiskFullError(path, written, previous, _free_bytes(path.parent), _wanted(err)) from err
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -5,9 +5,10 @@ bar would be pages of noise in the executed report and would never reach the ter
 prints one line at most every ``MLC_PROGRESS_EVERY`` seconds (default 30) instead: the count, the
 elapsed time and an estimate of the time left. The pipeline streams those lines to the terminal.
 
-What the pipeline needs to *know* (a model started, an epoch ended and took S seconds) it does not
-read from those lines: the training loop also writes typed events (:func:`emit`) to the file ``run`` names in
-``MLC_EVENTS`` for each stage, and the pipeline reads them back (:class:`EventReader`).
+What the pipeline needs to *know* (a member or fold started, a model started, an epoch ended and took
+S seconds) it does not read from those lines: the study's members and the training loop also write typed
+events (:func:`emit`) to the file ``run`` names in ``MLC_EVENTS`` for each stage, and the pipeline reads
+them back (:class:`EventReader`) for the time left (``mlc_utils.run.eta``) and to say where a stop happened.
 """
 from __future__ import annotations
 
@@ -37,7 +38,25 @@ class EpochEnded:
     line: str = ""
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (FitStarted, EpochEnded)}
+@dataclass(frozen=True)
+class MemberStarted:
+    """A member (a trained model of the study) starts training, not when it is reused: ``fold`` of
+    ``folds`` (1-based) when it is trained once per cross-validation fold, else 0 of 0."""
+    name: str
+    fold: int = 0
+    folds: int = 0
+
+
+@dataclass(frozen=True)
+class MemberEnded:
+    """A member (or one fold of it) is saved: trained, or ``reused`` unchanged from an earlier run."""
+    name: str
+    fold: int = 0
+    folds: int = 0
+    reused: bool = False
+
+
+EVENT_TYPES = {cls.__name__: cls for cls in (FitStarted, EpochEnded, MemberStarted, MemberEnded)}
 
 
 def emit(event) -> None:
@@ -46,7 +65,7 @@ def emit(event) -> None:
     path = os.environ.get(EVENTS_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"type": type(event).__name__, **asdict(event)}) + "\n")
+            f.write(json.dumps({"type": type(event).__name__, "time": time.time(), **asdict(event)}) + "\n")
 
 
 class EventReader:
@@ -56,6 +75,10 @@ class EventReader:
         self.path, self.offset = Path(path), 0
 
     def read(self) -> list:
+        return [event for _, event in self.read_timed()]
+
+    def read_timed(self) -> list[tuple[float | None, object]]:
+        """(when it was written, by the process's clock ``time.time()``, or None; the event) pairs."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -67,7 +90,8 @@ class EventReader:
         events = []
         for raw in complete.decode("utf-8").splitlines():
             fields = json.loads(raw)
-            events.append(EVENT_TYPES[fields.pop("type")](**fields))
+            when = fields.pop("time", None)
+            events.append((when, EVENT_TYPES[fields.pop("type")](**fields)))
         return events
 
 

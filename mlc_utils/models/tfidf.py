@@ -72,10 +72,9 @@ class TfidfCaptionClassifier:
 
     def save(self, path: str | os.PathLike) -> Path:
         import joblib
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self, path)
-        return path
+
+        from mlc_utils.core.io import atomic_save
+        return atomic_save(path, lambda tmp: joblib.dump(self, tmp))
 
     @staticmethod
     def load(path: str | os.PathLike) -> "TfidfCaptionClassifier":

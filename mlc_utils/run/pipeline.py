@@ -14,10 +14,12 @@ read-only folder fails at once, not after hours of training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -33,7 +35,10 @@ from mlc_utils.core.io import (
     remove_stale_temporaries,
     sha256_file,
 )
-from mlc_utils.core.progress import EVENTS_ENV, EpochEnded, EventReader, FitStarted, duration
+from mlc_utils.core.processes import child_subreaper, children, end_orphans
+from mlc_utils.core.progress import EVENTS_ENV, EpochEnded, EventReader, duration
+from mlc_utils.run.eta import RunClock, StageClock
+from mlc_utils.run.kernel import KernelWatch, StopOnInterrupt, kernel_manager
 from mlc_utils.study.context import MANIFEST, PROJECT_ROOT, StudyPaths
 from mlc_utils.study.params import (
     ParamError,
@@ -51,10 +56,11 @@ MIN_FREE_MB = 1024  # checkpoints, executed notebooks and reports: refuse to sta
 @dataclass
 class StageResult:
     stage: str
-    status: str            # ran | skipped | failed | not run | earlier run
+    status: str            # ran | skipped | failed | interrupted | not run | earlier run
     seconds: float = 0.0
     notebook: Path | None = None
     error: str = ""
+    where: str = ""        # interrupted: the cell and member it was in
 
 
 @dataclass
@@ -116,21 +122,22 @@ class StageProgress:
     """A file-like sink for the kernel's streamed stdout (papermill's ``stdout_file``): each line goes
     to the terminal (``log``) as the cell prints it, prefixed with the stage.
 
-    What it knows of training it reads from the loop's typed events (``events``, the file ``run``
-    names in ``MLC_EVENTS``; :mod:`mlc_utils.core.progress`), not from the printed lines: a model's
-    time left comes from its epochs' own seconds, so a feature pass before epoch 1 is not an epoch,
-    and the epoch's line gets it appended. ``planned`` (the plan's seconds for this stage) and
-    ``later`` (for the stages after it) add the stage's and the run's time left: the plan's figure,
-    or what the epochs measured if that is more."""
+    What it knows of training it reads from the typed events of the members and the loop (``events``,
+    the file ``run`` names in ``MLC_EVENTS``; :mod:`mlc_utils.core.progress`), not from the printed
+    lines: an epoch's line gets the time left appended (:mod:`mlc_utils.run.eta`): for this model, and
+    with a plan (``planned``: its seconds for this stage, ``trainings``: for each training of the stage;
+    ``later``: the run's time after this stage, ``ratio``: how the finished stages compared with
+    their plan) for the stage and the run. ``record`` receives each time left printed (the run's
+    ``eta.jsonl``)."""
 
-    def __init__(self, stage: str, log=print, clock=time.time, planned: float | None = None, later: float = 0.0,
-                 events: str | os.PathLike | None = None):
+    def __init__(self, stage: str, log=print, clock=time.time, planned: float | None = None, later: float | None = 0.0,
+                 events: str | os.PathLike | None = None, trainings: list[float] | None = None, ratio: float = 1.0,
+                 record=None):
         self.stage, self.log, self.clock = stage, log, clock
-        self.planned, self.later = planned, later
+        self.later, self.record = later, record
         self.events = EventReader(events) if events else None
         self.buffer = ""
-        self.stage_started = clock()
-        self.epoch_seconds: list[float] = []
+        self.eta = StageClock(planned, list(trainings or []), clock(), ratio)
         self.notes: dict[str, str] = {}   # an epoch's line -> what to append when it is printed
 
     def write(self, text: str) -> int:
@@ -143,54 +150,63 @@ class StageProgress:
     def flush(self) -> None:
         pass
 
-    def line(self, line: str) -> None:
+    def poll(self) -> None:
+        """Take the events written since the last look."""
         if self.events is not None:
-            for event in self.events.read():
-                self.event(event)
+            for when, event in self.events.read_timed():
+                self.event(event, self.clock() if when is None else when)
+
+    def line(self, line: str) -> None:
+        self.poll()
         if line.strip():
             note = self.notes.pop(line, "")
             self.log(f"[{self.stage}] {line}{note}")
 
-    def event(self, event) -> None:
-        """Take one training event; an :class:`~mlc_utils.core.progress.EpochEnded` leaves the note
-        its printed line will carry (the event is written just before the line is printed)."""
-        if isinstance(event, FitStarted):
-            self.epoch_seconds = []
-        elif isinstance(event, EpochEnded):
-            self.epoch_seconds.append(event.seconds)
-            left = sum(self.epoch_seconds) / len(self.epoch_seconds) * (event.epochs - event.epoch)
-            self.notes[event.line] = (f"  [{event.epoch}/{event.epochs} epochs, about {duration(left)} left for "
-                                      f"this model{self.overall(self.clock(), left)}]")
+    def event(self, event, when: float | None = None) -> None:
+        """Take one event; an :class:`~mlc_utils.core.progress.EpochEnded` leaves the note its printed
+        line will carry (the event is written just before the line is printed)."""
+        when = self.clock() if when is None else when
+        self.eta.event(event, when)
+        if isinstance(event, EpochEnded):
+            self.notes[event.line] = (f"  [{event.epoch}/{event.epochs} epochs, about {duration(self.eta.model_left() or 0.0)} "
+                                      f"left for this model{self.overall(when)}]")
 
-    def overall(self, now: float, model_left: float) -> str:
-        if self.planned is None:
+    def overall(self, now: float) -> str:
+        stage_left = self.eta.left(now)
+        if stage_left is None:
             return ""
-        stage_left = max(self.planned - (now - self.stage_started), model_left)
-        return f", {duration(stage_left)} for the stage, {duration(stage_left + self.later)} for the run"
+        if self.eta.planned is None:   # no plan: the stage's folds still to come, no run figure
+            return f", {duration(stage_left)} for the stage" if self.eta.folds > self.eta.fold else ""
+        if self.later is None:   # a later stage has no time in the plan
+            return f", {duration(stage_left)} for the stage"
+        run_left = stage_left + self.later
+        if self.record is not None:
+            self.record({"event": "eta", "time": round(now, 3), "stage": self.stage, "member": self.eta.member,
+                         "fold": self.eta.fold, "folds": self.eta.folds, "epoch": self.eta.done,
+                         "epochs": self.eta.epochs, "model_left": round(self.eta.model_left() or 0.0, 2),
+                         "stage_left": round(stage_left, 2), "run_left": round(run_left, 2)})
+        return f", {duration(stage_left)} for the stage, {duration(run_left)} for the run"
 
-
-def ipc_kernel_manager(socket_dir: str | os.PathLike):
-    """The kernel manager papermill starts a stage's kernel with: IPC sockets (files in
-    ``socket_dir``, one fresh folder per stage) rather than TCP on localhost, so ipykernel has no
-    unencrypted TCP transport to warn about ("Kernel is running over TCP without encryption",
-    once per stage), and no two kernels (stages, runs, test sessions) share a socket path."""
-    from jupyter_client.manager import AsyncKernelManager
-    socket_prefix = str(Path(socket_dir) / "kernel")
-
-    class IPCKernelManager(AsyncKernelManager):
-        def __init__(self, **kwargs):
-            kwargs.setdefault("transport", "ipc")
-            kwargs.setdefault("ip", socket_prefix)
-            super().__init__(**kwargs)
-
-    return IPCKernelManager
+    def where(self) -> str:
+        """The member and epoch the stage is in, for a message ("training vit (fold 2 of 5, epoch 4 of 30)")."""
+        self.poll()
+        eta = self.eta
+        if not eta.active:
+            return ""
+        parts = [f"fold {eta.fold} of {eta.folds}"] if eta.folds else []
+        if eta.epochs and eta.done < eta.epochs:
+            parts.append(f"epoch {eta.done + 1} of {eta.epochs}")
+        return f"training {eta.member}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool = False,
-                  planned: float | None = None, later: float = 0.0) -> StageResult:
-    """Run one notebook with papermill; render its HTML whether it passed or failed.
+                  progress: StageProgress | None = None, stop: StopOnInterrupt | None = None) -> StageResult:
+    """Run one notebook with papermill; render its HTML whether it passed or failed (not when stopped).
 
     ``retrain``: forget the stage's saved members first, so they are trained again (``--force``).
+    ``progress``: the sink of the cells' output (a plain :class:`StageProgress` by default); ``stop``:
+    the run's Ctrl-C handling, told of this stage's kernel (:mod:`mlc_utils.run.kernel`). The kernel
+    process's own output goes to ``runs/<run>/<stage>/kernel.log``; what it leaves running is ended.
     """
     import papermill as pm
     stage_dir = study.paths.stage_dir(stage)
@@ -220,21 +236,37 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
     from mlc_utils.core.allocator import allocator_env
     os.environ.update(allocator_env())
     socket_dir = tempfile.mkdtemp(prefix="mlc-kernel-")
-    events = Path(socket_dir) / "events.jsonl"   # the loop's typed events (core.progress), this stage's only
+    events = Path(socket_dir) / "events.jsonl"   # the members' and loop's typed events (core.progress), this stage's only
     os.environ[EVENTS_ENV] = str(events)
-    try:
-        pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
-                            kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
-                            progress_bar=False, log_output=False, stdout_file=StageProgress(stage, log, planned=planned, later=later, events=events),
-                            request_save_on_cell_execute=True, kernel_manager_class=ipc_kernel_manager(socket_dir))
-    except pm.PapermillExecutionError as err:
-        error = f"{out}: cell {err.exec_count} raised {err.ename}: {err.evalue}"
-    except Exception as err:  # kernel died, notebook missing ...
-        error = f"{out}: {type(err).__name__}: {err}"
-    finally:
-        os.environ.pop(EVENTS_ENV, None)
-        shutil.rmtree(socket_dir, ignore_errors=True)
+    progress = progress or StageProgress(stage, log)
+    progress.events = EventReader(events)
+    stop = stop or StopOnInterrupt()
+    watch = KernelWatch()
+    kernel_log = stage_dir / KERNEL_LOG
+    kernel_log.unlink(missing_ok=True)
+    before = children()
+    with _quiet_jupyter(), child_subreaper(), stop.watching(watch):
+        try:
+            pm.execute_notebook(str(study.paths.notebook_in(stage)), str(out), parameters=parameters,
+                                kernel_name=KERNEL_NAME, cwd=str(study.root / "notebooks"),
+                                progress_bar=False, log_output=False, stdout_file=progress,
+                                request_save_on_cell_execute=True, on_cell_start=watch.on_cell_start,
+                                kernel_manager_class=kernel_manager(socket_dir, watch, kernel_log))
+        except pm.PapermillExecutionError as err:
+            error = f"{_shown(out, study.root)}: cell {err.exec_count} raised {err.ename}: {err.evalue}"
+        except Exception as err:  # kernel died, Ctrl-C between cells, notebook missing ...
+            error = f"{_shown(out, study.root)}: {type(err).__name__}: {err}"
+            code = watch.returncode()   # a cell's own error is above: papermill then ends the kernel itself
+            if code not in (0, None):
+                error = _kernel_ended(stage, code, watch, progress, kernel_log, study.root)
+        finally:
+            watch.close()
+            os.environ.pop(EVENTS_ENV, None)
+            end_orphans(before)   # what a killed kernel left running (torchrun and its workers)
+            shutil.rmtree(socket_dir, ignore_errors=True)
     seconds = time.time() - started
+    if stop.requested:
+        return StageResult(stage, "interrupted", seconds, out, where=_where(watch, progress))
     from mlc_utils.run.report import render_notebook
     if out.is_file():
         render_notebook(out, study.paths.report_dir)
@@ -244,6 +276,64 @@ def execute_stage(study: Study, stage: str, key: str, log=print, retrain: bool =
         {"stage": stage, "key": key, "status": "ok", "run_id": uuid.uuid4().hex, "seconds": round(seconds, 1),
          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     return StageResult(stage, "ran", seconds, out)
+
+
+KERNEL_LOG = "kernel.log"   # in the stage's folder: the kernel process's own stdout and stderr
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to the project, as a person at its root reads it."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _where(watch: KernelWatch, progress: StageProgress) -> str:
+    """"cell 3, training vit (fold 2 of 5, epoch 4 of 30)": what the kernel was doing."""
+    cell = f"cell {watch.cell}" if watch.cell else "before its first cell"
+    member = progress.where()
+    return f"{cell}, {member}" if member else cell
+
+
+def _kernel_ended(stage: str, code: int, watch: KernelWatch, progress: StageProgress, kernel_log: Path,
+                  root: Path) -> str:
+    """One line for a kernel that died under a cell: how, where, its peak memory and what to try."""
+    where = _where(watch, progress)
+    peak = f", at a peak of {_size(watch.peak)} of memory" if watch.peak else ""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        how = f"its kernel was killed by {name} in {where}{peak}"
+    else:
+        how = f"its kernel exited with status {code} in {where}{peak}"
+    if code == -signal.SIGKILL:
+        batch = f"{stage}.train.batch_size or " if stage in ("image", "caption", "fusion", "ablation") else ""
+        how += (f"; the out-of-memory killer ends a process so when memory runs out: "
+                f"try a smaller batch ({batch}inference.batch_size)")
+    if kernel_log.is_file() and kernel_log.stat().st_size:
+        how += f" (the kernel's own output: {_shown(kernel_log, root)})"
+    return how
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+@contextlib.contextmanager
+def _quiet_jupyter():
+    """papermill's and nbclient's log records ("Kernel died while waiting for execute reply") and
+    asyncio's ("Task exception was never retrieved") while a stage runs: ``run`` says what happened
+    in one line of its own."""
+    import logging
+    loggers = [logging.getLogger(name) for name in ("papermill", "nbclient", "traitlets", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _unchanged(study: Study, stage: str, key: str) -> bool:
@@ -264,11 +354,21 @@ def stages_to_run(study: Study, chosen: list[str], data_fp: dict, force: bool = 
     return out
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run: ``line`` says where, and what the next run keeps and runs."""
+
+    def __init__(self, line: str, results: list[StageResult] | None = None):
+        super().__init__(line)
+        self.line, self.results = line, list(results or [])
+
+
 def run_study(params_file: str | None, overrides: list[str] | dict = (), only: list[str] | None = None,
               force: bool = False, root: Path = PROJECT_ROOT, log=print, plan: bool = True) -> list[StageResult]:
     """Run (or skip) each stage in order; stop at the first failure. Returns one result per stage.
 
-    ``plan``: print the plan of the stages that will run first (:func:`plan_wanted`)."""
+    ``plan``: print the plan of the stages that will run first (:func:`plan_wanted`). Ctrl-C (SIGINT)
+    stops the run wherever it is (:class:`~mlc_utils.run.kernel.StopOnInterrupt`) and raises
+    :class:`RunInterrupted`, whose line says where and what the next run will do."""
     override_map = dict(parse_override(o) for o in overrides) if not isinstance(overrides, dict) else dict(overrides)
     params = load_params(params_file, override_map)
     study = Study(params, override_map, Path(root))
@@ -281,6 +381,60 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         not_enabled = [s for s in only if s not in params.stages]
         if not_enabled:
             raise ParamError(f"--only: stage(s) {', '.join(not_enabled)} are not in this params file's 'stages'")
+    state = _RunState(study, chosen)
+    with StopOnInterrupt() as stop:
+        try:
+            return _run_stages(study, chosen, force, log, plan, stop, state)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:   # between stages, while planning or writing the report
+            raise RunInterrupted(state.stopped_line(), state.results) from None
+
+
+@dataclass
+class _RunState:
+    """Where a run is, for the line Ctrl-C prints."""
+    study: Study
+    chosen: list[str]
+    phase: str = "before the first stage"
+    data_fp: dict | None = None
+    results: list[StageResult] = field(default_factory=list)
+
+    def stopped_line(self, result: StageResult | None = None) -> str:
+        """"stopped (Ctrl-C) in stage image, cell 3, training vit (epoch 4 of 30); the next run keeps
+        split, reuses image's saved members (...) and runs image, caption, fusion, ensemble"."""
+        head = f"stopped (Ctrl-C) in stage {result.stage}, {result.where}" if result else f"stopped (Ctrl-C) {self.phase}"
+        if self.data_fp is None:
+            return f"{head}; no stage had started"
+        next_run = stages_to_run(self.study, self.chosen, self.data_fp)
+        kept = [s for s in self.chosen if s not in next_run]
+        parts = [f"keeps {', '.join(kept)}"] if kept else []
+        members = _saved_members(self.study.paths.stage_dir(result.stage)) if result else []
+        if members:
+            parts.append(f"reuses {result.stage}'s saved members ({', '.join(members)})")
+        parts.append(f"runs {', '.join(next_run)}" if next_run else "has nothing left to run")
+        said = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        return f"{head}; the next run {said}"
+
+
+def _saved_members(stage_dir: Path) -> list[str]:
+    """The members saved in ``stage_dir`` (a member, or the folds saved of one): ``vit``, ``eff folds 1, 2``."""
+    from mlc_utils.study.members import MEMBER_FILE
+    found = []
+    for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir()) if stage_dir.is_dir() else []:
+        if (folder / MEMBER_FILE).is_file():
+            found.append(folder.name)
+            continue
+        folds = sorted(int(f.name[4:]) + 1 for f in folder.glob("fold*")
+                       if f.name[4:].isdigit() and (f / MEMBER_FILE).is_file())
+        if folds:
+            found.append(f"{folder.name} fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}")
+    return found
+
+
+def _run_stages(study: Study, chosen: list[str], force: bool, log, plan: bool, stop: StopOnInterrupt,
+                state: _RunState) -> list[StageResult]:
+    params = study.params
     from mlc_utils.study.preflight import preflight
     problems = preflight(params, chosen, study.root, log)
     if problems:
@@ -297,15 +451,19 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
         raise OSError(f"{err} to start a run (set MLC_MIN_FREE_MB to change this minimum)") from None
     ensure_writable_dir(study.paths.report_dir)
     data_fp = data_fingerprint(data_dir)
+    state.data_fp = data_fp
     will_run = stages_to_run(study, chosen, data_fp, force) if plan_wanted(plan) else []
+    state.phase = "while planning, before the first stage"
     plan = _print_plan(params, will_run, study.root, log) if will_run else None
-    results: list[StageResult] = []
+    clock = RunClock({s: plan.stage_seconds(s) for s in will_run} if plan else {})
+    record = EtaLog(study.paths.run_dir / ETA_LOG, {"stages": will_run, "planned": clock.planned})
+    results = state.results
     for stage in chosen:
+        state.phase = f"before stage {stage}"
         missing = _missing_upstream(study, stage, chosen)
         if missing:
             results.append(StageResult(stage, "failed", error=f"stage '{stage}' needs {', '.join(missing)} "
                                                             "to have run first (add it to --only)"))
-            log(f"[{stage}] {results[-1].error}")
             break
         key = stage_key(study, stage, data_fp)
         if not force and _unchanged(study, stage, key):
@@ -313,15 +471,28 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
             log(f"[{stage}] unchanged (notebook, parameters, data and inputs): skipped; use --force to re-run")
             continue
         log(f"[{stage}] running {study.paths.notebook_in(stage).relative_to(study.root)} ...")
-        times = [plan.stage_seconds(s) if plan else None for s in chosen]
-        at = chosen.index(stage)
-        result = execute_stage(study, stage, key, log, retrain=force, planned=times[at],
-                               later=sum(t or 0.0 for t in times[at + 1:]))
+        trainings = [t.seconds or 0.0 for s in plan.stages if s.stage == stage for t in s.trainings] if plan else []
+        progress = StageProgress(stage, log, planned=clock.planned.get(stage), later=clock.after(stage),
+                                 trainings=trainings, ratio=clock.ratio, record=record)
+        record({"event": "stage_started", "stage": stage, "time": round(time.time(), 3),
+                "planned": clock.planned.get(stage), "ratio": round(clock.ratio, 3)})
+        state.phase = f"in stage {stage}"
+        result = execute_stage(study, stage, key, log, retrain=force, progress=progress, stop=stop)
         results.append(result)
+        record({"event": "stage_ended", "stage": stage, "time": round(time.time(), 3),
+                "seconds": round(result.seconds, 2), "status": result.status})
+        if result.status == "interrupted":
+            raise RunInterrupted(state.stopped_line(result), results)
         if result.status == "failed":
-            log(f"[{stage}] FAILED after {result.seconds:.0f}s: {result.error}")
             break
+        clock.stage_ended(stage, result.seconds)
         log(f"[{stage}] done in {result.seconds:.0f}s -> {result.notebook.relative_to(study.root)}")
+        if stop.requested:   # Ctrl-C as the stage ended: it finished, stop before the next
+            state.phase = f"after stage {stage} finished"
+            raise KeyboardInterrupt
+    record({"event": "run_ended", "time": round(time.time(), 3),
+            "status": "failed" if any(r.status == "failed" for r in results) else "ok"})
+    state.phase = "while writing the report, after the stages"
     done = {r.stage for r in results}
     results += [StageResult(s, "not run") for s in chosen if s not in done]
     # stages outside --only keep their earlier result on the index page
@@ -336,6 +507,28 @@ def run_study(params_file: str | None, overrides: list[str] | dict = (), only: l
     if pdf is not None:
         log(f"report: {pdf}")
     return results
+
+
+ETA_LOG = "eta.jsonl"   # runs/<run>/: every time left the run printed, with the stages' starts and ends
+
+
+class EtaLog:
+    """Appends JSON lines to ``runs/<run>/eta.jsonl``, started afresh by each run (``benchmarks/eta_accuracy.py``
+    compares what was printed with the time that was left). A log: a write that fails is skipped."""
+
+    def __init__(self, path: Path, start: dict):
+        self.path = path
+        try:
+            atomic_write_text(path, json.dumps({"event": "run_started", "time": round(time.time(), 3), **start}) + "\n")
+        except OSError:
+            pass
+
+    def __call__(self, record: dict) -> None:
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError:
+            pass
 
 
 PLAN_CALIBRATION_S = 30.0   # run's plan: architectures left untimed past this much calibration
@@ -376,11 +569,18 @@ def cli(argv: list[str]) -> int:
     try:
         results = run_study(args.params, args.overrides, args.only, args.force,
                             log=lambda line: print(line, flush=True), plan=not args.no_plan)
+    except RunInterrupted as stopped:
+        print(f"mlc_utils run: {stopped.line}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:   # before the parameters were read
+        print("mlc_utils run: stopped (Ctrl-C) before any stage started", file=sys.stderr, flush=True)
+        return 130
     except (ParamError, FileNotFoundError, PermissionError, OSError) as err:
         print(f"mlc_utils run: {err}", file=sys.stderr)
         return 2
     failed = [r for r in results if r.status == "failed"]
     if failed:
-        print(f"mlc_utils run: stage '{failed[0].stage}' failed: {failed[0].error}", file=sys.stderr)
+        print(f"mlc_utils run: stage '{failed[0].stage}' failed after {failed[0].seconds:.0f} s: {failed[0].error}",
+              file=sys.stderr)
         return 1
     return 0

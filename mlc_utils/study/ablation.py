@@ -96,11 +96,13 @@ def _repredict(ctx, trained: Member, spec, log) -> Member:
 
     def run():
         import shutil
+
+        from mlc_utils.core.io import atomic_save
         model = member_model(trained)
         root = ctx.params.data_path(ctx.root)
         out_dir.mkdir(parents=True, exist_ok=True)
         if (trained.out_dir / "log.csv").is_file():
-            shutil.copyfile(trained.out_dir / "log.csv", out_dir / "log.csv")
+            atomic_save(out_dir / "log.csv", lambda tmp: shutil.copyfile(trained.out_dir / "log.csv", tmp))
         log(f"{spec.label}: {trained.name}'s weights predicting with views {views}")
         return Member(spec.label, "image", out_dir, trained.val_ids,
                       predict_images(model, root, trained.val_ids, views, ctx.inference),

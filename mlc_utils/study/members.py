@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from mlc_utils.core.fingerprint import data_fingerprint, digest, source_digest
-from mlc_utils.core.io import atomic_write_text, sha256_file
+from mlc_utils.core.io import atomic_save, atomic_write_text, sha256_file
+from mlc_utils.core.progress import MemberEnded, MemberStarted, emit
 from mlc_utils.evaluation.ensemble import FOLD_DIR, Member
 from mlc_utils.evaluation.probs import load_probs, save_probs
 from mlc_utils.train.config import BEST_CHECKPOINT, WHOLE_MODEL  # what a member names as its checkpoint
@@ -81,17 +82,22 @@ def _found_checkpoint(out_dir: Path) -> str:
 
 
 def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member], log=print,
-                   alternates: tuple[Path, ...] = (), *, kind: str, rows: dict | None = None) -> Member:
+                   alternates: tuple[Path, ...] = (), *, kind: str, rows: dict | None = None,
+                   name: str = "", fold: tuple[int, int] = (0, 0)) -> Member:
     """Load the member saved under the same key (in ``out_dir`` or an ``alternates`` folder), else train it.
 
     ``kind`` (a key of :data:`MEMBER_CODE`) says which code and data the member is made from;
     ``rows`` (``{"train": ids, "val": ids}``) keys a cross-validation fold by its rows instead of the split file.
+    ``name`` (default: the folder's) and ``fold`` ((k, K), 1-based) name it in the events ``run`` reads
+    (:class:`~mlc_utils.core.progress.MemberStarted`, for the time left and to say where a stop happened).
     """
     import shutil
     key = member_key(ctx, config, kind, rows)
+    name = name or Path(out_dir).name
     saved = load_member(out_dir, key)
     if saved is not None:
         log(f"{saved.name}: unchanged configuration, code, split and data; reusing {out_dir}")
+        emit(MemberEnded(name, *fold, reused=True))
         return saved
     for other in alternates:
         found = load_member(other, key)
@@ -104,8 +110,9 @@ def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member]
                     try:  # checkpoints are large: a hard link where the filesystem allows
                         os.link(other / name, out_dir / name)
                     except OSError:
-                        shutil.copyfile(other / name, out_dir / name)
+                        atomic_save(out_dir / name, lambda tmp, name=name: shutil.copyfile(other / name, tmp))
             found.name, found.out_dir = out_dir.name, out_dir
+            emit(MemberEnded(name, *fold, reused=True))
             return save_member(found, key)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MEMBER_FILE).unlink(missing_ok=True)
@@ -113,10 +120,13 @@ def reuse_or_train(ctx, out_dir: Path, config: dict, train: Callable[[], Member]
     # scratch) must depend on its key alone, not on what the kernel happened to train before it
     from mlc_utils.core.device import seed_everything
     seed_everything(ctx.params.seed)
+    emit(MemberStarted(name, *fold))
     started = time.time()
     member = train()
     member.seconds = time.time() - started
-    return save_member(member, key)
+    save_member(member, key)
+    emit(MemberEnded(name, *fold))
+    return member
 
 
 def cross_fit_member(ctx, name: str, kind: str, out_dir: Path, config: dict,
@@ -131,12 +141,13 @@ def cross_fit_member(ctx, name: str, kind: str, out_dir: Path, config: dict,
     from mlc_utils.evaluation.ensemble import out_of_fold
     out_dir = Path(out_dir)
     folds = []
-    for k, rows in enumerate(ctx.cv_labelled_folds()):
+    all_rows = ctx.cv_labelled_folds()
+    for k, rows in enumerate(all_rows):
         fold_dir = out_dir / FOLD_DIR.format(k)
         ids = {"train": list(rows[0].ImageID), "val": list(rows[1].ImageID)}
         log(f"{name}: fold {k + 1}, {len(ids['train'])} train / {len(ids['val'])} out-of-fold rows")
         folds.append(reuse_or_train(ctx, fold_dir, config, lambda rows=rows, fold_dir=fold_dir: fit_fold(rows, fold_dir),
-                                    log, kind=kind, rows=ids))
+                                    log, kind=kind, rows=ids, name=name, fold=(k + 1, len(all_rows))))
     member = out_of_fold(name, folds, list(ctx.data.train.ImageID), kind=kind, out_dir=out_dir)
     return save_member(member, digest([m.key for m in folds]))
 

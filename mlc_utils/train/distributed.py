@@ -26,13 +26,11 @@ Config (JSON)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ import torch.distributed as dist
 
 from mlc_utils.core.device import rank_and_world, seed_everything
 from mlc_utils.core.io import atomic_write_text
+from mlc_utils.core.processes import signal_groups, tree_groups, wait_gone
 from mlc_utils.data.images import DEFAULT_AUTO_AUGMENT
 from mlc_utils.models.checkpoint import load_checkpoint, state_digest
 from mlc_utils.models.image_config import DEFAULT_TTA_VIEWS, ImageModelConfig
@@ -295,59 +294,18 @@ def _stop(process: subprocess.Popen) -> None:
     torchrun starts each worker in a session of its own, so signalling torchrun's group alone
     would orphan the workers when torchrun dies before it has stopped them.
     """
-    groups = _tree_groups(process.pid)
-    _signal_groups(groups, signal.SIGTERM)
+    groups = tree_groups(process.pid)
+    signal_groups(groups, signal.SIGTERM)
     try:
         process.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
         pass
     finally:
         if process.poll() is None:  # still our unreaped child: its pid cannot have been reused
-            groups |= _tree_groups(process.pid)
-        _signal_groups(groups, signal.SIGKILL)
+            groups |= tree_groups(process.pid)
+        signal_groups(groups, signal.SIGKILL)
         process.wait()
-        _wait_gone(groups, STOP_GRACE_S)
-
-
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, state) of every process, from /proc (empty elsewhere)."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # the command name may hold spaces
-        except (OSError, IndexError):
-            continue  # ended meanwhile
-        table[int(stat.parent.name)] = (int(fields[1]), int(fields[2]), fields[0])
-    return table
-
-
-def _tree_groups(root: int) -> set[int]:
-    """Process groups of ``root`` (a session leader) and of all its descendants, never our own."""
-    children: dict[int, list[int]] = {}
-    table = _processes()
-    for pid, (parent, _, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    groups, todo = {root}, [root]
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        if pid in table:
-            groups.add(table[pid][1])
-    return groups - {os.getpgrp()}
-
-
-def _signal_groups(groups: set[int], sig: signal.Signals) -> None:
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, sig)
-
-
-def _wait_gone(groups: set[int], timeout: float) -> None:
-    """Until no process of ``groups`` runs (a zombie left for init to reap holds no memory or GPU)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(
-            group in groups and state not in "ZX" for _, group, state in _processes().values()):
-        time.sleep(0.02)
+        wait_gone(groups, STOP_GRACE_S)
 
 
 if __name__ == "__main__":
