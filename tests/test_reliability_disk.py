@@ -80,7 +80,8 @@ def test_a_write_that_fills_the_disk_names_the_file_and_keeps_the_previous_one(s
     # the size it wanted: "about")
     assert re.match(re.escape(f"no space left on the disk to write {target}: it needs ") + r"(more than|about) \d",
                     message), message
-    assert "MiB free there; free some space (or move the run's folder) and run again" in message
+    assert re.search(r"\d+(\.\d)? (bytes|KiB|MiB) free there; free some space \(or move the run's folder\) and run again$",
+                     message), message
     assert "\n" not in message and info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
     assert info.value.needed > 1 * 2**20
     assert target.read_bytes() == before and _temporaries(small_disk) == []
