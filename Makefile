@@ -56,9 +56,13 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "make: chromium not installed; the browser tests (JupyterLab, reports) will skip"
 
-# -rs: each skipped test says why (no browser, no real data, no GPU)
+# -rs: each skipped test says why (no browser, no real data, no GPU). The tests run in one pytest
+# worker per core (pytest-xdist; at most 4): most of their time is kernels starting and processes
+# waiting on each other, so two workers on two cores take about half the time of one. Tests that share
+# a session's finished study stay on one worker (xdist_group, tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 test: setup
-	$(PRELOAD) $(PY) -m pytest -rs $(ARGS)
+	$(PRELOAD) $(PY) -m pytest -rs -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 lab: setup $(DEMO)/train.csv
 	$(PRELOAD) $(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)

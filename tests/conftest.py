@@ -190,3 +190,15 @@ def assert_resumed_like_straight(straight, resumed, straight_dir: Path, resumed_
     pd.testing.assert_frame_equal(pd.DataFrame(straight.history).drop(columns=["seconds"]),
                                   pd.DataFrame(resumed.history).drop(columns=["seconds"]))
     return {"straight": a, "resumed": b}
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook, which reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist (``make test`` runs a worker per core): the tests that read the session's
+    finished study share one worker, so the study runs once (``--dist loadgroup``), and the slow tests
+    (notebook chains, multi-process jobs) are handed out first, so no worker is left with a long one
+    at the end."""
+    for item in items:
+        if "finished_study" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("finished_study"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable: the order within each kind kept

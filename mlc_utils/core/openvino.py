@@ -18,7 +18,9 @@ oneTBB skips ``RTLD_DEEPBIND`` when that variable is set, and nothing else chang
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import warnings
 from typing import Callable, Mapping
@@ -84,6 +86,21 @@ class CompiledPass:
         return torch.from_numpy(np.array(next(iter(result.values())), copy=True))
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Loggers that would speak while the converter walks a model's attributes (transformers warns about a
+    loss its models do not use) silenced for that while."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def compile_pass(model: nn.Module, output: Callable, example, threads: int | None = None
                  ) -> tuple[CompiledPass | None, str]:
     """(the compiled pass, "") or (None, why not). ``example`` is the pass's first batch (an image
@@ -105,7 +122,7 @@ def compile_pass(model: nn.Module, output: Callable, example, threads: int | Non
     compiled = _COMPILED.pop(key, None)
     if compiled is None or _gap(compiled, tensors, reference) > TOLERANCE:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_loggers("transformers"):
                 warnings.simplefilter("ignore")          # the converter's tracing warnings say nothing to the user
                 converted = ov.convert_model(module, example_input=tensors if names else tensors[0])
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}

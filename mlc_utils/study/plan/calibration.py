@@ -78,8 +78,9 @@ def _machine_scale(cache: "CalibrationCache", machine: dict) -> float:
     return min(max(cache.get(key)["s"] / REFERENCE_S, low), high)
 
 
-def _time_reference(repeats: int = 3) -> float:
-    """The fastest of ``repeats`` runs of a fixed mix of what the nominal stages do: threshold sweeps and
+def _time_reference(repeats: int = 9) -> float:
+    """The fastest of ``repeats`` runs (a third of a second in all; fewer let one slow moment of a busy host
+    set the scale of every nominal cost) of a fixed mix of what the nominal stages do: threshold sweeps and
     the epoch metrics on 4,000 rows, and 40 training steps of a small head (a fusion head's shape)."""
     import numpy as np
     import torch

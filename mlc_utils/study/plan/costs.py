@@ -10,17 +10,19 @@ import math
 COMPETITION_ROWS = (30_000, 10_000)
 STAGE_OVERHEAD_BYTES = 5 * 2**20      # executed notebook, its HTML, tables and figures
 PROBS_BYTES = 4                       # float32 probabilities per row and class
-# Fitted to the stage times of idle demo runs and the dev-pack CPU profile on a 2-core EPYC
-# (2026-12-02/03, benchmarks/plan_accuracy.py): eda 8-13/7 s, split 6-8/6 s, ensemble 6-7/33 s,
-# explore 5-6 s. A stage's kernel start and imports took 4-9 s (papermill's cell times), its
-# figures and tables 2-4 s whatever the rows; TF-IDF 5.6 s to fit 8,000 captions on every core.
-# A fusion head's epoch: 0.05 s on the demo's 900 rows (120 epochs in 6 s, its inputs cached), 0.09 s
-# on 8,000 (the dev pack's 400 epochs in 35-40 s); the holdout's fusion inputs are forward passes, timed.
+# Fitted to the stage times of idle demo runs and of the CPU profile from an empty feature cache on the
+# dev pack (10,000 + 1,000 rows) and on the full data's size (30,000 + 10,000, benchmarks/tiled_data.py),
+# on a 2-core EPYC (2026-12-02/03 and 2026-12-07, benchmarks/plan_accuracy.py): eda 8 s, split 6-13 s,
+# ensemble 15 s on the dev pack and 35 s on the full data (cross-fitted: its weight grid searched 6 times),
+# explore 5-6 s. A stage's kernel start and imports took 4-9 s (papermill's cell times), its figures and
+# tables 2-4 s whatever the rows; TF-IDF about 14 s for 5 fits of 8,000 captions and 45 s for 5 of 24,000.
+# A fusion head's epoch: 0.05 s on the demo's 900 rows, 0.057 s on 8,000 and 0.167 s on 24,000 (the
+# heads' cell: 400 epochs in 22.7 s and 66.7 s); the holdout's fusion inputs are forward passes, timed.
 STAGE_OVERHEAD_S = 6.0               # every stage: kernel start, imports, rendering the report
 NOMINAL_S = {"eda": 2.0, "split": 0.5, "fusion": 5.0, "ensemble": 0.0, "explore": 0.0}   # on top of the overhead
-NOMINAL_ROW_S = {"eda": 0.001, "split": 0.0001, "tfidf": 0.0008, "head": 2e-5, "fusion": 5.6e-6,
-                 "ensemble": 5e-4}   # per row (x epochs for heads, x fits for the ensemble)
-FUSION_EPOCH_S = 0.045               # a fusion head's epoch besides its rows: validation, metrics, checkpoint
+NOMINAL_ROW_S = {"eda": 0.001, "split": 0.0001, "tfidf": 0.0004, "head": 2e-5, "fusion": 6.0e-6,
+                 "ensemble": 1.6e-4}   # per row (x epochs for heads, x fits for the ensemble)
+FUSION_EPOCH_S = 0.02                # a fusion head's epoch besides its rows: validation, metrics, checkpoint
 FROZEN_STEP_SHARE = 1 / 3            # a step with the encoder frozen is its forward pass: a third of a full step
 CHECKPOINT_BYTES_S = 600e6           # torch.save to the run's disk (272 MB in 0.24-0.68 s here); last.pt and
                                      # best.pt are both counted every epoch (early epochs mostly improve)
@@ -33,7 +35,7 @@ HEAD_VALIDATION = 1 / 12             # validation pass: a quarter of the rows, f
 # The nominal costs above were fitted on one machine; another runs them at its own speed. The calibration
 # times a fixed mix of the small steps' work (threshold sweeps, epoch metrics, a small head's training
 # steps) and scales every nominal cost by its seconds over REFERENCE_S, what it took where they were fitted.
-REFERENCE_S = 0.10
+REFERENCE_S = 0.030                   # the fastest of 3, 2-core EPYC, tcmalloc (2026-12-07): 0.0298-0.0304 s
 MACHINE_SCALE = (0.25, 8.0)          # a measured scale outside this is taken as noise and clipped
 TRAINED = ("image", "caption")       # kinds whose whole model trains (the rest: heads on features, predictions)
 IMAGE_KINDS = ("image", "image-features", "image-predict")   # rows are decoded images
