@@ -18,9 +18,7 @@ oneTBB skips ``RTLD_DEEPBIND`` when that variable is set, and nothing else chang
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
 import os
 import warnings
 from typing import Callable, Mapping
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from mlc_utils.core.allocator import TCMALLOC_COMPANIONS
+from mlc_utils.core.progress import quiet_loggers
 
 TOLERANCE = 1e-4        # largest difference from torch, as a share of torch's largest absolute output
 MIN_ROWS = 2000         # converting takes seconds: smaller passes stay on torch
@@ -86,21 +85,6 @@ class CompiledPass:
         return torch.from_numpy(np.array(next(iter(result.values())), copy=True))
 
 
-@contextlib.contextmanager
-def _quiet_loggers(*names: str):
-    """Loggers that would speak while the converter walks a model's attributes (transformers warns about a
-    loss its models do not use) silenced for that while."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
 def compile_pass(model: nn.Module, output: Callable, example, threads: int | None = None
                  ) -> tuple[CompiledPass | None, str]:
     """(the compiled pass, "") or (None, why not). ``example`` is the pass's first batch (an image
@@ -122,7 +106,7 @@ def compile_pass(model: nn.Module, output: Callable, example, threads: int | Non
     compiled = _COMPILED.pop(key, None)
     if compiled is None or _gap(compiled, tensors, reference) > TOLERANCE:
         try:
-            with warnings.catch_warnings(), _quiet_loggers("transformers"):
+            with warnings.catch_warnings(), quiet_loggers("transformers"):
                 warnings.simplefilter("ignore")          # the converter's tracing warnings say nothing to the user
                 converted = ov.convert_model(module, example_input=tensors if names else tensors[0])
             config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}

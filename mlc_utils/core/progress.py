@@ -12,7 +12,9 @@ them back (:class:`EventReader`) for the time left (``mlc_utils.run.eta``) and t
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -162,3 +164,19 @@ def progress(iterable: Iterable, desc: str, total: int | None = None, disable: b
         return line_progress(iterable, desc, total, every=float(os.environ.get("MLC_PROGRESS_EVERY", "30")))
     from tqdm.auto import tqdm
     return tqdm(iterable, desc=desc, total=total, disable=disable, **tqdm_options)
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR):
+    """The named loggers held at ``level`` while the block runs: libraries that speak where the project
+    says what happened in its own words (papermill's and zmq's records after a stop, a converter's
+    warnings about attributes it walked past)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, levels):
+            logger.setLevel(old)

@@ -14,7 +14,6 @@ read-only folder fails at once, not after hours of training.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -319,21 +318,14 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-@contextlib.contextmanager
 def _quiet_jupyter():
     """papermill's and nbclient's log records ("Kernel died while waiting for execute reply") and
     asyncio's ("Task exception was never retrieved") while a stage runs: ``run`` says what happened
     in one line of its own."""
     import logging
-    loggers = [logging.getLogger(name) for name in ("papermill", "nbclient", "traitlets", "asyncio")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+
+    from mlc_utils.core.progress import quiet_loggers
+    return quiet_loggers("papermill", "nbclient", "traitlets", "asyncio", level=logging.CRITICAL)
 
 
 def _unchanged(study: Study, stage: str, key: str) -> bool:
