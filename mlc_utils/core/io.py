@@ -28,9 +28,9 @@ class DiskFullError(OSError):
         replaces (the last epoch's checkpoint: about what this one needs); ``wanted``: the size the writer
         asked for, where it said."""
         need = max(written, previous, wanted)
-        about = f"about {_mib(need)}" if wanted or previous >= written else f"more than {_mib(need)}"
+        about = f"about {size_text(need)}" if wanted or previous >= written else f"more than {size_text(need)}"
         super().__init__(errno.ENOSPC, f"no space left on the disk to write {path}: it needs {about}, "
-                                       f"{_mib(free)} free there; free some space (or move the run's folder) "
+                                       f"{size_text(free)} free there; free some space (or move the run's folder) "
                                        f"and run again", str(path))
         self.path, self.needed, self.free = path, need, free
 
@@ -38,8 +38,8 @@ class DiskFullError(OSError):
         return self.strerror
 
 
-def _mib(n: int) -> str:
-    """Bytes as people read a file's size: 26 bytes, 12 KiB, 3.4 MiB, 250 MiB, 2.1 GiB."""
+def size_text(n: float) -> str:
+    """Bytes as people read a size (a file, a process's peak memory): 26 bytes, 12 KiB, 3.4 MiB, 250 MiB, 2.1 GiB."""
     if n < 2**10:
         return f"{n} bytes"
     if n < 2**20:

@@ -33,6 +33,7 @@ from mlc_utils.core.io import (
     ensure_writable_dir,
     remove_stale_temporaries,
     sha256_file,
+    size_text,
 )
 from mlc_utils.core.processes import child_subreaper, children, end_orphans
 from mlc_utils.core.progress import EVENTS_ENV, EpochEnded, EventReader, duration
@@ -299,7 +300,7 @@ def _kernel_ended(stage: str, code: int, watch: KernelWatch, progress: StageProg
                   root: Path) -> str:
     """One line for a kernel that died under a cell: how, where, its peak memory and what to try."""
     where = _where(watch, progress)
-    peak = f", at a peak of {_size(watch.peak)} of memory" if watch.peak else ""
+    peak = f", at a peak of {size_text(watch.peak)} of memory" if watch.peak else ""
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
         how = f"its kernel was killed by {name} in {where}{peak}"
@@ -314,8 +315,6 @@ def _kernel_ended(stage: str, code: int, watch: KernelWatch, progress: StageProg
     return how
 
 
-def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _quiet_jupyter():
